@@ -1,0 +1,64 @@
+"""Builds shmmap's C core as the cffi module ``shmmap._core`` (API mode).
+
+The cdef is taken from the section of ``shmmap.h`` between the CFFI
+markers, so the header stays the layout's single source of truth: integer
+literals are kept (array sizes need them), other ``#define``s become
+``#define NAME ...`` (the compiler supplies the value),
+string ``#define``s become constant ``char`` arrays, and structs and
+prototypes are used as written.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ["hash.c", "mpack.c", "read.c", "write.c", "validate.c"]
+_LITERAL = re.compile(r"-?(0x[0-9a-fA-F]+|[0-9]+)")
+_DEFINE = re.compile(r"^#define\s+(\w+)\s+(\S.*?)\s*(/\*.*)?$", re.M)
+
+
+def _public_section(header: str) -> str:
+    start = header.index("/* CFFI-BEGIN */")
+    end = header.index("/* CFFI-END */")
+    return header[start:end]
+
+
+def _string_defines(section: str) -> list[str]:
+    return [m.group(1) for m in _DEFINE.finditer(section) if m.group(2).startswith('"')]
+
+
+def cdef_from_header(header: str) -> str:
+    section = re.sub(r"/\*.*?\*/", "", _public_section(header), flags=re.S)
+
+    def constant(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if value.startswith('"'):
+            return f"static const char {name.lower()}[];"
+        if _LITERAL.fullmatch(value):
+            return f"#define {name} {value}"
+        return f"#define {name} ..."
+
+    return _DEFINE.sub(constant, section)
+
+
+def _string_constants(header: str) -> str:
+    names = _string_defines(_public_section(header))
+    return "\n".join(f"static const char {n.lower()}[] = {n};" for n in names)
+
+
+_header = (HERE / "shmmap.h").read_text()
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_from_header(_header))
+ffibuilder.set_source(
+    "shmmap._core",
+    '#include "shmmap.h"\n' + _string_constants(_header),
+    sources=[str(Path("cext") / s) for s in SOURCES],
+    include_dirs=["cext"],
+    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

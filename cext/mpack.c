@@ -1,0 +1,385 @@
+/*
+ * mpack.c -- checking msgpack bytes that came from outside.
+ *
+ * The daemon stores keys and values as the msgpack bytes clients send, and
+ * every reader decodes them; so before anything is stored these checks make
+ * sure that each is one well-formed object that msgpack-python will decode
+ * (valid UTF-8, scalar map keys, well-formed timestamps, bounded nesting),
+ * and that each key is in the one canonical encoding, because keys are
+ * compared and hashed as bytes.
+ *
+ * The canonical encoding is the one msgpack-python's Packer (with
+ * use_bin_type=True) emits: every length and integer in its shortest form,
+ * non-negative integers in the unsigned formats.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include "internal.h"
+
+#define MP_FIX_LEN_MASK     0x0f
+#define MP_FIXSTR_LEN_MASK  0x1f
+#define MP_FIXSTR_MAX       31
+#define MP_FIXARRAY_MAX     15
+#define MP_TIMESTAMP_TYPE   (-1)
+#define MP_NANOS_PER_SEC    1000000000ULL
+#define MP_NANOS_SHIFT      34          /* 8-byte timestamp: ns << 34 | s */
+
+int shm_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+struct mp {
+    const uint8_t *p;
+    uint64_t len;
+    uint64_t pos;
+    int code;                       /* SHM_EKEY or SHM_EVALUE */
+    char *err;
+    size_t errlen;
+};
+
+#define FAIL(c, ...) shm_fail((c)->err, (c)->errlen, (c)->code, __VA_ARGS__)
+
+static int need(struct mp *c, uint64_t n)
+{
+    if (c->len - c->pos < n)
+        return FAIL(c, "truncated msgpack at byte %llu: %llu more bytes "
+                    "expected", (unsigned long long)c->pos,
+                    (unsigned long long)n);
+    return SHM_OK;
+}
+
+static uint64_t be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Reads an n-byte big-endian length or integer after the format byte. */
+static int take(struct mp *c, int n, uint64_t *out)
+{
+    int rc = need(c, (uint64_t)n);
+    if (rc != SHM_OK)
+        return rc;
+    *out = be(c->p + c->pos, n);
+    c->pos += (uint64_t)n;
+    return SHM_OK;
+}
+
+/* The smallest length a form with a length field of width bytes is the
+ * shortest encoding for: fix_count lengths fit the fix form (none for bin),
+ * and arrays and maps have no 8-bit form. */
+static uint64_t first_len(int width, uint64_t fix_count, int has_8bit)
+{
+    if (width == 4)
+        return 0x10000;
+    if (width == 2 && has_8bit)
+        return 0x100;
+    return fix_count;
+}
+
+/* Strict UTF-8, as Python decodes it: no overlong forms, no surrogates,
+ * nothing above U+10FFFF. */
+static int utf8_ok(const uint8_t *s, uint64_t n)
+{
+    uint64_t i = 0;
+    while (i < n) {
+        uint8_t b = s[i];
+        int more;
+        uint32_t cp;
+        if (b < 0x80) { i++; continue; }
+        if (b >= 0xc2 && b <= 0xdf) { more = 1; cp = b & 0x1f; }
+        else if (b >= 0xe0 && b <= 0xef) { more = 2; cp = b & 0x0f; }
+        else if (b >= 0xf0 && b <= 0xf4) { more = 3; cp = b & 0x07; }
+        else return 0;
+        if (n - i <= (uint64_t)more)
+            return 0;
+        for (int k = 1; k <= more; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((more == 2 && cp < 0x800) || (more == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += (uint64_t)more + 1;
+    }
+    return 1;
+}
+
+static int walk(struct mp *c, enum mp_mode mode, int depth);
+
+static const char *const KEY_TYPES =
+    "keys must be str, bytes, int or tuples of them";
+
+static int not_canonical(struct mp *c, const char *what)
+{
+    return FAIL(c, "key is not in canonical msgpack form: %s at byte %llu "
+                "is not in its shortest encoding", what,
+                (unsigned long long)c->pos);
+}
+
+static int skip(struct mp *c, uint64_t n)
+{
+    int rc = need(c, n);
+    if (rc == SHM_OK)
+        c->pos += n;
+    return rc;
+}
+
+static int str_body(struct mp *c, enum mp_mode mode, uint64_t n, int width)
+{
+    int rc = need(c, n);
+    if (rc != SHM_OK)
+        return rc;
+    if (mode == MP_KEY && width > 0 && n < first_len(width, MP_FIXSTR_MAX + 1, 1))
+        return not_canonical(c, "a string length");
+    if (!utf8_ok(c->p + c->pos, n))
+        return FAIL(c, "string at byte %llu is not valid UTF-8",
+                    (unsigned long long)c->pos);
+    c->pos += n;
+    return SHM_OK;
+}
+
+static int bin_body(struct mp *c, enum mp_mode mode, uint64_t n, int width)
+{
+    if (mode == MP_KEY && n < first_len(width, 0, 1))
+        return not_canonical(c, "a bytes length");
+    return skip(c, n);
+}
+
+/* An array of count elements, written with a length field of width bytes
+ * (0: the fixarray form). */
+static int array_body(struct mp *c, enum mp_mode mode, int depth,
+                      uint64_t count, int width)
+{
+    if (mode == MP_MAPKEY)
+        return FAIL(c, "a map key inside a value must be a scalar "
+                    "(nil, bool, number, str or bytes), not an array");
+    if (mode == MP_KEY && width > 0 &&
+        count < first_len(width, MP_FIXARRAY_MAX + 1, 0))
+        return not_canonical(c, "an array length");
+    if (count > c->len - c->pos)
+        return FAIL(c, "truncated msgpack: array of %llu elements at byte "
+                    "%llu", (unsigned long long)count,
+                    (unsigned long long)c->pos);
+    for (uint64_t i = 0; i < count; i++) {
+        int rc = walk(c, mode, depth + 1);
+        if (rc != SHM_OK)
+            return rc;
+    }
+    return SHM_OK;
+}
+
+static int map_body(struct mp *c, enum mp_mode mode, int depth,
+                    uint64_t count)
+{
+    if (mode != MP_VALUE)
+        return mode == MP_KEY ? FAIL(c, "%s, not a dict", KEY_TYPES)
+                              : FAIL(c, "a map key inside a value must be "
+                                     "a scalar, not a map");
+    if (count > (c->len - c->pos) / 2)
+        return FAIL(c, "truncated msgpack: map of %llu pairs at byte %llu",
+                    (unsigned long long)count, (unsigned long long)c->pos);
+    for (uint64_t i = 0; i < count; i++) {
+        int rc = walk(c, MP_MAPKEY, depth + 1);
+        if (rc == SHM_OK)
+            rc = walk(c, MP_VALUE, depth + 1);
+        if (rc != SHM_OK)
+            return rc;
+    }
+    return SHM_OK;
+}
+
+/* Ext types decode to ExtType, or to Timestamp for type -1, which msgpack-
+ * python rejects unless it has one of the three sizes of the spec and its
+ * nanoseconds are below one second. */
+static int ext_body(struct mp *c, enum mp_mode mode, uint64_t n)
+{
+    int rc = need(c, n + 1);
+    if (rc != SHM_OK)
+        return rc;
+    if (mode != MP_VALUE)
+        return FAIL(c, mode == MP_KEY ? "%s, not an ext type"
+                                      : "a map key inside a value must be "
+                                        "a scalar, not an ext type%s",
+                    mode == MP_KEY ? KEY_TYPES : "");
+    int8_t type = (int8_t)c->p[c->pos];
+    const uint8_t *d = c->p + c->pos + 1;
+    if (type == MP_TIMESTAMP_TYPE) {
+        uint64_t nanos = 0;
+        if (n == 8)
+            nanos = be(d, 8) >> MP_NANOS_SHIFT;
+        else if (n == 12)
+            nanos = be(d, 4);
+        else if (n != 4)
+            return FAIL(c, "timestamp ext at byte %llu has %llu bytes, not "
+                        "4, 8 or 12", (unsigned long long)c->pos,
+                        (unsigned long long)n);
+        if (nanos >= MP_NANOS_PER_SEC)
+            return FAIL(c, "timestamp ext at byte %llu has %llu nanoseconds",
+                        (unsigned long long)c->pos,
+                        (unsigned long long)nanos);
+    }
+    c->pos += n + 1;
+    return SHM_OK;
+}
+
+/* Integers after their format byte b; width is 1 << (b - first form). */
+static int uint_body(struct mp *c, enum mp_mode mode, int width)
+{
+    uint64_t v;
+    int rc = take(c, width, &v);
+    if (rc != SHM_OK || mode != MP_KEY)
+        return rc;
+    /* An unsigned form is shortest when the value does not fit the next
+     * smaller one; below 128 that is the positive fixint. */
+    uint64_t smaller = width == 1 ? MP_POSFIX_MAX
+                                  : (1ULL << (8 * (width / 2))) - 1;
+    return v > smaller ? SHM_OK : not_canonical(c, "an integer");
+}
+
+static int int_body(struct mp *c, enum mp_mode mode, int width)
+{
+    uint64_t raw;
+    int rc = take(c, width, &raw);
+    if (rc != SHM_OK || mode != MP_KEY)
+        return rc;
+    int shift = 64 - 8 * width;
+    int64_t v = (int64_t)(raw << shift) >> shift;   /* sign-extend */
+    /* msgpack-python writes non-negative integers unsigned, and a negative
+     * one in the smallest signed form: below the next smaller form's
+     * minimum, or below -32 for the 1-byte form. */
+    int64_t lowest = width == 1 ? MP_NEGFIX_LOWEST
+                                : -(int64_t)(1ULL << (8 * (width / 2) - 1));
+    return v < lowest ? SHM_OK : not_canonical(c, "an integer");
+}
+
+static int scalar(struct mp *c, enum mp_mode mode, const char *what,
+                  uint64_t n)
+{
+    if (mode == MP_KEY)
+        return FAIL(c, "%s, not %s", KEY_TYPES, what);
+    return skip(c, n);
+}
+
+static int walk(struct mp *c, enum mp_mode mode, int depth)
+{
+    uint64_t n;
+    int rc;
+    if (depth > SHM_MAX_DEPTH)
+        return FAIL(c, "nested deeper than %d levels", SHM_MAX_DEPTH);
+    if ((rc = need(c, 1)) != SHM_OK)
+        return rc;
+    uint8_t b = c->p[c->pos++];
+
+    if (b <= MP_POSFIX_MAX || b >= MP_NEGFIX_MIN)
+        return SHM_OK;
+    if (b < MP_FIXARRAY)
+        return map_body(c, mode, depth, b & MP_FIX_LEN_MASK);
+    if (b < MP_FIXSTR)
+        return array_body(c, mode, depth, b & MP_FIX_LEN_MASK, 0);
+    if (b < MP_NIL)
+        return str_body(c, mode, b & MP_FIXSTR_LEN_MASK, 0);
+
+    switch (b) {
+    case MP_NIL:
+        return scalar(c, mode, "None", 0);
+    case MP_FALSE:
+    case MP_TRUE:
+        return scalar(c, mode, "a bool", 0);
+    case MP_FLOAT32:
+    case MP_FLOAT64:
+        return scalar(c, mode, "a float", b == MP_FLOAT32 ? 4 : 8);
+    case MP_BIN8:
+    case MP_BIN16:
+    case MP_BIN32: {
+        int width = 1 << (b - MP_BIN8);
+        if ((rc = take(c, width, &n)) != SHM_OK)
+            return rc;
+        return bin_body(c, mode, n, width);
+    }
+    case MP_STR8:
+    case MP_STR16:
+    case MP_STR32: {
+        int width = 1 << (b - MP_STR8);
+        if ((rc = take(c, width, &n)) != SHM_OK)
+            return rc;
+        return str_body(c, mode, n, width);
+    }
+    case MP_EXT8:
+    case MP_EXT16:
+    case MP_EXT32:
+        if ((rc = take(c, 1 << (b - MP_EXT8), &n)) != SHM_OK)
+            return rc;
+        return ext_body(c, mode, n);
+    case MP_UINT8:
+    case MP_UINT16:
+    case MP_UINT32:
+    case MP_UINT64:
+        return uint_body(c, mode, 1 << (b - MP_UINT8));
+    case MP_INT8:
+    case MP_INT16:
+    case MP_INT32:
+    case MP_INT64:
+        return int_body(c, mode, 1 << (b - MP_INT8));
+    case MP_ARRAY16:
+    case MP_ARRAY32: {
+        int width = b == MP_ARRAY16 ? 2 : 4;
+        if ((rc = take(c, width, &n)) != SHM_OK)
+            return rc;
+        return array_body(c, mode, depth, n, width);
+    }
+    case MP_MAP16:
+    case MP_MAP32:
+        if ((rc = take(c, b == MP_MAP16 ? 2 : 4, &n)) != SHM_OK)
+            return rc;
+        return map_body(c, mode, depth, n);
+    case MP_NEVER:
+        return FAIL(c, "byte 0xc1 at %llu is never used in msgpack",
+                    (unsigned long long)(c->pos - 1));
+    default:                        /* the fixext forms */
+        return ext_body(c, mode, 1ULL << (b - MP_FIXEXT1));
+    }
+}
+
+int mp_check(const uint8_t *p, uint64_t len, enum mp_mode mode,
+             uint64_t *used, char *err, size_t errlen)
+{
+    struct mp c = { p, len, 0, mode == MP_KEY ? SHM_EKEY : SHM_EVALUE,
+                    err, errlen };
+    int rc = walk(&c, mode, 0);
+    if (rc == SHM_OK)
+        *used = c.pos;
+    return rc;
+}
+
+static int check_whole(const char *p, uint64_t len, enum mp_mode mode,
+                       const char *what, char *err, size_t errlen)
+{
+    uint64_t used = 0;
+    int rc = mp_check((const uint8_t *)p, len, mode, &used, err, errlen);
+    if (rc == SHM_OK && used != len)
+        return shm_fail(err, errlen, mode == MP_KEY ? SHM_EKEY : SHM_EVALUE,
+                        "%s has %llu bytes after its msgpack object", what,
+                        (unsigned long long)(len - used));
+    return rc;
+}
+
+int shm_check_key(const char *p, uint64_t len, char *err, size_t errlen)
+{
+    return check_whole(p, len, MP_KEY, "key", err, errlen);
+}
+
+int shm_check_value(const char *p, uint64_t len, char *err, size_t errlen)
+{
+    return check_whole(p, len, MP_VALUE, "value", err, errlen);
+}

@@ -1,0 +1,317 @@
+/*
+ * shmmap.h -- the shared-memory layout of shmmap and the C core's API.
+ *
+ * This header is the single source of truth for the layout: the Python
+ * package reads the section between the CFFI markers (constants become
+ * `#define NAME ...` resolved by the compiler, structs and prototypes are
+ * taken as they are), so no number of the layout is written twice.
+ *
+ * Three kinds of POSIX shared-memory segment make up a map NAME:
+ *
+ *   /shmmap-NAME          struct shm_map_header: who owns the map, its hash
+ *                         seed, and which generation is current.
+ *   /shmmap-NAME-g<gen>   one generation: struct shm_gen_header, then the
+ *                         read index, the dirty index, the entries array and
+ *                         the arena, at the offsets the header records.
+ *   /shmmap-NAME-readers  SHM_MAX_READERS reader slots, one cache line each:
+ *                         the only memory that clients write.
+ *
+ * One process, the daemon, writes generations; any number of readers map
+ * them PROT_READ. Within a generation nothing published is ever overwritten
+ * except the words marked "atomic" below, each a naturally aligned 8-byte
+ * word stored with release and loaded with acquire semantics. Every other
+ * byte a reader can reach was written before a release store that the reader
+ * acquire-loaded on its way there, so it is complete and never changes.
+ *
+ * Generation layout (offsets from the segment start, all 8-byte aligned):
+ *
+ *   +-----------------+  0
+ *   | shm_gen_header  |
+ *   +-----------------+  read_index_off
+ *   | read index      |  read_slots words: slot = tag(hash) | (entry + 1)
+ *   +-----------------+  dirty_index_off
+ *   | dirty index     |  dirty_slots words, same encoding, insert-only
+ *   +-----------------+  entries_off
+ *   | entries         |  entry_cap x struct shm_entry; [0, read_count) is
+ *   |                 |  the read table, the dirty table follows it
+ *   +-----------------+  arena_off
+ *   | arena           |  append-only: key bytes and shm_record versions
+ *   +-----------------+  arena_off + arena_cap == segment_size
+ */
+#ifndef SHMMAP_H
+#define SHMMAP_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CFFI-BEGIN */
+
+/* ---- identity ---------------------------------------------------------- */
+#define SHM_MAGIC_MAP        0x50414d4d48530001  /* "SHMMAP" + kind 1 */
+#define SHM_MAGIC_GEN        0x50414d4d48530002  /* "SHMMAP" + kind 2 */
+#define SHM_MAGIC_READERS    0x50414d4d48530003  /* "SHMMAP" + kind 3 */
+#define SHM_LAYOUT_VERSION   1
+#define SHM_NAME_PREFIX      "/shmmap-"
+#define SHM_GEN_INFIX        "-g"
+#define SHM_READERS_SUFFIX   "-readers"
+#define SHM_NAME_MAX         200       /* bytes of a map's name */
+#define SHM_SOCKET_PATH_MAX  108       /* sizeof(sockaddr_un.sun_path) */
+
+/* ---- geometry ---------------------------------------------------------- */
+#define SHM_ALIGN            8         /* every offset and record */
+#define SHM_CACHE_LINE       64
+#define SHM_PAGE             4096
+#define SHM_MIN_SLOTS        16        /* smallest index, a power of two */
+#define SHM_LOAD_INVERSE     2         /* index slots per entry: load <= 1/2 */
+#define SHM_MIN_DIRTY        1024      /* dirty entries a new generation takes
+                                          at least, before it must promote */
+#define SHM_DIRTY_PER_LIVE   1         /* ... and at least this many per live
+                                          entry: promotion copies live
+                                          entries, so growing dirty with them
+                                          keeps inserts amortized O(1) */
+#define SHM_MIN_ARENA        65536     /* arena bytes free after a build */
+#define SHM_ARENA_PER_LIVE   1         /* free arena bytes per live byte */
+#define SHM_MAX_ENTRIES      0xfffffffe /* entry index + 1 fits in 32 bits */
+#define SHM_MAX_SEGMENT      0x8000000000 /* 512 GiB: offsets fit in 39 bits */
+#define SHM_SLOT_EMPTY       0
+#define SHM_SLOT_INDEX_MASK  0xffffffff /* low half: entry index + 1 */
+#define SHM_SLOT_TAG_SHIFT   32         /* high half: high half of the hash */
+
+/* ---- records ----------------------------------------------------------- */
+#define SHM_REC_TOMBSTONE    1         /* shm_record.flags: a deletion */
+#define SHM_REC_HEADER       24        /* sizeof(struct shm_record) */
+#define SHM_NO_RECORD        0         /* head/prev: end of the chain */
+
+/* ---- limits ------------------------------------------------------------ */
+#define SHM_MAX_DEPTH        32        /* nesting of a key or value */
+#define SHM_DEFAULT_MAX_KEY  65536
+#define SHM_DEFAULT_MAX_VALUE 16777216
+#define SHM_MAX_READERS      1024      /* reader slots per map */
+
+/* ---- lookup results (packed into one int64, see shm_lookup) ------------ */
+#define SHM_FOUND_LEN_BITS   24
+#define SHM_FOUND_LEN_LONG   0xffffff  /* length did not fit: read the record */
+#define SHM_NOT_FOUND        -1
+#define SHM_SUPERSEDED       -2        /* map the current generation, retry */
+
+/* ---- status codes (0 is success) --------------------------------------- */
+#define SHM_OK               0
+#define SHM_EINVAL           -10       /* malformed input (see err text) */
+#define SHM_EKEY             -11       /* key not canonical or wrong type */
+#define SHM_EVALUE           -12       /* value not well-formed msgpack */
+#define SHM_ETOOBIG          -13       /* key or value over its limit */
+#define SHM_ENOSPACE         -14       /* generation full: promote first */
+#define SHM_EBUFSMALL        -15       /* caller's buffer too small */
+#define SHM_ECORRUPT         -16       /* segment failed validation */
+
+/* ---- batch operations (the first msgpack object of each blob item) ----- */
+#define SHM_OP_STORE         0         /* op, key, value */
+#define SHM_OP_DELETE        1         /* op, key */
+
+/* The map header: segment /shmmap-NAME. Written at creation; daemon_pid and
+ * current_gen change later. */
+struct shm_map_header {
+    uint64_t magic;                 /* SHM_MAGIC_MAP */
+    uint32_t layout_version;        /* SHM_LAYOUT_VERSION */
+    uint32_t header_size;           /* sizeof(struct shm_map_header) */
+    uint64_t seed0;                 /* SipHash key: random per map, so that */
+    uint64_t seed1;                 /*   no client can pick colliding keys */
+    uint64_t created_ns;            /* CLOCK_REALTIME at creation */
+    /* atomic. The daemon release-stores its pid after it has validated or
+     * created every segment and listens on socket_path; clients acquire-load
+     * it to tell a live daemon (kill(pid, 0)) from a stale map. */
+    uint64_t daemon_pid;
+    /* atomic. Release-stored by the daemon after generation current_gen is
+     * complete and before the previous one is marked superseded; readers
+     * acquire-load it when their generation is superseded. A reader that then
+     * finds the name already unlinked loads it again: a newer one exists. */
+    uint64_t current_gen;
+    uint64_t reserved[9];
+    char socket_path[SHM_SOCKET_PATH_MAX];  /* NUL-terminated */
+    uint8_t pad[20];
+};
+
+/* A generation's header. Every field above committed_seq is written once by
+ * shm_gen_init/shm_build before the generation is published (current_gen's
+ * release store orders them before any reader's first access). */
+struct shm_gen_header {
+    uint64_t magic;                 /* SHM_MAGIC_GEN */
+    uint32_t layout_version;
+    uint32_t header_size;           /* sizeof(struct shm_gen_header) */
+    uint64_t gen;                   /* its number; the name's suffix */
+    uint64_t segment_size;
+    uint64_t seed0;                 /* copy of the map's seed: a generation */
+    uint64_t seed1;                 /*   is self-describing */
+    uint64_t base_seq;              /* committed_seq when it was built */
+    uint64_t read_count;            /* entries [0, read_count): read table */
+    uint64_t dirty_cap;             /* dirty entries it can take */
+    uint64_t read_slots;            /* power of two */
+    uint64_t dirty_slots;           /* power of two, >= 2 * dirty_cap */
+    uint64_t entry_cap;             /* >= read_count + dirty_cap */
+    uint64_t arena_cap;
+    uint64_t read_index_off;
+    uint64_t dirty_index_off;
+    uint64_t entries_off;
+    uint64_t arena_off;
+    uint64_t reserved0[7];          /* the atomics start a cache line */
+    /* ---- atomics: one writer (the daemon), many readers ---- */
+    /* Every record with seq <= committed_seq is complete and reachable. The
+     * daemon release-stores it last in a commit, after the records, heads,
+     * entries, slots, dirty_count and arena_used of that commit; a reader
+     * acquire-loads it first, so all it then reaches for seq <= S is
+     * complete. Records with seq > S may be reachable too: readers skip them
+     * by seq, which is why heads can be published before the commit. */
+    uint64_t committed_seq;
+    /* Dirty entries published: release-stored after each new entry and its
+     * slot are complete. Iteration scans [0, read_count + dirty_count). */
+    uint64_t dirty_count;
+    /* Arena bytes used; release-stored with each append. Statistics and
+     * adoption only: readers never need it to stay in bounds. */
+    uint64_t arena_used;
+    /* Live keys and their bytes at committed_seq; statistics, relaxed. */
+    uint64_t live_count;
+    uint64_t live_bytes;
+    /* Release-stored to 1 after a newer generation is published in
+     * current_gen; readers acquire-load it before each operation. */
+    uint64_t superseded;
+    uint64_t reserved1[2];
+};
+
+/* One key. key_off, key_len and hash never change once the entry is
+ * published; head is atomic: release-stored after the record it points to is
+ * complete, acquire-loaded by readers. */
+struct shm_entry {
+    uint64_t hash;
+    uint64_t key_off;               /* segment offset of the key's msgpack */
+    uint32_t key_len;
+    uint32_t reserved;
+    uint64_t head;                  /* newest shm_record, or SHM_NO_RECORD */
+};
+
+/* One version of a value, in the arena; value bytes follow the header.
+ * Records are appended, so prev < the record's own offset: a chain is
+ * strictly decreasing, which bounds every walk even over garbage. */
+struct shm_record {
+    uint64_t seq;
+    uint64_t prev;                  /* older version, or SHM_NO_RECORD */
+    uint32_t len;
+    uint32_t flags;                 /* SHM_REC_TOMBSTONE */
+};
+
+/* One reader's cache line in /shmmap-NAME-readers. The client that owns it
+ * writes it with relaxed stores; the daemon reads it as untrusted input. */
+struct shm_reader_slot {
+    uint64_t pid;                   /* 0: free */
+    uint64_t gen;                   /* newest generation it has mapped */
+    uint64_t lookups;
+    uint64_t misses;                /* lookups that probed the dirty index */
+    uint64_t iterations;            /* export batches */
+    uint64_t mapped_gens;           /* generations it still holds mapped */
+    uint64_t oldest_gen;            /* oldest of those */
+    uint64_t reserved;
+};
+
+struct shm_readers_header {
+    uint64_t magic;                 /* SHM_MAGIC_READERS */
+    uint32_t layout_version;
+    uint32_t slot_count;
+    uint64_t reserved[6];
+};
+
+/* How big each part of a new generation is. */
+struct shm_geometry {
+    uint64_t read_slots;
+    uint64_t dirty_slots;
+    uint64_t dirty_cap;
+    uint64_t entry_cap;
+    uint64_t arena_cap;
+    uint64_t segment_size;
+};
+
+/* A process's private handle on one mapped generation. Geometry is copied
+ * from the header once it validated, so a reader never trusts a header word
+ * again; every offset read from shared memory is checked against it. */
+struct shm_view {
+    uint8_t *base;
+    uint64_t size;
+    struct shm_gen_header *hdr;
+    uint64_t seed0, seed1;
+    uint64_t read_count;
+    uint64_t read_mask, dirty_mask;
+    uint64_t dirty_cap, entry_cap;
+    uint64_t arena_lo, arena_hi;    /* [arena_off, segment_size) */
+    uint64_t *read_index;
+    uint64_t *dirty_index;
+    struct shm_entry *entries;
+    struct shm_reader_slot *counters; /* this reader's slot, or &own */
+    struct shm_reader_slot own;
+    /* writer only: limits applied by shm_apply */
+    uint64_t max_key;
+    uint64_t max_value;
+};
+
+/* One batch of an export: the caller owns both buffers. */
+struct shm_export {
+    uint64_t snap;                  /* the snapshot seq S */
+    uint64_t cursor;                /* next entry to look at; in and out */
+    uint64_t max_items;             /* stop after this many pairs */
+    uint8_t *keys;                  /* out: msgpack array of keys */
+    uint64_t keys_cap;
+    uint64_t keys_len;
+    uint8_t *values;                /* out: msgpack array of the values */
+    uint64_t values_cap;
+    uint64_t values_len;
+    uint64_t count;                 /* out: pairs in this batch */
+    uint64_t need;                  /* out, on SHM_EBUFSMALL: bytes wanted */
+};
+
+/* What shm_apply needs or did. */
+struct shm_apply_info {
+    uint64_t items;                 /* operations in the blob */
+    uint64_t new_keys_max;          /* stores: worst case of new entries */
+    uint64_t arena_need;            /* worst case of arena bytes */
+    uint64_t error_item;            /* on error: the item at fault */
+};
+
+/* Reads. */
+int      shm_view_open(struct shm_view *v, void *base, uint64_t size,
+                       char *err, size_t errlen);
+uint64_t shm_snapshot(struct shm_view *v);
+int      shm_superseded(struct shm_view *v);
+int64_t  shm_lookup(struct shm_view *v, const char *key, uint64_t len);
+int64_t  shm_lookup_int(struct shm_view *v, int64_t key);
+int64_t  shm_lookup_at(struct shm_view *v, const char *key, uint64_t len,
+                       uint64_t snap);
+int      shm_export_batch(struct shm_view *v, struct shm_export *x);
+uint64_t shm_hash(uint64_t seed0, uint64_t seed1, const char *p, uint64_t len);
+
+/* Validation of untrusted bytes. */
+int      shm_gen_validate(void *base, uint64_t size, char *err, size_t errlen);
+int      shm_check_key(const char *p, uint64_t len, char *err, size_t errlen);
+int      shm_check_value(const char *p, uint64_t len, char *err,
+                         size_t errlen);
+
+/* Writes: only the daemon, on a read-write mapping. */
+int      shm_plan(struct shm_geometry *g, uint64_t live_keys,
+                  uint64_t live_bytes, uint64_t reserve_keys,
+                  uint64_t reserve_bytes);
+int      shm_gen_init(void *base, const struct shm_geometry *g, uint64_t gen,
+                      uint64_t seed0, uint64_t seed1, uint64_t base_seq);
+int      shm_apply_check(struct shm_view *v, const char *blob, uint64_t len,
+                         struct shm_apply_info *info, char *err,
+                         size_t errlen);
+int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
+                   uint64_t seq);
+void     shm_commit(struct shm_view *v, uint64_t seq);
+void     shm_mark_superseded(struct shm_view *v);
+int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
+                     uint64_t *bytes);
+int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst);
+
+/* Benchmarks: lookups of the int keys [first, first + count) from C. */
+uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,
+                               uint64_t count);
+
+/* CFFI-END */
+
+#endif /* SHMMAP_H */

@@ -1,0 +1,1 @@
+"""shmmap: a key-value map shared by processes through POSIX shared memory."""
