@@ -15,7 +15,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["hash.c", "mpack.c", "read.c", "write.c", "validate.c"]
+SOURCES = ["hash.c", "mpack.c", "maphdr.c", "read.c", "write.c", "validate.c"]
 _LITERAL = re.compile(r"-?(0x[0-9a-fA-F]+|[0-9]+)")
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+(\S.*?)\s*(/\*.*)?$", re.M)
 

@@ -71,6 +71,10 @@
                                           keeps inserts amortized O(1) */
 #define SHM_MIN_ARENA        65536     /* arena bytes free after a build */
 #define SHM_ARENA_PER_LIVE   1         /* free arena bytes per live byte */
+#define SHM_MISSES_PER_LIVE  4         /* misses since the last promotion
+                                          that cost about one promotion,
+                                          per live entry (a miss costs one
+                                          more probe, a promotion copies) */
 #define SHM_MAX_ENTRIES      0xfffffffe /* entry index + 1 fits in 32 bits */
 #define SHM_MAX_SEGMENT      0x8000000000 /* 512 GiB: offsets fit in 39 bits */
 #define SHM_SLOT_EMPTY       0
@@ -272,6 +276,12 @@ struct shm_apply_info {
     uint64_t arena_need;            /* worst case of arena bytes */
     uint64_t error_item;            /* on error: the item at fault */
 };
+
+/* The map header's atomic words. */
+uint64_t shm_map_current_gen(struct shm_map_header *h);
+void     shm_map_publish_gen(struct shm_map_header *h, uint64_t gen);
+uint64_t shm_map_daemon_pid(struct shm_map_header *h);
+void     shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid);
 
 /* Reads. */
 int      shm_view_open(struct shm_view *v, void *base, uint64_t size,

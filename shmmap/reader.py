@@ -1,0 +1,120 @@
+"""The read side of a map: the header segment and the current generation,
+mapped read-only, followed as the daemon publishes new generations."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+from . import segments
+from ._core import ffi, lib
+from .codec import encode_key
+from .errors import CorruptSegmentError, MapNotFoundError
+from .generation import Generation
+
+_NOT_FOUND = lib.SHM_NOT_FOUND
+_SUPERSEDED = lib.SHM_SUPERSEDED
+# How often a reader re-reads current_gen when the generation it names has
+# already been unlinked (a newer one is being published): each miss means
+# the daemon published again meanwhile, so this bounds only pathological
+# churn.
+_REMAP_TRIES = 1000
+_MISSING = object()
+
+
+class MapReader:
+    """Lock-free, syscall-free reads of map ``name``.
+
+    Lookups and iteration never write the map and never wait; the only
+    system calls are those that map a newer generation after promotion.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = segments.check_map_name(name)
+        try:
+            self._header_mm = segments.open_readonly(segments.header_name(name))
+        except FileNotFoundError:
+            raise MapNotFoundError(f"no map named {name!r} on this host") from None
+        self._header_buf = ffi.from_buffer(self._header_mm)
+        self.header: Any = ffi.cast("struct shm_map_header *", self._header_buf)
+        if (len(self._header_mm) < ffi.sizeof("struct shm_map_header")
+                or self.header.magic != lib.SHM_MAGIC_MAP
+                or self.header.layout_version != lib.SHM_LAYOUT_VERSION):
+            raise CorruptSegmentError(
+                f"{segments.header_name(name)}: not a shmmap map header of layout "
+                f"version {lib.SHM_LAYOUT_VERSION}")
+        self.counters: Any = None      # a reader slot, once the client has one
+        self.generation: Generation = self._map_current()
+        self._view = self.generation.view
+
+    def _map_current(self) -> Generation:
+        for _ in range(_REMAP_TRIES):
+            gen = lib.shm_map_current_gen(self.header)
+            try:
+                mm = segments.open_readonly(segments.gen_name(self.name, gen))
+            except FileNotFoundError:
+                continue                # superseded meanwhile: read again
+            g = Generation(segments.gen_name(self.name, gen), mm)
+            if self.counters is not None:
+                g.view.counters = self.counters
+            return g
+        raise MapNotFoundError(f"map {self.name!r} has no current generation")
+
+    def refresh(self) -> Generation:
+        """The current generation, mapping a newer one if it was superseded."""
+        if lib.shm_superseded(self._view):
+            self.generation = self._map_current()
+            self._view = self.generation.view
+        return self.generation
+
+    def set_counters(self, slot: Any) -> None:
+        """Counts this reader's lookups and misses in slot (a reader slot)."""
+        self.counters = slot
+        self._view.counters = slot
+
+    def lookup(self, key: Any, default: Any = None) -> Any:
+        """The value of key now, or default. The hot path: one cffi call."""
+        if type(key) is int:
+            try:
+                packed = lib.shm_lookup_int(self._view, key)
+            except OverflowError:
+                kb = encode_key(key)
+                packed = lib.shm_lookup(self._view, kb, len(kb))
+        else:
+            kb = encode_key(key)
+            packed = lib.shm_lookup(self._view, kb, len(kb))
+        if packed >= 0:
+            return self.generation.value_at(packed)
+        if packed == _SUPERSEDED:
+            self.refresh()
+            return self.lookup(key, default)
+        return default
+
+    def contains(self, key: Any) -> bool:
+        return self.lookup(key, _MISSING) is not _MISSING
+
+    def snapshot(self) -> tuple[Generation, int]:
+        """The current generation and its committed seq: a consistent view
+        that stays readable for as long as the Generation is referenced."""
+        gen = self.refresh()
+        return gen, gen.snapshot()
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        gen, snap = self.snapshot()
+        return gen.items(snap)
+
+    def __len__(self) -> int:
+        # live_count is exact at committed_seq; the daemon updates it with
+        # the writes of a commit, so it is a best-effort figure in between.
+        return int(self.refresh().header.live_count)
+
+    def close(self) -> None:
+        self._view = None
+        self.generation = None  # type: ignore[assignment]
+        ffi.release(self._header_buf)
+        self._header_mm.close()
+
+
+def lookup_in(gen: Generation, key: Any, snap: int, default: Optional[Any] = None) -> Any:
+    """The value of key in gen at snapshot snap (for snapshot reads)."""
+    kb = encode_key(key)
+    packed = lib.shm_lookup_at(gen.view, kb, len(kb), snap)
+    return gen.value_at(packed) if packed >= 0 else default

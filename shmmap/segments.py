@@ -1,0 +1,127 @@
+"""POSIX shared-memory segments: their names, creation, mapping, removal.
+
+A map NAME has a header segment ``/shmmap-NAME``, one segment per
+generation ``/shmmap-NAME-g<gen>`` and a reader-slot segment
+``/shmmap-NAME-readers`` (the affixes come from ``cext/shmmap.h``).
+Readers map segments ``PROT_READ``; only the daemon maps them writable.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import re
+from pathlib import Path
+
+import posix_ipc
+
+from ._core import ffi, lib
+from .errors import MapFullError
+
+PREFIX = ffi.string(lib.shm_name_prefix).decode()
+GEN_INFIX = ffi.string(lib.shm_gen_infix).decode()
+READERS_SUFFIX = ffi.string(lib.shm_readers_suffix).decode()
+SHM_DIR = Path("/dev/shm")
+_VALID_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
+
+
+def check_map_name(name: str) -> str:
+    if not _VALID_NAME.fullmatch(name) or len(name) > lib.SHM_NAME_MAX:
+        raise ValueError(
+            f"map name {name!r} must be 1-{lib.SHM_NAME_MAX} characters of "
+            "letters, digits, '.', '_' and '-', not starting with '-'"
+        )
+    return name
+
+
+def header_name(name: str) -> str:
+    return PREFIX + check_map_name(name)
+
+
+def gen_name(name: str, gen: int) -> str:
+    return f"{PREFIX}{name}{GEN_INFIX}{gen}"
+
+
+def readers_name(name: str) -> str:
+    return f"{PREFIX}{name}{READERS_SUFFIX}"
+
+
+def create(seg: str, size: int, mode: int) -> mmap.mmap:
+    """Creates seg exclusively with exactly mode, reserves all its pages
+    (so touching them later cannot SIGBUS on a full /dev/shm) and maps it
+    read-write."""
+    shm = posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=mode, size=size)
+    try:
+        os.fchmod(shm.fd, mode)
+        try:
+            os.posix_fallocate(shm.fd, 0, size)
+        except OSError as exc:
+            shm.unlink()
+            if exc.errno == errno.ENOSPC:
+                raise MapFullError(
+                    f"/dev/shm is full: cannot reserve {size} bytes for {seg}"
+                ) from None
+            raise
+        return mmap.mmap(shm.fd, size)
+    finally:
+        shm.close_fd()
+
+
+def open_readonly(seg: str) -> mmap.mmap:
+    """Maps an existing segment PROT_READ; FileNotFoundError if absent."""
+    try:
+        shm = posix_ipc.SharedMemory(seg, 0, read_only=True)
+    except posix_ipc.ExistentialError:
+        raise FileNotFoundError(errno.ENOENT, "no shared-memory segment", seg) from None
+    try:
+        return mmap.mmap(shm.fd, 0, prot=mmap.PROT_READ)
+    finally:
+        shm.close_fd()
+
+
+def open_readwrite(seg: str) -> mmap.mmap:
+    try:
+        shm = posix_ipc.SharedMemory(seg, 0)
+    except posix_ipc.ExistentialError:
+        raise FileNotFoundError(errno.ENOENT, "no shared-memory segment", seg) from None
+    try:
+        return mmap.mmap(shm.fd, 0)
+    finally:
+        shm.close_fd()
+
+
+def unlink(seg: str) -> bool:
+    """Removes seg's name; False if it was already gone."""
+    try:
+        posix_ipc.unlink_shared_memory(seg)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def map_segments(name: str) -> list[str]:
+    """The names of every segment of map name present now."""
+    base = header_name(name)[1:]
+    found = []
+    for entry in SHM_DIR.glob(f"{base}*"):
+        rest = entry.name[len(base):]
+        if rest == "" or rest == READERS_SUFFIX or (
+            rest.startswith(GEN_INFIX) and rest[len(GEN_INFIX):].isdigit()
+        ):
+            found.append("/" + entry.name)
+    return sorted(found)
+
+
+def map_names() -> list[str]:
+    """Names of the maps whose header segment exists on this host (told
+    apart from generation and reader segments by its magic number)."""
+    names = []
+    for entry in SHM_DIR.glob(PREFIX[1:] + "*"):
+        try:
+            with entry.open("rb") as f:
+                magic = int.from_bytes(f.read(8), "little")
+        except OSError:
+            continue
+        if magic == lib.SHM_MAGIC_MAP:
+            names.append(entry.name[len(PREFIX) - 1:])
+    return sorted(names)

@@ -1,0 +1,221 @@
+"""The write side of a map: the one process (the daemon) that creates its
+segments, applies batches of writes, commits them and promotes."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from . import segments
+from ._core import ffi, lib
+from .errors import CorruptSegmentError, InvalidRequestError, LimitError, MapFullError
+from .generation import Generation
+
+STORE = bytes([lib.SHM_OP_STORE])
+DELETE = bytes([lib.SHM_OP_DELETE])
+_ERR_LEN = 256
+_LATEST = (1 << 64) - 1
+
+
+def store_item(key: bytes, value: bytes) -> bytes:
+    """One store in a batch blob: op, encoded key, encoded value."""
+    return STORE + key + value
+
+
+def delete_item(key: bytes) -> bytes:
+    return DELETE + key
+
+
+@dataclass
+class WriterStats:
+    """What the writer did since it started (the daemon reports these)."""
+
+    promotions: int = 0
+    compactions: int = 0                 # promotions that dropped dead versions
+    bytes_copied: int = 0
+    promotions_by_reason: dict[str, int] = field(default_factory=dict)
+    last_promotion_ms: float = 0.0
+
+
+@dataclass
+class Limits:
+    max_key: int = lib.SHM_DEFAULT_MAX_KEY
+    max_value: int = lib.SHM_DEFAULT_MAX_VALUE
+    max_live_bytes: int = 0              # 0: no limit but /dev/shm's size
+
+
+class MapWriter:
+    """Owns map ``name`` read-write: creates it, or adopts it (see adopt)."""
+
+    def __init__(self, name: str, *, mode: int = 0o600, limits: Optional[Limits] = None,
+                 socket_path: str = "", seed: Optional[tuple[int, int]] = None) -> None:
+        self.name = segments.check_map_name(name)
+        self.mode = mode
+        self.limits = limits or Limits()
+        self.stats = WriterStats()
+        self._header_mm = segments.create(segments.header_name(name),
+                                          ffi.sizeof("struct shm_map_header"), mode)
+        try:
+            self._header_buf = ffi.from_buffer(self._header_mm)
+            self.header: Any = ffi.cast("struct shm_map_header *", self._header_buf)
+            h = self.header
+            s0, s1 = seed if seed is not None else (
+                int.from_bytes(os.urandom(8), "little"), int.from_bytes(os.urandom(8), "little"))
+            h.magic = lib.SHM_MAGIC_MAP
+            h.layout_version = lib.SHM_LAYOUT_VERSION
+            h.header_size = ffi.sizeof("struct shm_map_header")
+            h.seed0, h.seed1 = s0, s1
+            h.created_ns = time.time_ns()
+            self.set_socket_path(socket_path)
+            self.generation = self._new_generation(1, 0, 0, 0, 0, base_seq=0)
+            lib.shm_map_publish_gen(self.header, 1)
+        except BaseException:
+            self._remove_all()
+            raise
+        self.seq = 0
+
+    # -- segments -------------------------------------------------------
+
+    def set_socket_path(self, path: str) -> None:
+        raw = path.encode()
+        if len(raw) >= lib.SHM_SOCKET_PATH_MAX:
+            raise ValueError(f"socket path {path!r} is longer than "
+                             f"{lib.SHM_SOCKET_PATH_MAX - 1} bytes")
+        ffi.memmove(self.header.socket_path, raw + b"\0", len(raw) + 1)
+
+    def _new_generation(self, gen: int, live_keys: int, live_bytes: int,
+                        reserve_keys: int, reserve_bytes: int, base_seq: int) -> Generation:
+        geo = ffi.new("struct shm_geometry *")
+        rc = lib.shm_plan(geo, live_keys, live_bytes, reserve_keys, reserve_bytes)
+        if rc != 0:
+            raise MapFullError(f"map {self.name!r}: a generation for {live_keys} keys and "
+                               f"{live_bytes} bytes is over the layout's limits")
+        seg = segments.gen_name(self.name, gen)
+        mm = segments.create(seg, geo.segment_size, self.mode)
+        h = self.header
+        try:
+            buf = ffi.from_buffer(mm)
+            rc = lib.shm_gen_init(buf, geo, gen, h.seed0, h.seed1, base_seq)
+            ffi.release(buf)
+            if rc != 0:
+                raise CorruptSegmentError(f"{seg}: could not lay out the generation")
+            g = Generation(seg, mm)
+        except BaseException:
+            segments.unlink(seg)
+            raise
+        g.view.max_key = self.limits.max_key
+        g.view.max_value = self.limits.max_value
+        return g
+
+    def _remove_all(self) -> None:
+        for seg in segments.map_segments(self.name):
+            segments.unlink(seg)
+
+    # -- writes -----------------------------------------------------------
+
+    def check(self, blob: bytes) -> Any:
+        """Validates blob against the limits; returns its shm_apply_info.
+        Raises InvalidRequestError/LimitError/TypeError naming the item."""
+        info = ffi.new("struct shm_apply_info *")
+        err = ffi.new("char[]", _ERR_LEN)
+        rc = lib.shm_apply_check(self.generation.view, blob, len(blob), info, err, _ERR_LEN)
+        if rc in (0, lib.SHM_ENOSPACE):
+            return info, rc
+        msg = ffi.string(err).decode(errors="replace")
+        if rc == lib.SHM_ETOOBIG:
+            raise LimitError(msg)
+        raise InvalidRequestError(msg)
+
+    def apply(self, blob: bytes) -> int:
+        """Applies a batch (items made by store_item/delete_item) as one
+        atomic write with the next seq, promoting first if it does not fit.
+        Returns its seq; it is visible to readers after commit()."""
+        info, rc = self.check(blob)
+        if rc == lib.SHM_ENOSPACE:
+            self.promote("full", reserve_keys=info.new_keys_max,
+                         reserve_bytes=info.arena_need)
+            info, rc = self.check(blob)
+            if rc != 0:
+                raise MapFullError(f"map {self.name!r}: the batch does not fit a new generation")
+        self._check_live_limit(info)
+        self.seq += 1
+        lib.shm_apply(self.generation.view, blob, len(blob), self.seq)
+        return self.seq
+
+    def _check_live_limit(self, info: Any) -> None:
+        limit = self.limits.max_live_bytes
+        if limit and int(self.generation.header.live_bytes) + info.arena_need > limit:
+            raise MapFullError(f"map {self.name!r}: live bytes would exceed the limit of "
+                               f"{limit} bytes")
+
+    def commit(self) -> int:
+        """Makes every applied write visible; returns committed_seq."""
+        lib.shm_commit(self.generation.view, self.seq)
+        return self.seq
+
+    def lookup_raw(self, key: bytes) -> Optional[bytes]:
+        """The encoded latest value of key, committed or not (the writer's
+        own view, for conditional operations)."""
+        return self.generation.lookup_raw(key, _LATEST)
+
+    # -- promotion --------------------------------------------------------
+
+    def promote(self, reason: str = "requested", *, reserve_keys: int = 0,
+                reserve_bytes: int = 0) -> Generation:
+        """Commits, builds the next generation from the live entries,
+        publishes it, marks the old one superseded and unlinks its name."""
+        started = time.perf_counter()
+        self.commit()
+        old = self.generation
+        snap = self.seq
+        keys, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        if lib.shm_measure(old.view, snap, keys, nbytes) != 0:
+            raise CorruptSegmentError(f"{old.segment}: entry counts are out of range")
+        new = self._new_generation(old.gen + 1, keys[0], nbytes[0], reserve_keys,
+                                   reserve_bytes, base_seq=snap)
+        try:
+            n = lib.shm_build(old.view, snap, new.view)
+            if n < 0:
+                raise MapFullError(f"{new.segment}: the live entries do not fit (code {n})")
+        except BaseException:
+            new.close()
+            segments.unlink(new.segment)
+            raise
+        lib.shm_map_publish_gen(self.header, new.gen)
+        lib.shm_mark_superseded(old.view)
+        segments.unlink(old.segment)
+        dead = int(old.header.arena_used) - nbytes[0]
+        self.generation = new
+        old.close()
+        st = self.stats
+        st.promotions += 1
+        st.compactions += dead > 0
+        st.bytes_copied += int(new.header.arena_used)
+        st.promotions_by_reason[reason] = st.promotions_by_reason.get(reason, 0) + 1
+        st.last_promotion_ms = (time.perf_counter() - started) * 1000
+        return new
+
+    def should_promote_for_misses(self, misses: int) -> bool:
+        """The sync.Map rule, scaled: promote once the misses readers
+        counted since the last promotion cost about one promotion."""
+        g = self.generation
+        if int(g.header.dirty_count) == 0:
+            return False
+        live = max(int(g.header.live_count), lib.SHM_MIN_DIRTY)
+        return misses >= live * lib.SHM_MISSES_PER_LIVE
+
+    # -- teardown ---------------------------------------------------------
+
+    def close(self, *, remove: bool = True) -> None:
+        """Unmaps; with remove, also unlinks every segment of the map."""
+        self.generation.close()
+        ffi.release(self._header_buf)
+        self._header_mm.close()
+        if remove:
+            self._remove_all()
+
+
+def batch_blob(ops: Iterable[tuple[bytes, Optional[bytes]]]) -> bytes:
+    """A blob of (key, value) stores and (key, None) deletes."""
+    return b"".join(STORE + k + v if v is not None else DELETE + k for k, v in ops)
