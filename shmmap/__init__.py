@@ -1,1 +1,22 @@
-"""shmmap: a key-value map shared by processes through POSIX shared memory."""
+"""shmmap: a key-value map shared by processes through POSIX shared memory.
+
+>>> import shmmap
+>>> with shmmap.Daemon("orders"):             # or: shmmap serve orders
+...     m = shmmap.connect("orders")
+...     m["a"] = 1
+...     dict(m.items())
+{'a': 1}
+"""
+from .client import Batch, SharedMap, connect
+from .errors import (CorruptSegmentError, DaemonRunningError, DaemonUnavailableError,
+                     InvalidRequestError, LimitError, MapFullError, MapNotFoundError,
+                     OutcomeUnknownError, ShmmapError)
+from .service import Daemon
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonUnavailableError",
+    "InvalidRequestError", "LimitError", "MapFullError", "MapNotFoundError",
+    "OutcomeUnknownError", "SharedMap", "ShmmapError", "connect",
+]

@@ -2,6 +2,7 @@
 mapped read-only, followed as the daemon publishes new generations."""
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterator, Optional
 
 from . import segments
@@ -42,6 +43,8 @@ class MapReader:
                 f"{segments.header_name(name)}: not a shmmap map header of layout "
                 f"version {lib.SHM_LAYOUT_VERSION}")
         self.counters: Any = None      # a reader slot, once the client has one
+        self._mapped: set[int] = set()  # generations this process holds mapped
+        self._view: Any = None
         self.generation: Generation = self._map_current()
         self._view = self.generation.view
 
@@ -53,8 +56,11 @@ class MapReader:
             except FileNotFoundError:
                 continue                # superseded meanwhile: read again
             g = Generation(segments.gen_name(self.name, gen), mm)
+            self._mapped.add(g.gen)
+            weakref.finalize(g, _unmapped, weakref.ref(self), g.gen)
             if self.counters is not None:
                 g.view.counters = self.counters
+            self._report_mapped()
             return g
         raise MapNotFoundError(f"map {self.name!r} has no current generation")
 
@@ -66,9 +72,21 @@ class MapReader:
         return self.generation
 
     def set_counters(self, slot: Any) -> None:
-        """Counts this reader's lookups and misses in slot (a reader slot)."""
+        """Counts this reader's lookups and misses in slot (a reader slot),
+        or, with None, in the view's own private counters."""
         self.counters = slot
-        self._view.counters = slot
+        if self._view is not None:
+            self._view.counters = slot if slot is not None else ffi.addressof(self._view, "own")
+        self._report_mapped()
+
+    def _report_mapped(self) -> None:
+        """Tells the reader slot which generations this process still maps
+        (iterations keep superseded ones alive until they end)."""
+        c = self.counters
+        if c is not None and self._mapped:
+            c.gen = max(self._mapped)
+            c.oldest_gen = min(self._mapped)
+            c.mapped_gens = len(self._mapped)
 
     def lookup(self, key: Any, default: Any = None) -> Any:
         """The value of key now, or default. The hot path: one cffi call."""
@@ -91,14 +109,14 @@ class MapReader:
     def contains(self, key: Any) -> bool:
         return self.lookup(key, _MISSING) is not _MISSING
 
-    def snapshot(self) -> tuple[Generation, int]:
+    def pin(self) -> tuple[Generation, int]:
         """The current generation and its committed seq: a consistent view
         that stays readable for as long as the Generation is referenced."""
         gen = self.refresh()
         return gen, gen.snapshot()
 
     def items(self) -> Iterator[tuple[Any, Any]]:
-        gen, snap = self.snapshot()
+        gen, snap = self.pin()
         return gen.items(snap)
 
     def __len__(self) -> int:
@@ -111,6 +129,13 @@ class MapReader:
         self.generation = None  # type: ignore[assignment]
         ffi.release(self._header_buf)
         self._header_mm.close()
+
+
+def _unmapped(reader_ref: "weakref.ref[MapReader]", gen: int) -> None:
+    reader = reader_ref()
+    if reader is not None:
+        reader._mapped.discard(gen)
+        reader._report_mapped()
 
 
 def lookup_in(gen: Generation, key: Any, snap: int, default: Optional[Any] = None) -> Any:

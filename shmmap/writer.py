@@ -182,12 +182,8 @@ class MapWriter:
             new.close()
             segments.unlink(new.segment)
             raise
-        lib.shm_map_publish_gen(self.header, new.gen)
-        lib.shm_mark_superseded(old.view)
-        segments.unlink(old.segment)
         dead = int(old.header.arena_used) - nbytes[0]
-        self.generation = new
-        old.close()
+        self._publish(new)
         st = self.stats
         st.promotions += 1
         st.compactions += dead > 0
@@ -195,6 +191,26 @@ class MapWriter:
         st.promotions_by_reason[reason] = st.promotions_by_reason.get(reason, 0) + 1
         st.last_promotion_ms = (time.perf_counter() - started) * 1000
         return new
+
+    def _publish(self, new: Generation) -> None:
+        """Makes new current: publish its number, mark the old generation
+        superseded, unlink the old name. Readers that hold the old one keep
+        it until they unmap it; the kernel frees it after the last."""
+        old = self.generation
+        lib.shm_map_publish_gen(self.header, new.gen)
+        lib.shm_mark_superseded(old.view)
+        segments.unlink(old.segment)
+        self.generation = new
+        old.close()
+
+    def clear(self) -> int:
+        """Removes every key as one write: an empty generation whose
+        committed_seq is the clear's seq. Returns that seq."""
+        self.commit()
+        self.seq += 1
+        self._publish(self._new_generation(self.generation.gen + 1, 0, 0, 0, 0,
+                                           base_seq=self.seq))
+        return self.seq
 
     def should_promote_for_misses(self, misses: int) -> bool:
         """The sync.Map rule, scaled: promote once the misses readers

@@ -1,0 +1,62 @@
+"""The wire protocol between clients and the daemon.
+
+A connection carries a stream of msgpack objects each way, so requests can
+be pipelined. A request is an array ``[op, request_id, *args]``; keys and
+values travel as ``bin``: the client's canonical msgpack encodings, which
+the daemon validates and stores as they are. A reply is
+``[request_id, OK, result, seq]`` (seq: the committed seq covering the
+write, 0 for a read) or ``[request_id, error_code, message]``. After an
+``E_PROTOCOL`` reply (bytes that are not a request) the daemon closes the
+connection.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from pathlib import Path
+
+VERSION = 1
+MAX_REQUEST = 64 * 1024 * 1024  # bytes of one request; larger is a protocol error
+RECV_SIZE = 256 * 1024
+
+
+class Op(enum.IntEnum):
+    HELLO = 0             # [version]               -> {info}
+    BATCH = 1             # [blob]                  -> None (seq)
+    LOAD_OR_STORE = 2     # [key, value]            -> [loaded, value]
+    LOAD_AND_DELETE = 3   # [key]                   -> [loaded, value]
+    SWAP = 4              # [key, value]            -> [loaded, previous]
+    COMPARE_AND_SWAP = 5  # [key, old, new]         -> swapped
+    COMPARE_AND_DELETE = 6  # [key, old]            -> deleted
+    CLEAR = 7             # []                      -> None (seq)
+    PROMOTE = 8           # []                      -> generation
+    STATS = 9             # []                      -> {stats}
+
+
+# Ops whose effect is the same if applied twice: a client may resend them
+# after the daemon restarts. The others report "outcome unknown" instead.
+IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS})
+
+OK = 0
+
+
+class Err(enum.IntEnum):
+    INVALID = 1           # a key, value or argument is malformed
+    LIMIT = 2             # over a configured limit
+    FULL = 3              # the map cannot grow
+    PROTOCOL = 4          # not a request: the connection is closed
+    UNKNOWN_OP = 5
+    INTERNAL = 6
+
+
+def default_socket_dir() -> Path:
+    """$XDG_RUNTIME_DIR/shmmap, else <tmp>/shmmap-<uid>."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "shmmap"
+    return Path(tempfile.gettempdir()) / f"shmmap-{os.getuid()}"
+
+
+def default_socket_path(name: str) -> Path:
+    return default_socket_dir() / f"{name}.sock"

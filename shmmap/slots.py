@@ -1,0 +1,94 @@
+"""Reader slots (/shmmap-NAME-readers): one cache line per connected client
+where it counts its lookups, misses and export batches, and says which
+generations it still holds mapped. The daemon assigns slots and reads them
+as untrusted statistics; nothing in them steers the map's consistency."""
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+from . import segments
+from ._core import ffi, lib
+
+SLOT = "struct shm_reader_slot"
+_HEADER_SIZE = ffi.sizeof("struct shm_readers_header")
+_SLOT_SIZE = ffi.sizeof(SLOT)
+COUNTERS = ("lookups", "misses", "iterations")
+
+
+def segment_size(count: int) -> int:
+    return _HEADER_SIZE + count * _SLOT_SIZE
+
+
+def slot_at(buf: Any, index: int) -> Any:
+    return ffi.cast(f"{SLOT} *", buf + _HEADER_SIZE + index * _SLOT_SIZE)
+
+
+class ReaderSlots:
+    """The daemon's side: creates the segment, hands out and reclaims slots
+    and sums what clients counted (including clients that have left)."""
+
+    def __init__(self, name: str, mode: int, count: int = lib.SHM_MAX_READERS) -> None:
+        self.segment = segments.readers_name(name)
+        self.count = count
+        segments.unlink(self.segment)   # a previous daemon's: slots restart
+        self.mm: mmap.mmap = segments.create(self.segment, segment_size(count), mode)
+        self.buf = ffi.from_buffer(self.mm)
+        h = ffi.cast("struct shm_readers_header *", self.buf)
+        h.magic = lib.SHM_MAGIC_READERS
+        h.layout_version = lib.SHM_LAYOUT_VERSION
+        h.slot_count = count
+        self.free = list(range(count - 1, -1, -1))
+        self.retired = dict.fromkeys(COUNTERS, 0)
+
+    def assign(self, pid: int) -> int:
+        """A free slot for client pid, or -1 when all are taken."""
+        if not self.free:
+            return -1
+        index = self.free.pop()
+        slot = slot_at(self.buf, index)
+        ffi.memmove(slot, b"\0" * _SLOT_SIZE, _SLOT_SIZE)
+        slot.pid = pid
+        return index
+
+    def release(self, index: int) -> None:
+        slot = slot_at(self.buf, index)
+        for name in COUNTERS:
+            self.retired[name] += int(getattr(slot, name))
+        ffi.memmove(slot, b"\0" * _SLOT_SIZE, _SLOT_SIZE)
+        self.free.append(index)
+
+    def totals(self, in_use: list[int]) -> dict[str, int]:
+        """Counters summed over the slots in use and those retired, and the
+        generations that clients still hold mapped besides their newest."""
+        out = dict(self.retired)
+        older = 0
+        for index in in_use:
+            slot = slot_at(self.buf, index)
+            for name in COUNTERS:
+                out[name] += int(getattr(slot, name))
+            older += max(int(slot.mapped_gens) - 1, 0)
+        out["older_generations_mapped"] = older
+        return out
+
+    def close(self) -> None:
+        ffi.release(self.buf)
+        self.mm.close()
+        segments.unlink(self.segment)
+
+
+class ClientSlot:
+    """A client's side: its one slot, mapped read-write."""
+
+    def __init__(self, name: str, index: int) -> None:
+        self.mm = segments.open_readwrite(segments.readers_name(name))
+        if index < 0 or segment_size(index + 1) > len(self.mm):
+            self.mm.close()
+            raise ValueError(f"reader slot {index} is outside the readers segment")
+        self.buf = ffi.from_buffer(self.mm)
+        self.slot: Any = slot_at(self.buf, index)
+
+    def close(self) -> None:
+        self.slot = None
+        ffi.release(self.buf)
+        self.mm.close()
