@@ -8,8 +8,10 @@ other that reads afterwards, sees it.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
+import time
 import weakref
 from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
 from contextlib import contextmanager
@@ -81,6 +83,7 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         self._lock = threading.Lock()
         self._sock: Optional[socket.socket] = None
         self._unpacker = msgpack.Unpacker(raw=False)
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self._slot: Optional[ClientSlot] = None
         self.daemon_info: dict[str, Any] = {}
@@ -105,6 +108,7 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             raise DaemonUnavailableError(
                 f"no daemon answers for map {self.name!r} at {path}: {exc.strerror or exc}"
             ) from None
+        sock.setblocking(False)         # replies are awaited by _recv_some
         self._sock = sock
         self._unpacker = msgpack.Unpacker(raw=False)
         info = self._roundtrip([Op.HELLO, self._new_id(), protocol.VERSION])[0]
@@ -136,26 +140,52 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         self._next_id += 1
         return self._next_id
 
-    def _recv_reply(self) -> Any:
+    def _wait(self, events: int, deadline: float) -> None:
+        """Sleeps until the socket has events, or raises TimeoutError."""
         assert self._sock is not None
-        for reply in self._unpacker:
-            return reply
+        poller = select.poll()
+        poller.register(self._sock, events)
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+
+    def _send_all(self, data: bytes, deadline: float) -> None:
+        assert self._sock is not None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._sock.send(view):]
+            except BlockingIOError:
+                self._wait(select.POLLOUT, deadline)
+
+    def _recv_some(self, deadline: float) -> bytes:
+        """The next bytes from the daemon: polls without sleeping for up to
+        CLIENT_SPIN_SECONDS (a reply usually comes sooner), then sleeps."""
+        assert self._sock is not None
+        spin_until = time.perf_counter() + protocol.CLIENT_SPIN_SECONDS
         while True:
-            data = self._sock.recv(protocol.RECV_SIZE)
+            try:
+                data = self._sock.recv(protocol.RECV_SIZE)
+            except BlockingIOError:
+                if time.perf_counter() > spin_until:
+                    self._wait(select.POLLIN, deadline)
+                continue
             if not data:
                 raise ConnectionResetError("the daemon closed the connection")
-            self._unpacker.feed(data)
-            for reply in self._unpacker:
-                return reply
+            return data
 
     def _roundtrip(self, *requests: list[Any]) -> list[Any]:
         """Sends requests (pipelined) and returns their results in order;
         raises the first error a reply carries. Caller holds the lock."""
-        assert self._sock is not None
-        self._sock.sendall(b"".join(msgpack.packb(r, use_bin_type=True) for r in requests))
+        deadline = time.monotonic() + self.timeout
+        pack = self._packer.pack
+        self._send_all(b"".join([pack(r) for r in requests]), deadline)
         results, error = [], None
         for _ in requests:
-            reply = self._recv_reply()
+            reply = next(self._unpacker, None)
+            while reply is None:
+                self._unpacker.feed(self._recv_some(deadline))
+                reply = next(self._unpacker, None)
             if reply[1] == protocol.OK:
                 results.append(reply[2])
             elif error is None:

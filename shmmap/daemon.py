@@ -58,6 +58,7 @@ class Connection:
         self.out = bytearray()
         self.slot = -1
         self.closing = False
+        self.events = selectors.EVENT_READ   # what the selector waits for
 
 
 class Server:
@@ -75,6 +76,7 @@ class Server:
         self.errors = 0
         self.started = time.time()
         self._uncommitted = False
+        self._pending: set[Connection] = set()   # connections with replies to send
         self._misses_at_promotion = 0
         self._packer = msgpack.Packer(use_bin_type=True)
         self.writer = self._create_map()
@@ -145,10 +147,18 @@ class Server:
         self._announce_ready()
         log.info("serving map %r on %s", self.name, self.socket_path)
         next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
+        busy_until = 0.0
         try:
             while not self.stopping:
-                for key, events in self.selector.select(MISS_CHECK_SECONDS):
-                    self._dispatch(key, events, wake_r)
+                # Right after serving, poll without sleeping for a moment:
+                # the next request of a synchronous client comes sooner than
+                # a wake-up from epoll would (see protocol.py).
+                now = time.perf_counter()
+                events = self.selector.select(0 if now < busy_until else MISS_CHECK_SECONDS)
+                for key, mask in events:
+                    self._dispatch(key, mask, wake_r)
+                if events:
+                    busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
                 self._commit_and_flush()
                 if time.monotonic() >= next_miss_check:
                     self._promote_for_misses()
@@ -235,14 +245,13 @@ class Server:
         conn.closing = True
 
     def _commit_and_flush(self) -> None:
+        """Commits this round's writes with one release store, then sends
+        every reply: no write is acknowledged before it is visible."""
         if self._uncommitted:
             self.writer.commit()
             self._uncommitted = False
-        for conn in list(self.connections.values()):
-            if conn.out:
-                self._flush(conn)
-            if conn.closing and not conn.out:
-                self._drop(conn)
+        while self._pending:
+            self._flush(self._pending.pop())
 
     def _flush(self, conn: Connection) -> None:
         try:
@@ -253,19 +262,22 @@ class Server:
             self._drop(conn)
             return
         del conn.out[:sent]
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        if conn.closing:
-            want = selectors.EVENT_WRITE
         if conn.closing and not conn.out:
             self._drop(conn)
             return
-        self.selector.modify(conn.sock, want, conn)
+        want = selectors.EVENT_WRITE if conn.closing else selectors.EVENT_READ
+        if conn.out:
+            want |= selectors.EVENT_WRITE
+        if want != conn.events:
+            conn.events = want
+            self.selector.modify(conn.sock, want, conn)
 
     def _drop(self, conn: Connection) -> None:
         fd = conn.sock.fileno()
         if fd < 0 or self.connections.get(fd) is not conn:
             return
         del self.connections[fd]
+        self._pending.discard(conn)
         self.selector.unregister(conn.sock)
         conn.sock.close()
         if conn.slot >= 0:
@@ -275,6 +287,7 @@ class Server:
 
     def _reply(self, conn: Connection, reply: list[Any]) -> None:
         conn.out += self._packer.pack(reply)
+        self._pending.add(conn)
 
     def _handle(self, conn: Connection, req: Any) -> None:
         self.requests += 1

@@ -54,6 +54,8 @@ class MapWriter:
         self.mode = mode
         self.limits = limits or Limits()
         self.stats = WriterStats()
+        self._info = ffi.new("struct shm_apply_info *")   # check()'s, reused
+        self._err = ffi.new("char[]", _ERR_LEN)
         self._header_mm = segments.create(segments.header_name(name),
                                           ffi.sizeof("struct shm_map_header"), mode)
         try:
@@ -117,12 +119,12 @@ class MapWriter:
     def check(self, blob: bytes) -> Any:
         """Validates blob against the limits; returns its shm_apply_info.
         Raises InvalidRequestError/LimitError/TypeError naming the item."""
-        info = ffi.new("struct shm_apply_info *")
-        err = ffi.new("char[]", _ERR_LEN)
-        rc = lib.shm_apply_check(self.generation.view, blob, len(blob), info, err, _ERR_LEN)
+        info = self._info
+        rc = lib.shm_apply_check(self.generation.view, blob, len(blob), info, self._err,
+                                 _ERR_LEN)
         if rc in (0, lib.SHM_ENOSPACE):
             return info, rc
-        msg = ffi.string(err).decode(errors="replace")
+        msg = ffi.string(self._err).decode(errors="replace")
         if rc == lib.SHM_ETOOBIG:
             raise LimitError(msg)
         raise InvalidRequestError(msg)
