@@ -153,8 +153,8 @@ class Server:
                 # Right after serving, poll without sleeping for a moment:
                 # the next request of a synchronous client comes sooner than
                 # a wake-up from epoll would (see protocol.py).
-                now = time.perf_counter()
-                events = self.selector.select(0 if now < busy_until else MISS_CHECK_SECONDS)
+                spinning = time.perf_counter() < busy_until
+                events = self.selector.select(0 if spinning else MISS_CHECK_SECONDS)
                 for key, mask in events:
                     self._dispatch(key, mask, wake_r)
                 if events:

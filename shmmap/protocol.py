@@ -22,8 +22,8 @@ MAX_REQUEST = 64 * 1024 * 1024  # bytes of one request; larger is a protocol err
 # 30 us here, most of it waking the sleeper; a peer that polls without
 # sleeping for a little while after it sent (client) or served (daemon)
 # answers in a few microseconds. Both bound the spin, then sleep.
-CLIENT_SPIN_SECONDS = 200e-6
-DAEMON_SPIN_SECONDS = 100e-6
+CLIENT_SPIN_SECONDS = 100e-6
+DAEMON_SPIN_SECONDS = 50e-6
 RECV_SIZE = 64 * 1024      # bytes per recv: below malloc's mmap threshold
 
 
