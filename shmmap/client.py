@@ -205,17 +205,21 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
                     if self._sock is None:
                         self._connect()
                     return self._roundtrip(*([r[0], self._new_id(), *r[1:]] for r in requests))
+                except DaemonUnavailableError:
+                    raise                       # could not even connect
                 except (OSError, ValueError) as exc:
-                    sent = self._sock is not None
+                    # The connection broke with the requests sent: a new
+                    # daemon may have adopted the map. Idempotent requests
+                    # are sent once more; the others may have been applied.
                     self._disconnect()
-                    if sent and not idempotent:
+                    if not idempotent:
                         raise OutcomeUnknownError(
                             f"map {self.name!r}: the daemon went away during "
                             f"{Op(requests[0][0]).name}; it may or may not have been applied"
                         ) from exc
-                    if attempt == 2 or isinstance(exc, DaemonUnavailableError):
+                    if attempt == 2:
                         raise DaemonUnavailableError(
-                            f"map {self.name!r}: no daemon answers: {exc}") from None
+                            f"map {self.name!r}: the daemon went away: {exc}") from None
             raise AssertionError("unreachable")
 
     def close(self) -> None:

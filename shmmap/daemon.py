@@ -44,6 +44,7 @@ class DaemonConfig:
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 1024
     allow_uids: frozenset[int] = frozenset()
+    fresh: bool = False           # discard a dead daemon's segments instead of adopting
     ready_fd: Optional[int] = None
 
 
@@ -93,13 +94,19 @@ class Server:
         live = _live_daemon(self.name)
         if live:
             raise DaemonRunningError(f"map {self.name!r} is already served by daemon pid {live}")
-        for seg in segments.map_segments(self.name):
-            # A dead daemon's segments: adoption comes with crash recovery;
-            # until then a new daemon starts the map afresh.
-            log.warning("removing stale segment %s", seg)
-            segments.unlink(seg)
-        return MapWriter(self.name, mode=self.config.mode, limits=self.config.limits,
-                         socket_path=str(self.socket_path))
+        options = dict(mode=self.config.mode, limits=self.config.limits,
+                       socket_path=str(self.socket_path))
+        stale = segments.map_segments(self.name)
+        if stale and self.config.fresh:
+            for seg in stale:
+                log.warning("--fresh: removing %s", seg)
+                segments.unlink(seg)
+        elif segments.header_name(self.name) in stale:
+            writer = MapWriter.adopt(self.name, **options)
+            log.warning("adopted map %r at seq %d (generation %d)", self.name, writer.seq,
+                        writer.generation.gen)
+            return writer
+        return MapWriter(self.name, **options)
 
     def _listen(self) -> socket.socket:
         self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -50,7 +50,10 @@ def create(seg: str, size: int, mode: int) -> mmap.mmap:
     """Creates seg exclusively with exactly mode, reserves all its pages
     (so touching them later cannot SIGBUS on a full /dev/shm) and maps it
     read-write."""
-    shm = posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=mode, size=size)
+    try:
+        shm = posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=mode, size=size)
+    except posix_ipc.ExistentialError:
+        raise FileExistsError(errno.EEXIST, "shared-memory segment exists", seg) from None
     try:
         os.fchmod(shm.fd, mode)
         try:

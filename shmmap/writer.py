@@ -50,12 +50,8 @@ class MapWriter:
 
     def __init__(self, name: str, *, mode: int = 0o600, limits: Optional[Limits] = None,
                  socket_path: str = "", seed: Optional[tuple[int, int]] = None) -> None:
-        self.name = segments.check_map_name(name)
-        self.mode = mode
-        self.limits = limits or Limits()
-        self.stats = WriterStats()
-        self._info = ffi.new("struct shm_apply_info *")   # check()'s, reused
-        self._err = ffi.new("char[]", _ERR_LEN)
+        """Creates map name; FileExistsError if its header segment exists."""
+        self._setup(name, mode, limits)
         self._header_mm = segments.create(segments.header_name(name),
                                           ffi.sizeof("struct shm_map_header"), mode)
         try:
@@ -76,6 +72,84 @@ class MapWriter:
             self._remove_all()
             raise
         self.seq = 0
+
+    def _setup(self, name: str, mode: int, limits: Optional[Limits]) -> None:
+        self.name = segments.check_map_name(name)
+        self.mode = mode
+        self.limits = limits or Limits()
+        self.stats = WriterStats()
+        self._info = ffi.new("struct shm_apply_info *")   # check()'s, reused
+        self._err = ffi.new("char[]", _ERR_LEN)
+
+    @classmethod
+    def adopt(cls, name: str, *, mode: int = 0o600, limits: Optional[Limits] = None,
+              socket_path: str = "") -> "MapWriter":
+        """Takes over the segments a dead daemon left: validates them as
+        untrusted bytes (CorruptSegmentError if they are not sound), retires
+        every other generation, and rebuilds the current one at its
+        committed_seq -- which drops whatever a write in flight at the crash
+        had appended, so no half-applied batch ever becomes visible."""
+        self = cls.__new__(cls)
+        self._setup(name, mode, limits)
+        seg = segments.header_name(name)
+        self._header_mm = segments.open_readwrite(seg)
+        self._header_buf = ffi.from_buffer(self._header_mm)
+        self.header = ffi.cast("struct shm_map_header *", self._header_buf)
+        h = self.header
+        if (len(self._header_mm) < ffi.sizeof("struct shm_map_header")
+                or h.magic != lib.SHM_MAGIC_MAP or h.layout_version != lib.SHM_LAYOUT_VERSION
+                or h.header_size != ffi.sizeof("struct shm_map_header")):
+            self._release_header()
+            raise CorruptSegmentError(f"{seg}: not a shmmap map header of layout version "
+                                      f"{lib.SHM_LAYOUT_VERSION}")
+        current = int(lib.shm_map_current_gen(h))
+        try:
+            self._retire_others(current)
+            gseg = segments.gen_name(name, current)
+            g = Generation(gseg, segments.open_readwrite(gseg))
+        except (FileNotFoundError, CorruptSegmentError) as exc:
+            self._release_header()
+            raise CorruptSegmentError(f"map {name!r}: current generation {current}: {exc}") from None
+        try:
+            g.validate()
+            if (g.header.gen != current or g.header.seed0 != h.seed0
+                    or g.header.seed1 != h.seed1):
+                raise CorruptSegmentError(f"{gseg}: does not belong to map {name!r}")
+        except CorruptSegmentError:
+            g.close()
+            self._release_header()
+            raise
+        g.view.max_key = self.limits.max_key
+        g.view.max_value = self.limits.max_value
+        self.generation = g
+        self.seq = int(g.header.committed_seq)
+        self.set_socket_path(socket_path)
+        self.promote("adopted")
+        return self
+
+    def _retire_others(self, current: int) -> None:
+        """Marks older generations superseded (a crash between publishing
+        current_gen and marking them would leave readers on them) and
+        removes newer ones (a promotion the crash cut short)."""
+        prefix = segments.gen_name(self.name, 0)[:-1]
+        for seg in segments.map_segments(self.name):
+            if not seg.startswith(prefix) or not seg[len(prefix):].isdigit():
+                continue
+            gen = int(seg[len(prefix):])
+            if gen < current:
+                try:
+                    old = Generation(seg, segments.open_readwrite(seg))
+                except (FileNotFoundError, CorruptSegmentError):
+                    pass            # nothing a reader could be using
+                else:
+                    lib.shm_mark_superseded(old.view)
+                    old.close()
+            if gen != current:
+                segments.unlink(seg)
+
+    def _release_header(self) -> None:
+        ffi.release(self._header_buf)
+        self._header_mm.close()
 
     # -- segments -------------------------------------------------------
 
@@ -228,8 +302,7 @@ class MapWriter:
     def close(self, *, remove: bool = True) -> None:
         """Unmaps; with remove, also unlinks every segment of the map."""
         self.generation.close()
-        ffi.release(self._header_buf)
-        self._header_mm.close()
+        self._release_header()
         if remove:
             self._remove_all()
 
