@@ -199,9 +199,10 @@ static int map_body(struct mp *c, enum mp_mode mode, int depth,
     return SHM_OK;
 }
 
-/* Ext types decode to ExtType, or to Timestamp for type -1, which msgpack-
- * python rejects unless it has one of the three sizes of the spec and its
- * nanoseconds are below one second. */
+/* Ext types decode to ExtType (application types 0..127), or to Timestamp
+ * for type -1, which msgpack-python rejects unless it has one of the three
+ * sizes of the spec and its nanoseconds are below one second; it rejects
+ * the other negative (reserved) types outright. */
 static int ext_body(struct mp *c, enum mp_mode mode, uint64_t n)
 {
     int rc = need(c, n + 1);
@@ -214,6 +215,9 @@ static int ext_body(struct mp *c, enum mp_mode mode, uint64_t n)
                     mode == MP_KEY ? KEY_TYPES : "");
     int8_t type = (int8_t)c->p[c->pos];
     const uint8_t *d = c->p + c->pos + 1;
+    if (type < 0 && type != MP_TIMESTAMP_TYPE)
+        return FAIL(c, "ext type %d at byte %llu is reserved by msgpack",
+                    type, (unsigned long long)c->pos);
     if (type == MP_TIMESTAMP_TYPE) {
         uint64_t nanos = 0;
         if (n == 8)

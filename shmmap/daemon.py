@@ -21,8 +21,7 @@ import msgpack
 from . import protocol, segments
 from ._core import ffi, lib
 from .codec import decode_value
-from .errors import (DaemonRunningError, InvalidRequestError, LimitError, MapFullError,
-                     ShmmapError)
+from .errors import DaemonRunningError, InvalidRequestError, LimitError, MapFullError
 from .protocol import Err, Op
 from .slots import ReaderSlots
 from .writer import Limits, MapWriter, delete_item, store_item
@@ -239,12 +238,18 @@ class Server:
             return
         try:
             conn.unpacker.feed(data)
-            for req in conn.unpacker:
-                self._handle(conn, req)
-                if conn.closing:
-                    break
-        except Exception as exc:   # msgpack's errors: bytes that are no request
-            self._protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
+        except msgpack.BufferFull:
+            self._protocol_error(conn, f"request over {protocol.MAX_REQUEST} bytes")
+            return
+        while not conn.closing:
+            try:
+                req = next(conn.unpacker)
+            except StopIteration:
+                return
+            except Exception as exc:   # msgpack's errors: bytes that are no request
+                self._protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
+                return
+            self._handle(conn, req)
 
     def _protocol_error(self, conn: Connection, message: str) -> None:
         self.errors += 1
@@ -320,7 +325,7 @@ class Server:
             self._error(conn, rid, Err.LIMIT, exc)
         except MapFullError as exc:
             self._error(conn, rid, Err.FULL, exc)
-        except ShmmapError as exc:
+        except Exception as exc:        # a bug: report it, keep serving
             log.exception("request %s failed", Op(op).name)
             self._error(conn, rid, Err.INTERNAL, exc)
         else:
@@ -336,8 +341,11 @@ class Server:
         self._uncommitted = True
         return seq
 
-    def _current(self, key: bytes) -> Optional[bytes]:
-        self.writer.check(delete_item(key))     # validates the key
+    def _current(self, key: bytes, *values: bytes) -> Optional[bytes]:
+        """Validates key and values; returns key's latest encoded value."""
+        self.writer.check_key(key)
+        for value in values:
+            self.writer.check_value(value)
         return self.writer.lookup_raw(key)
 
     def op_hello(self, conn: Connection, version: Any) -> tuple[Any, int]:
@@ -355,7 +363,7 @@ class Server:
 
     def op_load_or_store(self, conn: Connection, key: Any, value: Any) -> tuple[Any, int]:
         key, value = _bin(key, "key"), _bin(value, "value")
-        current = self._current(key)
+        current = self._current(key, value)
         if current is not None:
             return [True, current], 0
         return [False, value], self._write(store_item(key, value))
@@ -369,21 +377,20 @@ class Server:
 
     def op_swap(self, conn: Connection, key: Any, value: Any) -> tuple[Any, int]:
         key, value = _bin(key, "key"), _bin(value, "value")
-        current = self._current(key)
+        current = self._current(key, value)
         return [current is not None, current], self._write(store_item(key, value))
 
     def op_compare_and_swap(self, conn: Connection, key: Any, old: Any,
                             new: Any) -> tuple[Any, int]:
         key, old, new = _bin(key, "key"), _bin(old, "old value"), _bin(new, "new value")
-        current = self._current(key)
-        self.writer.check(store_item(key, new))
+        current = self._current(key, old, new)
         if current is None or not _same(current, old):
             return False, 0
         return True, self._write(store_item(key, new))
 
     def op_compare_and_delete(self, conn: Connection, key: Any, old: Any) -> tuple[Any, int]:
         key, old = _bin(key, "key"), _bin(old, "old value")
-        current = self._current(key)
+        current = self._current(key, old)
         if current is None or not _same(current, old):
             return False, 0
         return True, self._write(delete_item(key))
@@ -468,13 +475,9 @@ def _bin(x: Any, what: str) -> bytes:
 
 
 def _same(stored: bytes, given: bytes) -> bool:
-    """Whether two encoded values are equal as Python values (1 == 1.0)."""
-    if stored == given:
-        return True
-    try:
-        return bool(decode_value(stored) == decode_value(given))
-    except Exception as exc:
-        raise InvalidRequestError(f"old value is not well-formed msgpack: {exc}") from None
+    """Whether two encoded (and validated) values are equal as Python
+    values (1 == 1.0)."""
+    return stored == given or bool(decode_value(stored) == decode_value(given))
 
 
 def _refuse(sock: socket.socket, message: str) -> None:

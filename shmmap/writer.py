@@ -203,6 +203,21 @@ class MapWriter:
             raise LimitError(msg)
         raise InvalidRequestError(msg)
 
+    def check_key(self, key: bytes) -> None:
+        """Raises unless key is one canonical msgpack key within the limit."""
+        self._check_one(lib.shm_check_key, "key", key, self.limits.max_key)
+
+    def check_value(self, value: bytes) -> None:
+        """Raises unless value is one well-formed msgpack object within the
+        limit."""
+        self._check_one(lib.shm_check_value, "value", value, self.limits.max_value)
+
+    def _check_one(self, fn: Any, what: str, data: bytes, limit: int) -> None:
+        if len(data) > limit:
+            raise LimitError(f"{what} of {len(data)} bytes is over the limit of {limit} bytes")
+        if fn(data, len(data), self._err, _ERR_LEN) != 0:
+            raise InvalidRequestError(ffi.string(self._err).decode(errors="replace"))
+
     def apply(self, blob: bytes) -> int:
         """Applies a batch (items made by store_item/delete_item) as one
         atomic write with the next seq, promoting first if it does not fit.
