@@ -1,0 +1,244 @@
+"""What survives what: daemon crashes, client crashes, neighbours. Real
+daemons, real client processes, kill -9; bounded in time, synchronised on
+pipes and replies."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import stat
+import threading
+from typing import Any
+
+import pytest
+
+import shmmap
+from shmmap import segments
+from shmmap._core import ffi
+
+GROUP = 8          # keys written together by one batch
+CTX = mp.get_context("spawn")
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_segments_and_socket_are_private_by_default(map_name: str) -> None:
+    with shmmap.Daemon(map_name) as d:
+        with d.connect() as m:
+            m["k"] = 1
+            for seg in segments.map_segments(map_name):
+                assert _mode("/dev/shm" + seg) == 0o600, seg
+            assert _mode(str(d.socket_path)) == 0o600
+
+
+def test_mode_shares_segments_and_socket_with_a_group(map_name: str) -> None:
+    with shmmap.Daemon(map_name, mode=0o660) as d:
+        with d.connect() as m:
+            m["k"] = 1
+            for seg in segments.map_segments(map_name):
+                assert _mode("/dev/shm" + seg) == 0o660, seg
+            assert _mode(str(d.socket_path)) == 0o660
+
+
+def _write_through_mapping(name: str) -> None:
+    m = shmmap.connect(name)
+    ffi.cast("uint64_t *", m.generation.buf)[0] = 0     # PROT_READ: SIGSEGV
+
+
+def test_a_client_cannot_write_the_map_through_its_mapping(map_name: str) -> None:
+    with shmmap.Daemon(map_name) as d:
+        with d.connect() as m:
+            m["k"] = "v"
+            assert memoryview(m.generation.mm).readonly
+            with pytest.raises(TypeError):
+                m.generation.mm[0] = 0
+            child = CTX.Process(target=_write_through_mapping, args=(map_name,))
+            child.start()
+            child.join(60)
+            assert child.exitcode == -signal.SIGSEGV
+            assert m["k"] == "v"
+            m.generation.validate()
+
+
+def _batch_writer(name: str, acks: Any, go_on: Any) -> None:
+    """Writes batch after batch; reports each acknowledged batch number;
+    after a failure waits for the parent's word, then goes on with the
+    same batch (its store is idempotent)."""
+    m = shmmap.connect(name, timeout=20)
+    n = 0
+    while True:
+        try:
+            with m.batch() as b:
+                for i in range(GROUP):
+                    b[("g", n % 50, i)] = n
+        except shmmap.DaemonUnavailableError:
+            acks.send(("down", n))
+            if go_on.recv() == "stop":
+                break
+            continue
+        acks.send(("ack", n))
+        n += 1
+        if n % 64 == 0 and go_on.poll() and go_on.recv() == "stop":
+            break
+    m.close()
+
+
+def _group_checker(name: str, stop: Any, out: Any) -> None:
+    """Iterates continuously: every group carries one batch number."""
+    m = shmmap.connect(name, timeout=20)
+    scans = 0
+    try:
+        while not stop.is_set():
+            groups: dict[int, set[int]] = {}
+            for key, value in m.items():
+                groups.setdefault(key[1], set()).add(value)
+            bad = {g: v for g, v in groups.items() if len(v) != 1}
+            if bad:
+                out.put(("torn", bad))
+                return
+            scans += 1
+        out.put(("ok", scans))
+    except Exception as exc:
+        out.put(("error", repr(exc)))
+    finally:
+        m.close()
+
+
+def test_daemon_killed_mid_writes_loses_no_acknowledged_write(map_name: str) -> None:
+    d = shmmap.Daemon(map_name).start()
+    acks_r, acks_w = CTX.Pipe(duplex=False)
+    go_r, go_w = CTX.Pipe(duplex=False)
+    stop, out = CTX.Event(), CTX.Queue()
+    writer = CTX.Process(target=_batch_writer, args=(map_name, acks_w, go_r))
+    reader = CTX.Process(target=_group_checker, args=(map_name, stop, out))
+    d2 = None
+    try:
+        writer.start()
+        reader.start()
+        acked = []
+        while len(acked) < 300:
+            assert acks_r.poll(60), "the writer stopped acknowledging"
+            kind, n = acks_r.recv()
+            assert kind == "ack"
+            acked.append(n)
+        d.process.send_signal(signal.SIGKILL)
+        d.process.wait()
+        while True:                 # acks in flight, then the failure
+            assert acks_r.poll(60)
+            kind, n = acks_r.recv()
+            if kind == "down":
+                break
+            acked.append(n)
+        d2 = shmmap.Daemon(map_name).start()     # adopts the segments
+        assert "adopted" in d2.log()
+        go_w.send("continue")
+        for _ in range(100):
+            assert acks_r.poll(60)
+            kind, n = acks_r.recv()
+            assert kind == "ack", "writes go on after the restart without reconnecting by hand"
+            acked.append(n)
+        go_w.send("stop")
+        writer.join(60)
+        while acks_r.poll(0):       # what it acknowledged before it stopped
+            kind, n = acks_r.recv()
+            assert kind == "ack"
+            acked.append(n)
+        stop.set()
+        result = out.get(timeout=60)
+        assert result[0] == "ok" and result[1] > 0, result
+        with d2.connect() as m:
+            snap = m.snapshot()
+            last = {}
+            for n in acked:
+                last[n % 50] = n
+            for group, n in last.items():
+                assert [snap[("g", group, i)] for i in range(GROUP)] == [n] * GROUP
+    finally:
+        stop.set()
+        go_w.send("stop")
+        for p in (writer, reader):
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        if d2 is not None:
+            d2.stop()
+        d.stop()
+
+
+def test_conditional_write_cut_off_by_a_crash_reports_outcome_unknown(map_name: str) -> None:
+    d = shmmap.Daemon(map_name).start()
+    try:
+        m = d.connect(timeout=30)
+        m["k"] = 1
+        os.kill(d.pid, signal.SIGSTOP)          # the request will be in flight
+        raised: list[BaseException] = []
+
+        def cas() -> None:
+            try:
+                m.compare_and_swap("k", 1, 2)
+            except BaseException as exc:
+                raised.append(exc)
+
+        t = threading.Thread(target=cas)
+        t.start()
+        d.process.send_signal(signal.SIGKILL)
+        t.join(60)
+        assert len(raised) == 1 and isinstance(raised[0], shmmap.OutcomeUnknownError)
+        assert m["k"] == 1                      # readers keep the last state
+        m.close()
+    finally:
+        d.stop()
+
+
+def _crashing_client(name: str, ready: Any, mode: str) -> None:
+    m = shmmap.connect(name)
+    ready.send("ready")
+    while True:
+        if mode == "iterate":
+            for _ in m.items():
+                pass
+        else:
+            m.update({i: i for i in range(1000)})
+
+
+def test_killed_clients_leave_daemon_and_others_unaffected(map_name: str) -> None:
+    with shmmap.Daemon(map_name) as d:
+        with d.connect() as m:
+            m.update({i: i for i in range(20000)})
+            procs = []
+            for mode in ("iterate", "iterate", "write", "write"):
+                r, w = CTX.Pipe(duplex=False)
+                p = CTX.Process(target=_crashing_client, args=(map_name, w, mode))
+                p.start()
+                assert r.poll(60) and r.recv() == "ready"
+                procs.append(p)
+            assert m.stats()["clients"] == 5
+            for p in procs:
+                p.kill()
+                p.join()
+            # The daemon sees each connection end; a request of ours after
+            # that is served after it (one loop, arrival order).
+            for _ in range(1000):
+                if m.stats()["clients"] == 1:
+                    break
+            assert m.stats()["clients"] == 1
+            m["after"] = "fine"
+            assert m["after"] == "fine" and len(m) == 20001
+            again = [shmmap.connect(map_name) for _ in range(4)]
+            assert m.stats()["clients"] == 5     # slots were reclaimed and reused
+            for c in again:
+                c.close()
+
+
+def test_connection_limit_gives_a_clear_error(map_name: str) -> None:
+    with shmmap.Daemon(map_name, max_connections=2) as d:
+        a, b = d.connect(), d.connect()
+        with pytest.raises(shmmap.LimitError, match="limit of 2 connections"):
+            d.connect()
+        a["x"] = 1
+        assert b["x"] == 1
+        a.close()
+        b.close()
