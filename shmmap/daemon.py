@@ -40,6 +40,7 @@ class DaemonConfig:
     name: str
     socket_path: Optional[str] = None
     mode: int = 0o600
+    group: Optional[int] = None   # gid the segments and socket belong to
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 1024
     allow_uids: frozenset[int] = frozenset()
@@ -81,7 +82,7 @@ class Server:
         self._packer = msgpack.Packer(use_bin_type=True)
         self.writer = self._create_map()
         try:
-            self.slots = ReaderSlots(self.name, config.mode)
+            self.slots = ReaderSlots(self.name, config.mode, config.group)
             self.listener = self._listen()
         except BaseException:
             self.writer.close()
@@ -93,8 +94,8 @@ class Server:
         live = _live_daemon(self.name)
         if live:
             raise DaemonRunningError(f"map {self.name!r} is already served by daemon pid {live}")
-        options = dict(mode=self.config.mode, limits=self.config.limits,
-                       socket_path=str(self.socket_path))
+        options = dict(mode=self.config.mode, group=self.config.group,
+                       limits=self.config.limits, socket_path=str(self.socket_path))
         stale = segments.map_segments(self.name)
         if stale and self.config.fresh:
             for seg in stale:
@@ -117,6 +118,8 @@ class Server:
             sock.bind(str(self.socket_path))
         finally:
             os.umask(old)
+        if self.config.group is not None:
+            os.chown(self.socket_path, -1, self.config.group)
         os.chmod(self.socket_path, self.config.mode)
         sock.listen(_LISTEN_BACKLOG)
         sock.setblocking(False)
@@ -212,11 +215,11 @@ class Server:
                     log.error("out of file descriptors: %s", exc)
                     return
                 raise
-            pid, uid, _gid = _PEERCRED.unpack(
+            pid, uid, gid = _PEERCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-            if uid != os.getuid() and uid != 0 and uid not in self.config.allow_uids:
+            if not self._allowed(uid, gid):
                 log.warning("refused pid %d of uid %d (not allowed)", pid, uid)
-                sock.close()
+                _refuse(sock, f"uid {uid} may not write map {self.name!r}")
                 continue
             if len(self.connections) >= self.config.max_connections:
                 _refuse(sock, f"daemon at its limit of {self.config.max_connections} connections")
@@ -225,6 +228,13 @@ class Server:
             conn = Connection(sock, pid, uid)
             self.connections[sock.fileno()] = conn
             self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _allowed(self, uid: int, gid: int) -> bool:
+        """Peers are authorised by uid (pids are reused): the daemon's own,
+        root, those of --allow-uid, and members of --group by their gid."""
+        c = self.config
+        return (uid in (os.getuid(), 0) or uid in c.allow_uids
+                or (c.group is not None and gid == c.group))
 
     def _read(self, conn: Connection) -> None:
         try:

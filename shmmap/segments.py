@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
 import posix_ipc
 
@@ -46,15 +47,17 @@ def readers_name(name: str) -> str:
     return f"{PREFIX}{name}{READERS_SUFFIX}"
 
 
-def create(seg: str, size: int, mode: int) -> mmap.mmap:
-    """Creates seg exclusively with exactly mode, reserves all its pages
-    (so touching them later cannot SIGBUS on a full /dev/shm) and maps it
-    read-write."""
+def create(seg: str, size: int, mode: int, group: Optional[int] = None) -> mmap.mmap:
+    """Creates seg exclusively with exactly mode (and group, if given),
+    reserves all its pages (so touching them later cannot SIGBUS on a full
+    /dev/shm) and maps it read-write."""
     try:
         shm = posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=mode, size=size)
     except posix_ipc.ExistentialError:
         raise FileExistsError(errno.EEXIST, "shared-memory segment exists", seg) from None
     try:
+        if group is not None:
+            os.fchown(shm.fd, -1, group)
         os.fchmod(shm.fd, mode)
         try:
             os.posix_fallocate(shm.fd, 0, size)

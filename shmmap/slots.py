@@ -5,7 +5,7 @@ as untrusted statistics; nothing in them steers the map's consistency."""
 from __future__ import annotations
 
 import mmap
-from typing import Any
+from typing import Any, Optional
 
 from . import segments
 from ._core import ffi, lib
@@ -28,11 +28,12 @@ class ReaderSlots:
     """The daemon's side: creates the segment, hands out and reclaims slots
     and sums what clients counted (including clients that have left)."""
 
-    def __init__(self, name: str, mode: int, count: int = lib.SHM_MAX_READERS) -> None:
+    def __init__(self, name: str, mode: int, group: Optional[int] = None,
+                 count: int = lib.SHM_MAX_READERS) -> None:
         self.segment = segments.readers_name(name)
         self.count = count
         segments.unlink(self.segment)   # a previous daemon's: slots restart
-        self.mm: mmap.mmap = segments.create(self.segment, segment_size(count), mode)
+        self.mm: mmap.mmap = segments.create(self.segment, segment_size(count), mode, group)
         self.buf = ffi.from_buffer(self.mm)
         h = ffi.cast("struct shm_readers_header *", self.buf)
         h.magic = lib.SHM_MAGIC_READERS

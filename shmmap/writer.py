@@ -48,12 +48,13 @@ class Limits:
 class MapWriter:
     """Owns map ``name`` read-write: creates it, or adopts it (see adopt)."""
 
-    def __init__(self, name: str, *, mode: int = 0o600, limits: Optional[Limits] = None,
-                 socket_path: str = "", seed: Optional[tuple[int, int]] = None) -> None:
+    def __init__(self, name: str, *, mode: int = 0o600, group: Optional[int] = None,
+                 limits: Optional[Limits] = None, socket_path: str = "",
+                 seed: Optional[tuple[int, int]] = None) -> None:
         """Creates map name; FileExistsError if its header segment exists."""
-        self._setup(name, mode, limits)
+        self._setup(name, mode, group, limits)
         self._header_mm = segments.create(segments.header_name(name),
-                                          ffi.sizeof("struct shm_map_header"), mode)
+                                          ffi.sizeof("struct shm_map_header"), mode, group)
         try:
             self._header_buf = ffi.from_buffer(self._header_mm)
             self.header: Any = ffi.cast("struct shm_map_header *", self._header_buf)
@@ -73,24 +74,26 @@ class MapWriter:
             raise
         self.seq = 0
 
-    def _setup(self, name: str, mode: int, limits: Optional[Limits]) -> None:
+    def _setup(self, name: str, mode: int, group: Optional[int],
+               limits: Optional[Limits]) -> None:
         self.name = segments.check_map_name(name)
         self.mode = mode
+        self.group = group
         self.limits = limits or Limits()
         self.stats = WriterStats()
         self._info = ffi.new("struct shm_apply_info *")   # check()'s, reused
         self._err = ffi.new("char[]", _ERR_LEN)
 
     @classmethod
-    def adopt(cls, name: str, *, mode: int = 0o600, limits: Optional[Limits] = None,
-              socket_path: str = "") -> "MapWriter":
+    def adopt(cls, name: str, *, mode: int = 0o600, group: Optional[int] = None,
+              limits: Optional[Limits] = None, socket_path: str = "") -> "MapWriter":
         """Takes over the segments a dead daemon left: validates them as
         untrusted bytes (CorruptSegmentError if they are not sound), retires
         every other generation, and rebuilds the current one at its
         committed_seq -- which drops whatever a write in flight at the crash
         had appended, so no half-applied batch ever becomes visible."""
         self = cls.__new__(cls)
-        self._setup(name, mode, limits)
+        self._setup(name, mode, group, limits)
         seg = segments.header_name(name)
         self._header_mm = segments.open_readwrite(seg)
         self._header_buf = ffi.from_buffer(self._header_mm)
@@ -168,7 +171,7 @@ class MapWriter:
             raise MapFullError(f"map {self.name!r}: a generation for {live_keys} keys and "
                                f"{live_bytes} bytes is over the layout's limits")
         seg = segments.gen_name(self.name, gen)
-        mm = segments.create(seg, geo.segment_size, self.mode)
+        mm = segments.create(seg, geo.segment_size, self.mode, self.group)
         h = self.header
         try:
             buf = ffi.from_buffer(mm)
