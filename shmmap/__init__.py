@@ -8,7 +8,7 @@
 {'a': 1}
 """
 from .client import Batch, SharedMap, connect
-from .errors import (CorruptSegmentError, DaemonRunningError, DaemonUnavailableError,
+from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonUnavailableError,
                      InvalidRequestError, LimitError, MapFullError, MapNotFoundError,
                      OutcomeUnknownError, ShmmapError)
 from .service import Daemon
@@ -16,7 +16,7 @@ from .service import Daemon
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonUnavailableError",
+    "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonUnavailableError",
     "InvalidRequestError", "LimitError", "MapFullError", "MapNotFoundError",
     "OutcomeUnknownError", "SharedMap", "ShmmapError", "connect",
 ]

@@ -24,7 +24,7 @@ import msgpack
 from . import protocol
 from ._core import ffi
 from .codec import decode_value, encode_key, encode_value
-from .errors import (DaemonUnavailableError, InvalidRequestError, LimitError, MapFullError,
+from .errors import (AccessDeniedError, DaemonUnavailableError, InvalidRequestError, LimitError, MapFullError,
                      OutcomeUnknownError, ShmmapError)
 from .protocol import Err, Op
 from .reader import MapReader
@@ -41,6 +41,7 @@ _ERRORS: dict[int, type[ShmmapError]] = {
     Err.PROTOCOL: InvalidRequestError,
     Err.UNKNOWN_OP: InvalidRequestError,
     Err.INTERNAL: ShmmapError,
+    Err.DENIED: AccessDeniedError,
 }
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
 _live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()

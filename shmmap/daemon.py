@@ -219,10 +219,11 @@ class Server:
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
             if not self._allowed(uid, gid):
                 log.warning("refused pid %d of uid %d (not allowed)", pid, uid)
-                _refuse(sock, f"uid {uid} may not write map {self.name!r}")
+                _refuse(sock, Err.DENIED, f"uid {uid} may not use map {self.name!r}")
                 continue
             if len(self.connections) >= self.config.max_connections:
-                _refuse(sock, f"daemon at its limit of {self.config.max_connections} connections")
+                _refuse(sock, Err.LIMIT,
+                        f"daemon at its limit of {self.config.max_connections} connections")
                 continue
             sock.setblocking(False)
             conn = Connection(sock, pid, uid)
@@ -490,9 +491,9 @@ def _same(stored: bytes, given: bytes) -> bool:
     return stored == given or bool(decode_value(stored) == decode_value(given))
 
 
-def _refuse(sock: socket.socket, message: str) -> None:
+def _refuse(sock: socket.socket, code: Err, message: str) -> None:
     try:
-        sock.sendall(msgpack.packb([None, Err.LIMIT, message]))
+        sock.sendall(msgpack.packb([None, code, message]))
     except OSError:
         pass
     sock.close()

@@ -30,6 +30,10 @@ class DaemonUnavailableError(ShmmapError, ConnectionError):
     """No daemon answers for the map: writes cannot be made now."""
 
 
+class AccessDeniedError(ShmmapError, PermissionError):
+    """The daemon refuses this process's user (see --allow-uid, --group)."""
+
+
 class DaemonRunningError(ShmmapError):
     """A live daemon already serves the map."""
 

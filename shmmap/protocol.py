@@ -54,6 +54,7 @@ class Err(enum.IntEnum):
     PROTOCOL = 4          # not a request: the connection is closed
     UNKNOWN_OP = 5
     INTERNAL = 6
+    DENIED = 7            # the peer's uid may not use this map
 
 
 def default_socket_dir() -> Path:

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import stat
+import tempfile
 import threading
 from typing import Any
 
@@ -242,3 +243,41 @@ def test_connection_limit_gives_a_clear_error(map_name: str) -> None:
         assert b["x"] == 1
         a.close()
         b.close()
+
+
+NOBODY = 65534
+
+
+def _connect_as_nobody(name: str, out: Any) -> None:
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    try:
+        m = shmmap.connect(name, timeout=10)
+    except shmmap.ShmmapError as exc:
+        out.put((type(exc).__name__, str(exc)))
+        return
+    m["from-nobody"] = 1
+    out.put(("ok", m["from-nobody"]))
+    m.close()
+
+
+def _as_nobody(name: str) -> tuple[str, Any]:
+    out = CTX.Queue()
+    p = CTX.Process(target=_connect_as_nobody, args=(name, out))
+    p.start()
+    result = out.get(timeout=60)
+    p.join(60)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_daemon_checks_the_peer_uid(map_name: str) -> None:
+    with tempfile.TemporaryDirectory() as where:      # a directory nobody can reach
+        os.chmod(where, 0o755)
+        sock = os.path.join(where, "s.sock")
+        with shmmap.Daemon(map_name, socket=sock, mode=0o666):
+            kind, message = _as_nobody(map_name)
+            assert kind == "AccessDeniedError", message
+            assert f"uid {NOBODY}" in message
+        with shmmap.Daemon(map_name, socket=sock, mode=0o666, allow_uid=[NOBODY]):
+            assert _as_nobody(map_name) == ("ok", 1)
