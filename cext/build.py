@@ -58,6 +58,7 @@ ffibuilder.set_source(
     sources=[str(Path("cext") / s) for s in SOURCES],
     include_dirs=["cext"],
     extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":

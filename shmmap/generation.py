@@ -13,7 +13,6 @@ from .errors import CorruptSegmentError
 _ERR_LEN = 256
 _LEN_BITS = lib.SHM_FOUND_LEN_BITS
 _LEN_MASK = (1 << _LEN_BITS) - 1
-_LEN_LONG = lib.SHM_FOUND_LEN_LONG
 # The length field of a record sits 8 bytes before its value (shm_record:
 # seq, prev, len, flags).
 _REC_LEN_BACK = lib.SHM_REC_HEADER - ffi.offsetof("struct shm_record", "len")
@@ -68,21 +67,18 @@ class Generation:
     def superseded(self) -> bool:
         return bool(lib.shm_superseded(self.view))
 
-    def value_at(self, packed: int) -> Any:
-        """Decodes the value a lookup found (its packed location)."""
-        off = packed >> _LEN_BITS
-        n = packed & _LEN_MASK
-        if n == _LEN_LONG:
-            n = int.from_bytes(self.mm[off - _REC_LEN_BACK:off - _REC_LEN_BACK + 4], "little")
-        return _unpackb(self.mv[off:off + n], raw=False, strict_map_key=False)
-
     def raw_at(self, packed: int) -> bytes:
-        """The msgpack bytes of the value a lookup found."""
+        """The msgpack bytes of the value a lookup found (its packed
+        location: offset, and length unless it did not fit)."""
         off = packed >> _LEN_BITS
         n = packed & _LEN_MASK
-        if n == _LEN_LONG:
+        if n == lib.SHM_FOUND_LEN_LONG:
             n = int.from_bytes(self.mm[off - _REC_LEN_BACK:off - _REC_LEN_BACK + 4], "little")
         return self.mm[off:off + n]
+
+    def value_at(self, packed: int) -> Any:
+        """Decodes the value a lookup found."""
+        return _unpackb(self.raw_at(packed), raw=False, strict_map_key=False)
 
     def lookup_raw(self, key: bytes, snap: int) -> Optional[bytes]:
         """The encoded value of encoded key at snapshot snap, or None."""
