@@ -87,6 +87,7 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self._slot: Optional[ClientSlot] = None
+        self._retired_slots: list[ClientSlot] = []
         self.daemon_info: dict[str, Any] = {}
         _live_maps[id(self)] = self
         with self._lock:
@@ -123,8 +124,10 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             self._sock.close()
             self._sock = None
         if self._slot is not None:
+            # Another thread may be counting into it inside a C call right
+            # now: keep the mapping until the map is closed.
             self.set_counters(None)
-            self._slot.close()
+            self._retired_slots.append(self._slot)
             self._slot = None
 
     def _after_fork(self) -> None:
@@ -227,6 +230,9 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         """Closes the connection and unmaps the map."""
         with self._lock:
             self._disconnect()
+            for slot in self._retired_slots:
+                slot.close()
+            self._retired_slots.clear()
         _live_maps.pop(id(self), None)
         MapReader.close(self)
 

@@ -51,10 +51,7 @@ class MapReader:
                 f"version {lib.SHM_LAYOUT_VERSION}")
         self.counters: Any = None      # a reader slot, once the client has one
         self._mapped: set[int] = set()  # generations this process holds mapped
-        self._view: Any = None
         self.generation: Generation = self._map_current()
-        self._view = self.generation.view
-        self._mm = self.generation.mm
 
     def _map_current(self) -> Generation:
         for _ in range(_REMAP_TRIES):
@@ -74,18 +71,16 @@ class MapReader:
 
     def refresh(self) -> Generation:
         """The current generation, mapping a newer one if it was superseded."""
-        if lib.shm_superseded(self._view):
+        if lib.shm_superseded(self.generation.view):
             self.generation = self._map_current()
-            self._view = self.generation.view
-            self._mm = self.generation.mm
         return self.generation
 
     def set_counters(self, slot: Any) -> None:
         """Counts this reader's lookups and misses in slot (a reader slot),
         or, with None, in the view's own private counters."""
         self.counters = slot
-        if self._view is not None:
-            self._view.counters = slot if slot is not None else ffi.addressof(self._view, "own")
+        view = self.generation.view
+        view.counters = slot if slot is not None else ffi.addressof(view, "own")
         self._report_mapped()
 
     def _report_mapped(self) -> None:
@@ -100,21 +95,24 @@ class MapReader:
     def lookup(self, key: Any, default: Any = None) -> Any:
         """The value of key now, or default. The hot path: one cffi call
         (it costs more than the C lookup it makes), one slice, one decode."""
+        # The local reference keeps the mapping alive through the C call
+        # even if another thread maps a newer generation meanwhile.
+        gen = self.generation
         if type(key) is int:
             try:
-                packed = _lookup_int(self._view, key)
+                packed = _lookup_int(gen.view, key)
             except OverflowError:
                 kb = encode_key(key)
-                packed = _lookup(self._view, kb, len(kb))
+                packed = _lookup(gen.view, kb, len(kb))
         else:
             kb = encode_key(key)
-            packed = _lookup(self._view, kb, len(kb))
+            packed = _lookup(gen.view, kb, len(kb))
         if packed >= 0:
             n = packed & _LEN_MASK
             if n != _LEN_LONG:
                 off = packed >> _LEN_BITS
-                return _unpackb(self._mm[off:off + n], strict_map_key=False)
-            return self.generation.value_at(packed)
+                return _unpackb(gen.mm[off:off + n], strict_map_key=False)
+            return gen.value_at(packed)
         if packed == _SUPERSEDED:
             self.refresh()
             return self.lookup(key, default)
@@ -139,7 +137,6 @@ class MapReader:
         return int(self.refresh().header.live_count)
 
     def close(self) -> None:
-        self._view = None
         self.generation = None  # type: ignore[assignment]
         ffi.release(self._header_buf)
         self._header_mm.close()
