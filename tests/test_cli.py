@@ -110,3 +110,11 @@ def test_demo_and_soak_run_end_to_end(command: str, tmp_path: object) -> None:
     summary = json.load(open(out))
     assert summary["consistency_checks_failed"] == 0 and summary["iterations"] > 0
     assert summary["final_sum_ok"] and summary["writes_per_s"] > 0
+
+
+def test_quickstart_client_runs() -> None:
+    script = os.path.join(os.path.dirname(__file__), "..", "clients", "quickstart.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "compare_and_swap: True" in done.stdout and "1000 keys" in done.stdout
+    assert segments.map_segments("quickstart") == []
