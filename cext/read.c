@@ -47,6 +47,8 @@ int shm_view_open(struct shm_view *v, void *base, uint64_t size,
     v->counters = &v->own;
     v->max_key = SHM_DEFAULT_MAX_KEY;
     v->max_value = SHM_DEFAULT_MAX_VALUE;
+    v->live_count = h->live_count;
+    v->live_bytes = h->live_bytes;
     return SHM_OK;
 }
 

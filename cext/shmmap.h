@@ -172,7 +172,8 @@ struct shm_gen_header {
     /* Arena bytes used; release-stored with each append. Statistics and
      * adoption only: readers never need it to stay in bounds. */
     uint64_t arena_used;
-    /* Live keys and their bytes at committed_seq; statistics, relaxed. */
+    /* Live keys and their bytes at committed_seq: stored by shm_commit
+     * before committed_seq; statistics, read relaxed. */
     uint64_t live_count;
     uint64_t live_bytes;
     /* Release-stored to 1 after a newer generation is published in
@@ -249,9 +250,12 @@ struct shm_view {
     struct shm_entry *entries;
     struct shm_reader_slot *counters; /* this reader's slot, or &own */
     struct shm_reader_slot own;
-    /* writer only: limits applied by shm_apply */
+    /* writer only: limits applied by shm_apply, and the live set as of
+     * the writes applied so far (published by shm_commit) */
     uint64_t max_key;
     uint64_t max_value;
+    uint64_t live_count;
+    uint64_t live_bytes;
 };
 
 /* One batch of an export: the caller owns both buffers. */

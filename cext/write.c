@@ -239,14 +239,12 @@ static void append_record(struct shm_view *v, uint64_t e, uint64_t seq,
     __atomic_store_n(&ent->head, at, __ATOMIC_RELEASE);
 }
 
-/* Live-set statistics; relaxed: only the daemon writes them. */
+/* The live set after the writes applied so far; private to the writer
+ * until shm_commit publishes it. */
 static void count_live(struct shm_view *v, int64_t keys, int64_t bytes)
 {
-    struct shm_gen_header *h = v->hdr;
-    __atomic_store_n(&h->live_count, own(&h->live_count) + (uint64_t)keys,
-                     __ATOMIC_RELAXED);
-    __atomic_store_n(&h->live_bytes, own(&h->live_bytes) + (uint64_t)bytes,
-                     __ATOMIC_RELAXED);
+    v->live_count += (uint64_t)keys;
+    v->live_bytes += (uint64_t)bytes;
 }
 
 static void apply_item(struct shm_view *v, const struct item *it,
@@ -291,6 +289,10 @@ int shm_apply(struct shm_view *v, const char *blob, uint64_t len,
 
 void shm_commit(struct shm_view *v, uint64_t seq)
 {
+    /* Relaxed: statistics, read on their own; ordered before the release
+     * below for a reader that loads them after committed_seq. */
+    __atomic_store_n(&v->hdr->live_count, v->live_count, __ATOMIC_RELAXED);
+    __atomic_store_n(&v->hdr->live_bytes, v->live_bytes, __ATOMIC_RELAXED);
     /* Release: every record, head, entry, slot and count of the writes
      * with seq <= this value was stored before it; a reader's acquire load
      * in shm_snapshot makes them all visible. */
@@ -384,8 +386,8 @@ int64_t shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst)
     dst->read_count = dst->hdr->read_count = n;
     dst->dirty_cap = dst->hdr->dirty_cap =
         dirty_room < dirty_max ? dirty_room : dirty_max;
-    dst->hdr->live_count = n;
-    dst->hdr->live_bytes = live_bytes;
+    dst->hdr->live_count = dst->live_count = n;
+    dst->hdr->live_bytes = dst->live_bytes = live_bytes;
     dst->hdr->base_seq = snap;
     dst->hdr->committed_seq = snap;
     return (int64_t)n;

@@ -239,7 +239,7 @@ class MapWriter:
 
     def _check_live_limit(self, info: Any) -> None:
         limit = self.limits.max_live_bytes
-        if limit and int(self.generation.header.live_bytes) + info.arena_need > limit:
+        if limit and int(self.generation.view.live_bytes) + info.arena_need > limit:
             raise MapFullError(f"map {self.name!r}: live bytes would exceed the limit of "
                                f"{limit} bytes")
 
