@@ -113,11 +113,40 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         sock.setblocking(False)         # replies are awaited by _recv_some
         self._sock = sock
         self._unpacker = msgpack.Unpacker(raw=False)
-        info = self._roundtrip([Op.HELLO, self._new_id(), protocol.VERSION])[0]
+        try:
+            info = self._roundtrip([Op.HELLO, self._new_id(), protocol.VERSION])[0]
+        except ShmmapError:
+            self._disconnect()
+            raise
+        except OSError as exc:
+            refusal = self._refusal()
+            self._disconnect()
+            if refusal is not None:
+                raise refusal from None
+            raise DaemonUnavailableError(
+                f"the daemon of map {self.name!r} closed the connection: {exc}") from None
         self.daemon_info = info
         if info["slot"] >= 0:
             self._slot = ClientSlot(self.name, info["slot"])
             self.set_counters(self._slot.slot)
+
+    def _refusal(self) -> Optional[ShmmapError]:
+        """The error a daemon that refused this connection (too many
+        clients, a uid it does not allow) sent before closing it."""
+        assert self._sock is not None
+        self._sock.settimeout(self.timeout)
+        try:
+            while True:
+                data = self._sock.recv(protocol.RECV_SIZE)
+                if not data:
+                    break
+                self._unpacker.feed(data)
+        except OSError:
+            pass
+        for reply in self._unpacker:
+            if isinstance(reply, list) and len(reply) >= 3 and reply[1] != protocol.OK:
+                return _ERRORS.get(reply[1], ShmmapError)(reply[2])
+        return None
 
     def _disconnect(self) -> None:
         if self._sock is not None:
@@ -209,9 +238,9 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
                     if self._sock is None:
                         self._connect()
                     return self._roundtrip(*([r[0], self._new_id(), *r[1:]] for r in requests))
-                except DaemonUnavailableError:
-                    raise                       # could not even connect
-                except (OSError, ValueError) as exc:
+                except ShmmapError:
+                    raise       # the daemon's answer, or no daemon to connect to
+                except (OSError, ValueError) as exc:    # ValueError: a garbled reply
                     # The connection broke with the requests sent: a new
                     # daemon may have adopted the map. Idempotent requests
                     # are sent once more; the others may have been applied.

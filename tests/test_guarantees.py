@@ -281,3 +281,15 @@ def test_daemon_checks_the_peer_uid(map_name: str) -> None:
             assert f"uid {NOBODY}" in message
         with shmmap.Daemon(map_name, socket=sock, mode=0o666, allow_uid=[NOBODY]):
             assert _as_nobody(map_name) == ("ok", 1)
+
+
+def test_an_error_reply_is_raised_not_retried(map_name: str) -> None:
+    with shmmap.Daemon(map_name, max_value=100) as d, d.connect() as m:
+        m["k"] = "small"
+        with pytest.raises(shmmap.LimitError, match="over the limit of 100 bytes"):
+            m["k"] = b"x" * 200
+        with pytest.raises(TypeError):
+            m[1.5] = 1                          # refused before anything is sent
+        st = m.stats()
+        assert st["errors"] == 1 and st["clients"] == 1   # sent once, not resent
+        assert m["k"] == "small"
