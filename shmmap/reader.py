@@ -70,10 +70,15 @@ class MapReader:
         raise MapNotFoundError(f"map {self.name!r} has no current generation")
 
     def refresh(self) -> Generation:
-        """The current generation, mapping a newer one if it was superseded."""
-        if lib.shm_superseded(self.generation.view):
-            self.generation = self._map_current()
-        return self.generation
+        """The current generation, mapping a newer one if it was superseded.
+
+        Every C call and header read goes through a local reference to its
+        Generation, as here: another thread may replace self.generation at
+        any moment, and the last reference to a Generation unmaps it."""
+        gen = self.generation
+        if lib.shm_superseded(gen.view):
+            gen = self.generation = self._map_current()
+        return gen
 
     def set_counters(self, slot: Any) -> None:
         """Counts this reader's lookups and misses in slot (a reader slot),
@@ -134,7 +139,8 @@ class MapReader:
     def __len__(self) -> int:
         # live_count is exact at committed_seq; the daemon updates it with
         # the writes of a commit, so it is a best-effort figure in between.
-        return int(self.refresh().header.live_count)
+        gen = self.refresh()
+        return int(gen.header.live_count)
 
     def close(self) -> None:
         self.generation = None  # type: ignore[assignment]
