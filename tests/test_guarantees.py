@@ -7,6 +7,8 @@ import multiprocessing as mp
 import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from typing import Any
@@ -293,3 +295,32 @@ def test_an_error_reply_is_raised_not_retried(map_name: str) -> None:
         st = m.stats()
         assert st["errors"] == 1 and st["clients"] == 1   # sent once, not resent
         assert m["k"] == "small"
+
+
+FULL_SHM_SCRIPT = r"""
+import shmmap
+with shmmap.Daemon("full") as d, d.connect() as m:
+    i = 0
+    try:
+        while True:
+            m.update({(i, j): "x" * 200 for j in range(1000)})
+            i += 1
+    except shmmap.MapFullError as exc:
+        print("full:", exc)
+    assert m[(0, 0)] == "x" * 200 and len(m) == i * 1000, (len(m), i)
+    print("kept", len(m))
+"""
+
+
+def test_full_dev_shm_fails_the_write_with_a_clear_error() -> None:
+    """In a mount namespace of its own, /dev/shm is an 8 MiB tmpfs."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a mount namespace here (needs root or user namespaces)")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount -t tmpfs -o size=8m tmpfs /dev/shm && exec {sys.executable} -c '{FULL_SHM_SCRIPT}'"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "full: /dev/shm is full" in done.stdout
+    assert "kept" in done.stdout
