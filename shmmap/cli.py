@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 from . import __version__, segments
 from ._core import ffi, lib
 from .client import connect
-from .daemon import DaemonConfig, serve
+from .daemon import DaemonConfig, process_alive, serve
 from .errors import CorruptSegmentError, MapNotFoundError, ShmmapError
 from .reader import MapReader
 from .service import cleanup
@@ -177,20 +177,10 @@ def map_status(name: str) -> dict[str, Any]:
         pid = int(lib.shm_map_daemon_pid(h))
         row.update(daemon_pid=pid, socket=ffi.string(h.socket_path).decode(),
                    generation=reader.generation.gen, live_keys=len(reader),
-                   state="live" if pid and _alive(pid) else "stale")
+                   state="live" if pid and process_alive(pid) else "stale")
     finally:
         reader.close()
     return row
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _run_ls(args: argparse.Namespace) -> int:

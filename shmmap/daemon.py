@@ -514,10 +514,11 @@ def _live_daemon(name: str) -> int:
         ffi.release(buf)
     finally:
         mm.close()
-    return pid if pid and _alive(pid) else 0
+    return pid if pid and process_alive(pid) else 0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process pid exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -27,22 +27,15 @@ def _mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_segments_and_socket_are_private_by_default(map_name: str) -> None:
-    with shmmap.Daemon(map_name) as d:
+@pytest.mark.parametrize("options,mode", [({}, 0o600), ({"mode": 0o660}, 0o660)])
+def test_segments_and_socket_modes(map_name: str, options: dict[str, int], mode: int) -> None:
+    """Private to the daemon's user by default; --mode shares with a group."""
+    with shmmap.Daemon(map_name, **options) as d:
         with d.connect() as m:
             m["k"] = 1
             for seg in segments.map_segments(map_name):
-                assert _mode("/dev/shm" + seg) == 0o600, seg
-            assert _mode(str(d.socket_path)) == 0o600
-
-
-def test_mode_shares_segments_and_socket_with_a_group(map_name: str) -> None:
-    with shmmap.Daemon(map_name, mode=0o660) as d:
-        with d.connect() as m:
-            m["k"] = 1
-            for seg in segments.map_segments(map_name):
-                assert _mode("/dev/shm" + seg) == 0o660, seg
-            assert _mode(str(d.socket_path)) == 0o660
+                assert _mode("/dev/shm" + seg) == mode, seg
+            assert _mode(str(d.socket_path)) == mode
 
 
 def _write_through_mapping(name: str) -> None:
