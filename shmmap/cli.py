@@ -34,7 +34,6 @@ commands:
   cleanup   remove the segments and socket a dead daemon left
   demo      a live demo: 100,000 keys, readers iterating under a 50/50 load
   soak      readers and writers for a long time, every iteration checked
-  bench     shmmap against the alternatives (pip install 'shmmap[bench]')
 
 Run 'shmmap COMMAND --help' for a command's options. Keys are strings
 unless given with --int-key or --json-key; values are JSON. Bytes print as
@@ -234,14 +233,6 @@ def _passed(summary: dict[str, Any]) -> bool:
             and summary["final_sum_ok"])
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    try:
-        from . import bench
-    except ImportError as exc:
-        raise ShmmapError(f"the benchmark is not available: {exc}") from None
-    return int(bench.main(args.bench_args))
-
-
 # -- the parser ---------------------------------------------------------------
 
 def _int_auto(text: str) -> int:
@@ -348,9 +339,6 @@ def _add_load_commands(sub: Any) -> None:
                        help=f"seconds (default {duration:g})")
         p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
-    p = _sub(sub, "bench", _run_bench, "shmmap against the alternatives",
-             "Run the benchmark; 'shmmap bench --help' lists its options.")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,16 +56,22 @@ os.register_at_fork(after_in_child=_forget_connections_in_child)
 
 
 class _Keys(KeysView):  # type: ignore[type-arg]
+    _mapping: "SharedMap"
+
     def __iter__(self) -> Iterator[Any]:
         return map(itemgetter(0), self._mapping.items_snapshot())
 
 
 class _Values(ValuesView):  # type: ignore[type-arg]
+    _mapping: "SharedMap"
+
     def __iter__(self) -> Iterator[Any]:
         return map(itemgetter(1), self._mapping.items_snapshot())
 
 
 class _Items(ItemsView):  # type: ignore[type-arg]
+    _mapping: "SharedMap"
+
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping.items_snapshot()
 

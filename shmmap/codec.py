@@ -12,8 +12,6 @@ from typing import Any
 
 import msgpack
 
-from .errors import LimitError
-
 Key = Any  # str | bytes | int | tuple of those
 _KEY_HINT = "keys must be str, bytes, int or tuples of them"
 
@@ -29,8 +27,8 @@ def _check_key(key: object) -> object:
     t = type(key)
     if t is int or t is str or t is bytes:
         return key
-    if t is tuple:
-        return tuple(_check_key(k) for k in key)  # type: ignore[union-attr]
+    if isinstance(key, tuple) and t is tuple:
+        return tuple(_check_key(k) for k in key)
     if isinstance(key, int):
         return int(key)
     if isinstance(key, str):
@@ -65,8 +63,3 @@ def encode_value(value: Any) -> bytes:
 
 def decode_value(data: Any) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def check_size(what: str, data: bytes, limit: int) -> None:
-    if len(data) > limit:
-        raise LimitError(f"{what} of {len(data)} bytes is over the limit of {limit} bytes")

@@ -51,10 +51,9 @@ class DaemonConfig:
 class Connection:
     """One client: its socket, its undecoded input, its pending replies."""
 
-    def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
+    def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
         self.pid = pid
-        self.uid = uid
         self.unpacker = msgpack.Unpacker(max_buffer_size=protocol.MAX_REQUEST, raw=False)
         self.out = bytearray()
         self.slot = -1
@@ -94,7 +93,7 @@ class Server:
         live = _live_daemon(self.name)
         if live:
             raise DaemonRunningError(f"map {self.name!r} is already served by daemon pid {live}")
-        options = dict(mode=self.config.mode, group=self.config.group,
+        options: dict[str, Any] = dict(mode=self.config.mode, group=self.config.group,
                        limits=self.config.limits, socket_path=str(self.socket_path))
         stale = segments.map_segments(self.name)
         if stale and self.config.fresh:
@@ -226,7 +225,7 @@ class Server:
                         f"daemon at its limit of {self.config.max_connections} connections")
                 continue
             sock.setblocking(False)
-            conn = Connection(sock, pid, uid)
+            conn = Connection(sock, pid)
             self.connections[sock.fileno()] = conn
             self.selector.register(sock, selectors.EVENT_READ, conn)
 

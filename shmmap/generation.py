@@ -64,9 +64,6 @@ class Generation:
     def snapshot(self) -> int:
         return lib.shm_snapshot(self.view)
 
-    def superseded(self) -> bool:
-        return bool(lib.shm_superseded(self.view))
-
     def raw_at(self, packed: int) -> bytes:
         """The msgpack bytes of the value a lookup found (its packed
         location: offset, and length unless it did not fit)."""

@@ -13,7 +13,6 @@ import socket
 from typing import Any
 
 import msgpack
-import pytest
 
 import shmmap
 from shmmap.codec import decode_key, decode_value, encode_key, encode_value
@@ -142,7 +141,7 @@ def _decode_items(blob: bytes) -> list[tuple[int, Any, Any]]:
         except msgpack.OutOfData:
             return out
         start = up.tell()
-        key = up.unpack()
+        up.skip()
         key_bytes = blob[start:up.tell()]
         value = None
         if op == 0:
