@@ -208,6 +208,7 @@ def test_fuzzed_protocol_leaves_daemon_up_and_map_equal_to_model(map_name: str) 
         finally:
             sock.close()
 
+        bystander = daemon.connect()      # connected through all of it
         for _ in range(GARBAGE):
             g = _garbage(rng)
             s = _connect(path)
@@ -232,7 +233,7 @@ def test_fuzzed_protocol_leaves_daemon_up_and_map_equal_to_model(map_name: str) 
                     assert isinstance(reply, list) and len(reply) >= 2
 
         assert sent >= 100_000
-        with daemon.connect() as m:
+        with bystander as m:
             assert m.snapshot() == model
             assert m.stats()["errors"] > 0
             m["still"] = "up"
