@@ -278,6 +278,7 @@ struct shm_apply_info {
     uint64_t items;                 /* operations in the blob */
     uint64_t new_keys_max;          /* stores: worst case of new entries */
     uint64_t arena_need;            /* worst case of arena bytes */
+    uint64_t store_bytes;           /* keys and values the stores carry */
     uint64_t error_item;            /* on error: the item at fault */
 };
 

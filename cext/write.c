@@ -169,6 +169,7 @@ int shm_apply_check(struct shm_view *v, const char *blob, uint64_t len,
         if (it.op == SHM_OP_STORE) {
             info->new_keys_max++;
             info->arena_need += arena_cost(it.key_len, it.value_len);
+            info->store_bytes += it.key_len + it.value_len;
         } else {
             info->arena_need += SHM_REC_HEADER;
         }

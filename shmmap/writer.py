@@ -238,8 +238,12 @@ class MapWriter:
         return self.seq
 
     def _check_live_limit(self, info: Any) -> None:
+        """Refuses a batch whose stores could take the live bytes over the
+        limit (counting each as new: a conservative bound); deletes and
+        batches of deletes always pass, so a full map can be emptied."""
         limit = self.limits.max_live_bytes
-        if limit and int(self.generation.view.live_bytes) + info.arena_need > limit:
+        if (limit and info.store_bytes
+                and int(self.generation.view.live_bytes) + info.store_bytes > limit):
             raise MapFullError(f"map {self.name!r}: live bytes would exceed the limit of "
                                f"{limit} bytes")
 

@@ -317,3 +317,24 @@ def test_full_dev_shm_fails_the_write_with_a_clear_error() -> None:
     assert done.returncode == 0, done.stderr
     assert "full: /dev/shm is full" in done.stdout
     assert "kept" in done.stdout
+
+
+def test_live_bytes_limit_refuses_growth_but_not_shrinking(map_name: str) -> None:
+    with shmmap.Daemon(map_name, max_live_bytes=20_000) as d, d.connect() as m:
+        m.update({i: "v" * 100 for i in range(100)})
+        with pytest.raises(shmmap.MapFullError, match="live bytes would exceed"):
+            m.update({("more", i): "v" * 100 for i in range(200)})
+        assert len(m) == 100 and ("more", 0) not in m     # nothing of it applied
+        filled = 0
+        with pytest.raises(shmmap.MapFullError):
+            while filled < 1000:                               # up to the limit
+                m[("fill", filled)] = "v" * 100
+                filled += 1
+        assert 0 < filled < 1000
+        with m.batch() as b:                                   # a full map still empties
+            for i in range(filled):
+                del b[("fill", i)]
+        for i in range(50):
+            del m[i]                                        # deletes always go through
+        m.update({("more", i): "v" * 100 for i in range(40)})
+        assert len(m) == 90
