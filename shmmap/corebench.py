@@ -1,6 +1,8 @@
-"""The C core's benchmark: lookups, export, decode and promotion of a map
-in shared memory, each beside a local dict doing the same work in the same
-run. No daemon: one process writes the map, the same process reads it.
+"""The core's benchmark: lookups, export, decode and promotion of a map in
+shared memory, each beside a local dict doing the same work in the same
+run -- first without a daemon (one process writes and reads the map), then
+through a real daemon and client (get, iteration, synchronous and batched
+stores).
 
     python -m shmmap.corebench [--keys 100000,1000000] [--json FILE]
 """
@@ -23,10 +25,16 @@ from .writer import MapWriter, batch_blob
 
 REPEATS = 5
 LOAD_CHUNK = 50_000
-TARGETS = {   # (dataset, row): (limit, how) -- from the issue
+CLIENT_KEYS = 100_000
+SYNC_WRITES = 20_000
+TARGETS = {   # (dataset, row): (limit, how) -- from the issues
     ("int->int", "get from Python"): (10.0, "ratio"),
     ("int->int", "iterate: export + decode + loop"): (2.5, "ratio"),
     ("int->int", "promotion"): (500.0, "ms@1M"),
+    ("client", "get"): (10.0, "ratio"),
+    ("client", "for k, v in m.items()"): (2.5, "ratio"),
+    ("client", "synchronous store"): (40_000.0, "rate"),
+    ("client", "batched store (update)"): (500_000.0, "rate"),
 }
 
 
@@ -157,6 +165,37 @@ def bench_dataset(n: int, label: str, keys: list[Any], value: Callable[[int], An
     return rows
 
 
+def bench_client(progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Through a real daemon: one client process, 100k int keys."""
+    from .service import Daemon
+    n, rows = CLIENT_KEYS, []
+    keys = list(range(n))
+
+    def row(what: str, shm: float, local: float, unit: str) -> None:
+        rows.append({"keys": n, "dataset": "client", "what": what, "shmmap": round(shm, 1),
+                     "dict": round(local, 1) if local else None, "unit": unit,
+                     "ratio": round(shm / local, 2) if local else None})
+
+    with Daemon(f"corebench-client-{os.getpid()}") as d, d.connect() as m:
+        progress("client: batched stores")
+        t = time.perf_counter()
+        m.update((k, k) for k in keys)
+        row("batched store (update)", n / (time.perf_counter() - t), 0, "/s")
+        m.promote()
+        local = {k: k for k in keys}
+        progress("client: gets and iteration")
+        row("get", _best(_per_item(lambda: _loop_get(m.get, keys), n)),
+            _best(_per_item(lambda: _loop_get(local.get, keys), n)), "ns")
+        row("for k, v in m.items()", _best(_per_item(lambda: _loop_items(m.items, True), n)),
+            _best(_per_item(lambda: _loop_items(local.items, True), n)), "ns")
+        progress("client: synchronous stores")
+        t = time.perf_counter()
+        for k in range(SYNC_WRITES):
+            m[k] = -k
+        row("synchronous store", SYNC_WRITES / (time.perf_counter() - t), 0, "/s")
+    return rows
+
+
 def _dict_copy_ms(d: dict[Any, Any]) -> float:
     t = time.perf_counter()
     dict(d)
@@ -170,7 +209,9 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         if target is None:
             continue
         limit, how = target
-        if how == "ratio":
+        if how == "rate":
+            ok, shown = r["shmmap"] >= limit, f"{r['shmmap']:,.0f}/s (target >= {limit:,.0f}/s)"
+        elif how == "ratio":
             if r["keys"] != 100_000:
                 continue
             ok, shown = r["ratio"] <= limit, f"{r['ratio']}x (target <= {limit}x)"
@@ -209,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(x) for x in args.keys.split(",")):
         for label, (keys, value) in _datasets(n).items():
             rows += bench_dataset(n, label, keys, value, progress)
+    rows += bench_client(progress)
     sys.stderr.write("\r\033[K")
     print(format_table(rows))
     print()
