@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import selectors
+import select
 import signal
 import socket
 import struct
@@ -31,6 +31,8 @@ log = logging.getLogger("shmmap.daemon")
 MISS_CHECK_SECONDS = 0.1     # how often readers' miss counts are summed
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _LISTEN_BACKLOG = 128
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Connection:
         self.out = bytearray()
         self.slot = -1
         self.closing = False
-        self.events = selectors.EVENT_READ   # what the selector waits for
+        self.events = _IN                     # what epoll waits for on it
 
 
 class Server:
@@ -69,7 +71,7 @@ class Server:
         self.name = segments.check_map_name(config.name)
         self.socket_path = Path(config.socket_path or protocol.default_socket_path(self.name))
         self.connections: dict[int, Connection] = {}
-        self.selector = selectors.DefaultSelector()
+        self.epoll = select.epoll()
         self.stopping = False
         self.requests = 0
         self.writes = 0
@@ -130,7 +132,7 @@ class Server:
     def _close(self) -> None:
         for conn in list(self.connections.values()):
             self._drop(conn)
-        self.selector.close()
+        self.epoll.close()
         self.listener.close()
         try:
             self.socket_path.unlink()
@@ -149,8 +151,9 @@ class Server:
         old_wakeup = signal.set_wakeup_fd(wake_w)
         old_handlers = {s: signal.signal(s, lambda *_: self.stop())
                         for s in (signal.SIGTERM, signal.SIGINT)}
-        self.selector.register(self.listener, selectors.EVENT_READ, "listen")
-        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        listen_fd = self.listener.fileno()
+        self.epoll.register(listen_fd, _IN)
+        self.epoll.register(wake_r, _IN)
         lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
         self._announce_ready()
         log.info("serving map %r on %s", self.name, self.socket_path)
@@ -162,9 +165,15 @@ class Server:
                 # the next request of a synchronous client comes sooner than
                 # a wake-up from epoll would (see protocol.py).
                 spinning = time.perf_counter() < busy_until
-                events = self.selector.select(0 if spinning else MISS_CHECK_SECONDS)
-                for key, mask in events:
-                    self._dispatch(key, mask, wake_r)
+                events = self.epoll.poll(0 if spinning else MISS_CHECK_SECONDS)
+                for fd, mask in events:
+                    conn = self.connections.get(fd)
+                    if conn is not None:
+                        self._serve(conn, mask)
+                    elif fd == listen_fd:
+                        self._accept()
+                    elif fd == wake_r:
+                        _drain(wake_r)
                 if events:
                     busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
                 self._commit_and_flush()
@@ -188,20 +197,11 @@ class Server:
             os.write(fd, b"ready\n")
             os.close(fd)
 
-    def _dispatch(self, key: selectors.SelectorKey, events: int, wake_r: int) -> None:
-        if key.data == "listen":
-            self._accept()
-        elif key.data == "wake":
-            try:
-                os.read(wake_r, 512)
-            except BlockingIOError:
-                pass
-        else:
-            conn: Connection = key.data
-            if events & selectors.EVENT_READ:
-                self._read(conn)
-            if events & selectors.EVENT_WRITE and not conn.closing:
-                self._flush(conn)
+    def _serve(self, conn: Connection, mask: int) -> None:
+        if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            self._read(conn)
+        if mask & select.EPOLLOUT and not conn.closing:
+            self._flush(conn)
 
     def _accept(self) -> None:
         while True:
@@ -227,7 +227,7 @@ class Server:
             sock.setblocking(False)
             conn = Connection(sock, pid)
             self.connections[sock.fileno()] = conn
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.epoll.register(sock.fileno(), _IN)
 
     def _allowed(self, uid: int, gid: int) -> bool:
         """Peers are authorised by uid (pids are reused): the daemon's own,
@@ -287,12 +287,12 @@ class Server:
         if conn.closing and not conn.out:
             self._drop(conn)
             return
-        want = selectors.EVENT_WRITE if conn.closing else selectors.EVENT_READ
+        want = _OUT if conn.closing else _IN
         if conn.out:
-            want |= selectors.EVENT_WRITE
+            want |= _OUT
         if want != conn.events:
             conn.events = want
-            self.selector.modify(conn.sock, want, conn)
+            self.epoll.modify(conn.sock.fileno(), want)
 
     def _drop(self, conn: Connection) -> None:
         fd = conn.sock.fileno()
@@ -300,7 +300,7 @@ class Server:
             return
         del self.connections[fd]
         self._pending.discard(conn)
-        self.selector.unregister(conn.sock)
+        self.epoll.unregister(fd)
         conn.sock.close()
         if conn.slot >= 0:
             self.slots.release(conn.slot)
@@ -488,6 +488,13 @@ def _same(stored: bytes, given: bytes) -> bool:
     """Whether two encoded (and validated) values are equal as Python
     values (1 == 1.0)."""
     return stored == given or bool(decode_value(stored) == decode_value(given))
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.read(fd, 512)
+    except BlockingIOError:
+        pass
 
 
 def _refuse(sock: socket.socket, code: Err, message: str) -> None:
