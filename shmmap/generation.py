@@ -16,8 +16,13 @@ _LEN_MASK = (1 << _LEN_BITS) - 1
 # The length field of a record sits 8 bytes before its value (shm_record:
 # seq, prev, len, flags).
 _REC_LEN_BACK = lib.SHM_REC_HEADER - ffi.offsetof("struct shm_record", "len")
-EXPORT_BATCH = 4096          # pairs per export call: bounds time to first item
-EXPORT_BUFFER = 64 * 1024    # initial bytes of each export buffer
+# Pairs per export call: the first batch is small, so that taking a few
+# items costs little whatever the map's size; later ones grow to amortize
+# the calls.
+EXPORT_FIRST_BATCH = 64
+EXPORT_BATCH = 4096
+EXPORT_GROWTH = 4
+EXPORT_BUFFER = 4096         # initial bytes of each export buffer; grows
 
 _unpackb = msgpack.unpackb
 
@@ -87,7 +92,7 @@ class Generation:
         a time, each batch decoded by two msgpack calls."""
         x = ffi.new("struct shm_export *")
         x.snap = snap
-        x.max_items = EXPORT_BATCH
+        x.max_items = EXPORT_FIRST_BATCH
         cap = EXPORT_BUFFER
         while True:
             keys = ffi.new("uint8_t[]", cap)
@@ -106,6 +111,11 @@ class Generation:
                     )
                 if rc == 1:
                     return
+                if x.max_items < EXPORT_BATCH:
+                    x.max_items = min(x.max_items * EXPORT_GROWTH, EXPORT_BATCH)
+                    if x.keys_len * 2 > cap or x.values_len * 2 > cap:
+                        cap *= EXPORT_GROWTH    # room for the bigger batches
+                        break
 
     def items(self, snap: int) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) visible at snap, in the entries' order."""

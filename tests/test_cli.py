@@ -13,7 +13,7 @@ import shmmap
 from shmmap import segments
 
 COMMANDS = ["serve", "get", "set", "del", "dump", "stats", "promote", "ls", "cleanup",
-            "demo", "soak"]
+            "demo", "soak", "bench"]
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,169 @@
+"""``shmmap bench``: shmmap beside what users would pick instead -- a local
+dict (the floor), a dict under a lock shared by threads, a Manager dict,
+UltraDict, shared-memory-dict, LMDB and Redis -- on the same workloads:
+iteration idle and under a 50/50 load from other processes, point gets,
+writes one at a time and batched, iteration as the map grows, and the
+adversarial patterns that make Go's sync.Map copy the whole map."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Callable, Optional
+
+from . import scenarios
+from .peers import PEERS, Peer
+from .report import format_table, plot, verdicts
+from .scenarios import Result
+
+SCENARIOS = ["iterate-idle", "iterate-load", "get", "set", "set-batched", "scaling",
+             "adversarial"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", type=int, default=100_000, help="keys in the map (default 100,000)")
+    p.add_argument("--readers", type=int, default=1,
+                   help="iterating processes under load; the first is measured (default 1)")
+    p.add_argument("--writers", type=int, default=2,
+                   help="processes (threads for dict + lock) running the load (default 2)")
+    p.add_argument("--write-ratio", type=float, default=0.5,
+                   help="share of writes in the load (default 0.5)")
+    p.add_argument("--duration", type=float, default=3.0,
+                   help="seconds per timed scenario and system (default 3)")
+    p.add_argument("--value-size", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--systems", default="all",
+                   help="comma-separated system names or prefixes (default: all installed)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    p.add_argument("--sizes", default="10000,100000,1000000",
+                   help="key counts for 'scaling' and 'adversarial' (default 10k,100k,1M)")
+    p.add_argument("--json", metavar="FILE", help="write every result as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw iteration time against keys and "
+                   "iteration latency over time under load (needs matplotlib)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes and durations: checks that everything runs")
+
+
+def _select(spec: str) -> tuple[list[type[Peer]], list[str]]:
+    wanted = [s.strip().lower() for s in spec.split(",")] if spec != "all" else []
+    chosen, skipped = [], []
+    for cls in PEERS:
+        if wanted and not any(cls.name.lower().startswith(w) for w in wanted):
+            continue
+        if cls.available():
+            chosen.append(cls)
+        else:
+            skipped.append(f"{cls.name}: skipped, {cls.why_missing}")
+    return chosen, skipped
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: list[Result] = []
+        self.started = time.monotonic()
+
+    def progress(self, msg: str) -> None:
+        sys.stderr.write(f"\r\033[K[{time.monotonic() - self.started:6.0f}s] {msg}")
+        sys.stderr.flush()
+
+    def with_peer(self, cls: type[Peer], n: int, label: str,
+                  work: Callable[[Peer], list[Result]]) -> None:
+        """Sets a peer up with n keys, runs work, tears it down; a failure
+        anywhere becomes a FAILED result, never a lost row."""
+        self.progress(f"{cls.name}: {label} ({n:,} keys)")
+        peer = cls()
+        try:
+            peer.setup(n)
+        except Exception as exc:
+            self.results.append(Result(label, cls.name, n, None, "", f"FAILED: setup: {exc!r}"))
+            peer.teardown()             # whatever part of the setup was made
+            return
+        try:
+            self.results += work(peer)
+        except Exception as exc:
+            self.results.append(Result(label, cls.name, n, None, "", f"FAILED: {exc!r}"))
+        finally:
+            peer.teardown()
+
+    def run(self, peers: list[type[Peer]]) -> None:
+        a, wanted = self.args, set(self.args.scenarios.split(","))
+        d, n = a.duration, a.keys
+        sizes = [int(s) for s in a.sizes.split(",")]
+        adversarial_sizes = sizes[1:] or sizes      # the smallest is only for scaling
+        for cls in peers:
+            def main_scenarios(peer: Peer) -> list[Result]:
+                out = []
+                if "iterate-idle" in wanted:
+                    out.append(scenarios.iterate_idle(peer, n, d))
+                if "iterate-load" in wanted:
+                    out.append(scenarios.iterate_under_load(peer, n, d, a.readers, a.writers,
+                                                            a.write_ratio))
+                if "get" in wanted:
+                    out.append(scenarios.gets(peer, n, d))
+                if "set" in wanted:
+                    out.append(scenarios.sets(peer, n, d, 1))
+                if "set-batched" in wanted:
+                    out.append(scenarios.sets(peer, n, d, 1000))
+                return out
+            self.with_peer(cls, n, "main scenarios", main_scenarios)
+            for size in sizes:
+                if "scaling" in wanted:
+                    self.with_peer(cls, size, "iterate idle",
+                                   lambda p, s=size: [_renamed(scenarios.iterate_idle(p, s, d / 2),
+                                                               "iteration vs keys")])
+                if "adversarial" in wanted and size in adversarial_sizes:
+                    self.with_peer(cls, size, "adversarial", lambda p, s=size: [
+                        scenarios.insert_then_iterate(p, s, d, first_only=False),
+                        scenarios.insert_then_iterate(p, s, d, first_only=True),
+                        scenarios.churn(p, s, d)])
+        sys.stderr.write("\r\033[K")
+
+
+def _renamed(r: Result, scenario: str) -> Result:
+    r.scenario = scenario
+    return r
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.keys, args.sizes, args.duration = 2000, "1000,2000,4000", min(args.duration, 0.3)
+    peers, skipped = _select(args.systems)
+    for line in skipped:
+        print(line, file=sys.stderr)
+    if not peers:
+        print("shmmap bench: no system to run", file=sys.stderr)
+        return 1
+    runner = Runner(args)
+    try:
+        runner.run(peers)
+    except KeyboardInterrupt:
+        print("\ninterrupted: results so far", file=sys.stderr)
+    results = runner.results
+    print(format_table(results))
+    print()
+    for line in verdicts(results, args.keys):
+        print(line)
+    for line in skipped:
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"options": {k: v for k, v in vars(args).items() if k != "run"},
+                       "skipped": skipped, "results": [r.as_dict() for r in results],
+                       "verdicts": verdicts(results, args.keys)}, f, indent=2)
+    if args.plot:
+        message = plot(results, args.plot)
+        if message:
+            print(message, file=sys.stderr)
+    failed = [r for r in results if r.system == "shmmap" and r.check.startswith("FAILED")]
+    return 1 if failed else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="shmmap bench", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+__all__ = ["add_arguments", "main", "run"]
