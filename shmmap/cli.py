@@ -203,6 +203,9 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+_IDENTIFIERS = frozenset({"pid", "generation", "committed_seq"})   # no 1,000 separators
+
+
 def _stat_rows(st: dict[str, Any], indent: str = "") -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     for key, value in st.items():
@@ -213,6 +216,8 @@ def _stat_rows(st: dict[str, Any], indent: str = "") -> list[tuple[str, str]]:
             rows.append((indent + key, str(value)))
         elif isinstance(value, float):
             rows.append((indent + key, f"{value:,.3f}".rstrip("0").rstrip(".")))
+        elif key in _IDENTIFIERS:
+            rows.append((indent + key, str(value)))
         else:
             text = f"{value:,}"
             if ("bytes" in key or key.startswith("arena")) and abs(value) >= 1024:

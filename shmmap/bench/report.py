@@ -102,15 +102,17 @@ def plot(results: list[Result], path: str) -> Optional[str]:
         return "--plot needs matplotlib (pip install 'shmmap[bench]'): no plot written"
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     systems = sorted({r.system for r in results}, key=lambda s: (s != SHMMAP, s))
-    for system in systems:
+    for i, system in enumerate(systems):
+        color = f"C{i % 10}"            # one colour per system in both figures
         rows = sorted((r for r in results if r.system == system
                        and r.scenario == "iteration vs keys" and r.value), key=lambda r: r.keys)
         if rows:
-            left.plot([r.keys for r in rows], [r.value for r in rows], marker="o", label=system)
+            left.plot([r.keys for r in rows], [r.value for r in rows], marker="o", label=system,
+                      color=color)
         load = _find(results, "iterate under load", system)
         if load and load.extra.get("over_time"):
             ts, ms = zip(*load.extra["over_time"])
-            right.plot(ts, ms, marker=".", linewidth=1, label=system)
+            right.plot(ts, ms, marker=".", linewidth=1, label=system, color=color)
     left.set(xscale="log", yscale="log", xlabel="keys", ylabel="full iteration, ms (p50)",
              title="Iteration time as the map grows")
     right.set(yscale="log", xlabel="seconds into the 50/50 load",
