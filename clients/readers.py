@@ -1,10 +1,11 @@
 """A fleet of reader processes: each iterates the whole map and makes point
-reads, continuously, and prints its rates. Readers never send a message
-and never wait for the writer.
+reads of the keys it saw, continuously, and prints its rates every second
+and at the end. Readers never send a message and never wait for the
+writer; they work on any map, whatever its keys.
 
     shmmap serve orders &
     python clients/writer.py orders --duration 30 &
-    python clients/readers.py orders --processes 4
+    python clients/readers.py orders --processes 4 --duration 10
 """
 import argparse
 import multiprocessing as mp
@@ -14,37 +15,47 @@ import time
 import shmmap
 
 
-def reader(name: str, duration: float, gets_per_scan: int) -> str:
-    m = shmmap.connect(name)
-    rng = random.Random()
-    scans = gets = 0
-    scan_time = 0.0
-    started = time.monotonic()
-    while time.monotonic() - started < duration:
-        t = time.perf_counter()
-        n = sum(1 for _ in m.items())             # one consistent snapshot
-        scan_time += time.perf_counter() - t
-        scans += 1
-        for _ in range(gets_per_scan):
-            m.get(rng.randrange(max(n, 1)))
-        gets += gets_per_scan
-    m.close()
-    return (f"{scans} full scans (mean {scan_time / max(scans, 1) * 1000:.1f} ms), "
-            f"{gets / duration:,.0f} gets/s")
+def reader(name: str, index: int, duration: float, gets_per_scan: int) -> str:
+    rng = random.Random(index)
+    scans = gets = hits = items = 0
+    scan_time = get_time = 0.0
+    started = last_report = time.monotonic()
+    with shmmap.connect(name) as m:
+        while time.monotonic() - started < duration:
+            t = time.perf_counter()
+            keys = [k for k, _ in m.items()]          # one consistent snapshot
+            t2 = time.perf_counter()
+            for key in rng.choices(keys, k=gets_per_scan) if keys else ():
+                hits += m.get(key) is not None      # may be deleted since the scan
+            get_time += time.perf_counter() - t2
+            scan_time += t2 - t
+            scans, items = scans + 1, items + len(keys)
+            gets += gets_per_scan if keys else 0
+            if time.monotonic() - last_report >= 1.0:
+                last_report = time.monotonic()
+                print(f"reader {index}: {items / max(scan_time, 1e-9):,.0f} items/s iterated, "
+                      f"{gets / max(get_time, 1e-9):,.0f} gets/s", flush=True)
+    return (f"reader {index}: {scans} scans of {items / max(scans, 1):,.0f} keys "
+            f"(mean {scan_time / max(scans, 1) * 1000:.2f} ms, {items / max(scan_time, 1e-9):,.0f} "
+            f"items/s), {gets:,} gets ({gets / max(get_time, 1e-9):,.0f}/s, {hits:,} found)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name")
+    p.add_argument("name", help="the map (served by `shmmap serve NAME`)")
     p.add_argument("--processes", type=int, default=4)
-    p.add_argument("--duration", type=float, default=10)
-    p.add_argument("--gets", type=int, default=1000, help="point reads between scans")
+    p.add_argument("--duration", type=float, default=10, help="seconds")
+    p.add_argument("--gets", type=int, default=1000, help="point reads after each scan")
     args = p.parse_args()
+    try:
+        shmmap.connect(args.name).close()           # fail early: no such map, no daemon
+    except shmmap.ShmmapError as exc:
+        raise SystemExit(f"readers: {exc}") from None
     with mp.get_context("spawn").Pool(args.processes) as pool:
-        jobs = [pool.apply_async(reader, (args.name, args.duration, args.gets))
-                for _ in range(args.processes)]
-        for i, job in enumerate(jobs):
-            print(f"reader {i}: {job.get()}")
+        jobs = [pool.apply_async(reader, (args.name, i, args.duration, args.gets))
+                for i in range(args.processes)]
+        for job in jobs:
+            print(job.get(), flush=True)
 
 
 if __name__ == "__main__":

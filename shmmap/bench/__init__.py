@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from typing import Callable, Optional
 
 from . import scenarios
@@ -110,20 +111,22 @@ class Runner:
             self.with_peer(cls, n, "main scenarios", main_scenarios)
             for size in sizes:
                 if "scaling" in wanted:
-                    self.with_peer(cls, size, "iterate idle",
-                                   lambda p, s=size: [_renamed(scenarios.iterate_idle(p, s, d / 2),
-                                                               "iteration vs keys")])
+                    self.with_peer(cls, size, "iterate idle", partial(_scaling, n=size, d=d))
                 if "adversarial" in wanted and size in adversarial_sizes:
-                    self.with_peer(cls, size, "adversarial", lambda p, s=size: [
-                        scenarios.insert_then_iterate(p, s, d, first_only=False),
-                        scenarios.insert_then_iterate(p, s, d, first_only=True),
-                        scenarios.churn(p, s, d)])
+                    self.with_peer(cls, size, "adversarial", partial(_adversarial, n=size, d=d))
         sys.stderr.write("\r\033[K")
 
 
-def _renamed(r: Result, scenario: str) -> Result:
-    r.scenario = scenario
-    return r
+def _scaling(peer: Peer, n: int, d: float) -> list[Result]:
+    r = scenarios.iterate_idle(peer, n, d / 2)
+    r.scenario = "iteration vs keys"
+    return [r]
+
+
+def _adversarial(peer: Peer, n: int, d: float) -> list[Result]:
+    return [scenarios.insert_then_iterate(peer, n, d, first_only=False),
+            scenarios.insert_then_iterate(peer, n, d, first_only=True),
+            scenarios.churn(peer, n, d)]
 
 
 def run(args: argparse.Namespace) -> int:

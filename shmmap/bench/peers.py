@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, cast
 
 import msgpack
 
@@ -52,7 +52,8 @@ class Store(abc.ABC):
         """Every pair, as one consistent view if the system offers one."""
 
     def close(self) -> None:
-        pass
+        """Releases the handle; most have nothing to release."""
+        return None
 
 
 class Peer(abc.ABC):
@@ -80,7 +81,8 @@ class Peer(abc.ABC):
         raise NotImplementedError(f"{cls.name} is not shared between processes")
 
     def teardown(self) -> None:
-        pass
+        """Removes everything setup made (also after a failed setup)."""
+        return None
 
 
 def initial(n: int) -> dict[int, int]:
@@ -428,7 +430,7 @@ class RedisStore(Store):
         self.r.hset(self.KEY, key, value)
 
     def set_many(self, pairs: dict[int, Any]) -> None:
-        self.r.hset(self.KEY, mapping=pairs)
+        self.r.hset(self.KEY, mapping=cast(Any, pairs))
 
     def delete(self, key: int) -> None:
         self.r.hdel(self.KEY, key)

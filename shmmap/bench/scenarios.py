@@ -40,17 +40,19 @@ class CheckFailed(Exception):
     pass
 
 
-def full_iteration(store: Store, n: int) -> float:
-    """Iterates everything once; checks it saw n keys summing to n."""
-    t = time.perf_counter()
+def full_iteration(store: Store, n: int) -> tuple[float, float]:
+    """Iterates everything once; checks it saw n keys summing to n.
+    Returns the seconds it took, and the CPU seconds this thread spent:
+    the second leaves out time spent waiting for a core or a lock."""
+    t, c = time.perf_counter(), time.thread_time()
     count = total = 0
     for _, v in store.items():
         count += 1
         total += v
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.thread_time() - c
     if count != n or total != n:
         raise CheckFailed(f"iteration saw {count} keys summing to {total}, expected {n} and {n}")
-    return elapsed
+    return elapsed, cpu
 
 
 def check_keys(store: Store, n: int) -> None:
@@ -61,10 +63,11 @@ def check_keys(store: Store, n: int) -> None:
         raise CheckFailed("iteration missed keys or saw foreign ones")
 
 
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
+def _percentiles(samples: list[tuple[float, float]]) -> dict[str, float]:
+    ordered = sorted(wall for wall, _ in samples)
     return {"p50_ms": round(statistics.median(ordered) * 1000, 3),
             "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 3),
+            "cpu_p50_ms": round(statistics.median(cpu for _, cpu in samples) * 1000, 3),
             "iterations": len(ordered)}
 
 
@@ -72,7 +75,7 @@ def iterate_idle(peer: Peer, n: int, duration: float) -> Result:
     store = peer.open()
     try:
         check_keys(store, n)
-        samples: list[float] = []
+        samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + duration
         while time.monotonic() < deadline or len(samples) < 3:
             samples.append(full_iteration(store, n))
@@ -133,7 +136,9 @@ def iterate_under_load(peer: Peer, n: int, duration: float, readers: int, writer
     if not peer.shared:
         return Result("iterate under load", peer.name, n, None, "ms",
                       "n/a: nothing else can write to it")
-    stop, out, ready = CTX.Event(), CTX.Queue(), CTX.Queue()
+    stop: Any = CTX.Event()
+    out: Any = CTX.Queue()
+    ready: Any = CTX.Queue()
     workers: list[Any] = []
     if peer.processes:
         for i in range(writers):
@@ -159,7 +164,7 @@ def iterate_under_load(peer: Peer, n: int, duration: float, readers: int, writer
             workers.append(th)
             ready.put("ready")
     store = peer.open()
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, tuple[float, float]]] = []   # (when, (wall, cpu))
     error: Optional[str] = None
     try:
         for _ in workers:
@@ -175,14 +180,14 @@ def iterate_under_load(peer: Peer, n: int, duration: float, readers: int, writer
         for w in workers:
             w.join(WORKER_START_TIMEOUT)
         store.close()
-    elapsed = samples[-1][0] + samples[-1][1] if samples else duration
+    elapsed = samples[-1][0] + samples[-1][1][0] if samples else duration
     failures = [r[1] for r in results if r[0] != "ok"]
     if error is None and failures:
         error = f"a writer failed: {failures[0]}"
-    stats = _percentiles([s for _, s in samples]) if samples else {}
+    stats: dict[str, Any] = _percentiles([s for _, s in samples]) if samples else {}
     stats["writes_per_s"] = round(sum(r[1] for r in results if r[0] == "ok") / elapsed)
     stats["gets_per_s"] = round(sum(r[2] for r in results if r[0] == "ok") / elapsed)
-    stats["over_time"] = [(round(t, 3), round(s * 1000, 3)) for t, s in samples]
+    stats["over_time"] = [(round(t, 3), round(s[0] * 1000, 3)) for t, s in samples]
     return Result("iterate under load", peer.name, n, stats.get("p50_ms"), "ms",
                   "ok" if error is None else f"FAILED: {error}", extra=stats)
 
