@@ -152,14 +152,14 @@ class Server:
         old_handlers = {s: signal.signal(s, lambda *_: self.stop())
                         for s in (signal.SIGTERM, signal.SIGINT)}
         listen_fd = self.listener.fileno()
-        self.epoll.register(listen_fd, _IN)
-        self.epoll.register(wake_r, _IN)
-        lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
-        self._announce_ready()
-        log.info("serving map %r on %s", self.name, self.socket_path)
         next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
         busy_until = 0.0
         try:
+            self.epoll.register(listen_fd, _IN)
+            self.epoll.register(wake_r, _IN)
+            lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
+            self._announce_ready()
+            log.info("serving map %r on %s", self.name, self.socket_path)
             while not self.stopping:
                 # Right after serving, poll without sleeping for a moment:
                 # the next request of a synchronous client comes sooner than

@@ -17,7 +17,7 @@ from typing import Optional
 import posix_ipc
 
 from ._core import ffi, lib
-from .errors import MapFullError
+from .errors import AccessDeniedError, MapFullError
 
 PREFIX = ffi.string(lib.shm_name_prefix).decode()
 GEN_INFIX = ffi.string(lib.shm_gen_infix).decode()
@@ -79,6 +79,9 @@ def open_readonly(seg: str) -> mmap.mmap:
         shm = posix_ipc.SharedMemory(seg, 0, read_only=True)
     except posix_ipc.ExistentialError:
         raise FileNotFoundError(errno.ENOENT, "no shared-memory segment", seg) from None
+    except posix_ipc.PermissionsError:
+        raise AccessDeniedError(f"no permission to read {seg} (see the daemon's --mode and "
+                                "--group)") from None
     try:
         return mmap.mmap(shm.fd, 0, prot=mmap.PROT_READ)
     finally:
@@ -90,6 +93,9 @@ def open_readwrite(seg: str) -> mmap.mmap:
         shm = posix_ipc.SharedMemory(seg, 0)
     except posix_ipc.ExistentialError:
         raise FileNotFoundError(errno.ENOENT, "no shared-memory segment", seg) from None
+    except posix_ipc.PermissionsError:
+        raise AccessDeniedError(f"no permission to open {seg} read-write (see the daemon's "
+                                "--mode and --group)") from None
     try:
         return mmap.mmap(shm.fd, 0)
     finally:

@@ -276,6 +276,9 @@ def test_daemon_checks_the_peer_uid(map_name: str) -> None:
             assert f"uid {NOBODY}" in message
         with shmmap.Daemon(map_name, socket=sock, mode=0o666, allow_uid=[NOBODY]):
             assert _as_nobody(map_name) == ("ok", 1)
+        with shmmap.Daemon(map_name, socket=sock):        # 0600: not even readable
+            kind, message = _as_nobody(map_name)
+            assert kind == "AccessDeniedError" and "no permission to read" in message
 
 
 def test_an_error_reply_is_raised_not_retried(map_name: str) -> None:
