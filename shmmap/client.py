@@ -26,10 +26,9 @@ from ._core import ffi
 from .codec import decode_value, encode_key, encode_value
 from .errors import (AccessDeniedError, DaemonUnavailableError, InvalidRequestError, LimitError, MapFullError,
                      OutcomeUnknownError, ShmmapError)
-from .protocol import Err, Op
+from .protocol import Err, Op, batch_blob, delete_item, store_item
 from .reader import MapReader
 from .slots import ClientSlot
-from .writer import batch_blob, delete_item, store_item
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined

@@ -21,7 +21,8 @@ from ._core import ffi, lib
 from .codec import encode_key, encode_value
 from .generation import EXPORT_BATCH
 from .reader import MapReader
-from .writer import MapWriter, batch_blob
+from .protocol import batch_blob
+from .writer import MapWriter
 
 REPEATS = 5
 LOAD_CHUNK = 50_000

@@ -22,9 +22,9 @@ from . import protocol, segments
 from ._core import ffi, lib
 from .codec import decode_value
 from .errors import DaemonRunningError, InvalidRequestError, LimitError, MapFullError
-from .protocol import Err, Op
+from .protocol import Err, Op, delete_item, store_item
 from .slots import ReaderSlots
-from .writer import Limits, MapWriter, delete_item, store_item
+from .writer import Limits, MapWriter
 
 log = logging.getLogger("shmmap.daemon")
 

@@ -15,6 +15,9 @@ import enum
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable, Optional
+
+from ._core import lib
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024 * 1024  # bytes of one request; larger is a protocol error
@@ -55,6 +58,29 @@ class Err(enum.IntEnum):
     UNKNOWN_OP = 5
     INTERNAL = 6
     DENIED = 7            # the peer's uid may not use this map
+
+
+# ---- batch blobs: the argument of Op.BATCH -----------------------------------
+# A blob is a concatenation of items, each an operation byte (SHM_OP_* from
+# cext/shmmap.h) followed by msgpack objects: a store is op, key, value; a
+# delete is op, key. The C core parses and validates it (shm_apply_check).
+STORE = bytes([lib.SHM_OP_STORE])
+DELETE = bytes([lib.SHM_OP_DELETE])
+
+
+def store_item(key: bytes, value: bytes) -> bytes:
+    """One store in a batch blob: op, encoded key, encoded value."""
+    return STORE + key + value
+
+
+def delete_item(key: bytes) -> bytes:
+    """One delete in a batch blob: op, encoded key."""
+    return DELETE + key
+
+
+def batch_blob(ops: Iterable[tuple[bytes, Optional[bytes]]]) -> bytes:
+    """A blob of (key, value) stores and (key, None) deletes."""
+    return b"".join(STORE + k + v if v is not None else DELETE + k for k, v in ops)
 
 
 def default_socket_dir() -> Path:

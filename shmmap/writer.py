@@ -5,26 +5,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from . import segments
 from ._core import ffi, lib
 from .errors import CorruptSegmentError, InvalidRequestError, LimitError, MapFullError
 from .generation import Generation
 
-STORE = bytes([lib.SHM_OP_STORE])
-DELETE = bytes([lib.SHM_OP_DELETE])
 _ERR_LEN = 256
 _LATEST = (1 << 64) - 1
-
-
-def store_item(key: bytes, value: bytes) -> bytes:
-    """One store in a batch blob: op, encoded key, encoded value."""
-    return STORE + key + value
-
-
-def delete_item(key: bytes) -> bytes:
-    return DELETE + key
 
 
 @dataclass
@@ -327,8 +316,3 @@ class MapWriter:
         self._release_header()
         if remove:
             self._remove_all()
-
-
-def batch_blob(ops: Iterable[tuple[bytes, Optional[bytes]]]) -> bytes:
-    """A blob of (key, value) stores and (key, None) deletes."""
-    return b"".join(STORE + k + v if v is not None else DELETE + k for k, v in ops)

@@ -22,7 +22,8 @@ from shmmap._core import ffi, lib
 from shmmap.codec import decode_key, decode_value, encode_key, encode_value
 from shmmap.errors import InvalidRequestError, LimitError, MapFullError
 from shmmap.reader import MapReader, lookup_in
-from shmmap.writer import DELETE, STORE, Limits, MapWriter, batch_blob
+from shmmap.protocol import DELETE, STORE, batch_blob
+from shmmap.writer import Limits, MapWriter
 
 ERR_LEN = 256
 MAX_DEPTH = lib.SHM_MAX_DEPTH

@@ -24,7 +24,8 @@ from shmmap.codec import encode_key, encode_value
 from shmmap.errors import CorruptSegmentError
 from shmmap.generation import Generation
 from shmmap.reader import MapReader
-from shmmap.writer import MapWriter, batch_blob
+from shmmap.protocol import batch_blob
+from shmmap.writer import MapWriter
 
 CTX = mp.get_context("spawn")
 ERR_LEN = 256

@@ -16,7 +16,8 @@ from conftest import remove_map, unique_map_name
 from shmmap._core import lib
 from shmmap.codec import encode_key, encode_value
 from shmmap.reader import MapReader, lookup_in
-from shmmap.writer import MapWriter, batch_blob
+from shmmap.protocol import batch_blob
+from shmmap.writer import MapWriter
 
 M64 = (1 << 64) - 1
 ABSENT = object()

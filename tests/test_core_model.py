@@ -21,7 +21,8 @@ from shmmap import segments
 from shmmap.codec import encode_key, encode_value
 from shmmap.generation import Generation
 from shmmap.reader import MapReader, lookup_in
-from shmmap.writer import MapWriter, batch_blob
+from shmmap.protocol import batch_blob
+from shmmap.writer import MapWriter
 
 ABSENT = object()
 MAX_SNAPSHOTS = 5

@@ -17,7 +17,7 @@ import msgpack
 import shmmap
 from shmmap.codec import decode_key, decode_value, encode_key, encode_value
 from shmmap.protocol import OK, Err, Op
-from shmmap.writer import DELETE, STORE
+from shmmap.protocol import DELETE, STORE
 
 SEED = int(os.environ.get("SHMMAP_FUZZ_SEED", "20261124"))
 ROUNDS = 95          # rounds of pipelined requests on one connection

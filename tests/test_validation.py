@@ -11,7 +11,8 @@ from shmmap._core import ffi, lib
 from shmmap.codec import decode_key, encode_key, encode_value
 from shmmap.errors import InvalidRequestError, LimitError
 from shmmap.reader import MapReader
-from shmmap.writer import Limits, MapWriter, batch_blob
+from shmmap.protocol import batch_blob
+from shmmap.writer import Limits, MapWriter
 
 
 class Color(enum.IntEnum):
