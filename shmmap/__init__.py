@@ -9,14 +9,15 @@
 """
 from .client import Batch, SharedMap, connect
 from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonUnavailableError,
-                     InvalidRequestError, LimitError, MapFullError, MapNotFoundError,
-                     OutcomeUnknownError, ShmmapError)
+                     InvalidNameError, InvalidRequestError, LimitError, MapClosedError, MapFullError,
+                     MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
 from .service import Daemon
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonUnavailableError",
-    "InvalidRequestError", "LimitError", "MapFullError", "MapNotFoundError",
-    "OutcomeUnknownError", "SharedMap", "ShmmapError", "connect",
+    "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
+    "MapNotFoundError", "OutcomeUnknownError", "SharedMap", "ShmmapError", "WriteTimeoutError",
+    "connect",
 ]

@@ -21,27 +21,21 @@ from typing import Any, Callable, Iterator, Optional
 
 import msgpack
 
-from . import protocol
-from ._core import ffi
+from . import protocol, segments
 from .codec import decode_value, encode_key, encode_value
-from .errors import (AccessDeniedError, DaemonUnavailableError, InvalidRequestError, LimitError, MapFullError,
-                     OutcomeUnknownError, ShmmapError)
-from .protocol import Err, Op, batch_blob, delete_item, store_item
+from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
+                     WriteTimeoutError, reply_error)
+from .generation import Generation
+from .protocol import Op, batch_blob, delete_item, store_item
 from .reader import MapReader
 from .slots import ClientSlot
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
+# Requests that change nothing: one that times out raises
+# DaemonUnavailableError; any other, WriteTimeoutError (outcome unknown).
+_CHANGES_NOTHING = frozenset({Op.HELLO, Op.STATS})
 _MISSING: Any = object()
-_ERRORS: dict[int, type[ShmmapError]] = {
-    Err.INVALID: InvalidRequestError,
-    Err.LIMIT: LimitError,
-    Err.FULL: MapFullError,
-    Err.PROTOCOL: InvalidRequestError,
-    Err.UNKNOWN_OP: InvalidRequestError,
-    Err.INTERNAL: ShmmapError,
-    Err.DENIED: AccessDeniedError,
-}
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
 _live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
 
@@ -54,60 +48,147 @@ def _forget_connections_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_connections_in_child)
 
 
+class _NothingSent(Exception):
+    """The connection failed before any byte of the requests went out: the
+    daemon cannot have applied them (the cause is chained)."""
+
+
 class _Keys(KeysView):  # type: ignore[type-arg]
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[Any]:
-        return map(itemgetter(0), self._mapping.items_snapshot())
+        return map(itemgetter(0), self._mapping._pairs())
 
 
 class _Values(ValuesView):  # type: ignore[type-arg]
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[Any]:
-        return map(itemgetter(1), self._mapping.items_snapshot())
+        return map(itemgetter(1), self._mapping._pairs())
 
 
 class _Items(ItemsView):  # type: ignore[type-arg]
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return self._mapping.items_snapshot()
+        return self._mapping._pairs()
 
 
-class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
+class SharedMap(MutableMapping):  # type: ignore[type-arg]
     """A map shared with every process of this host that connects to it.
 
     A MutableMapping, plus the operations of Go's sync.Map under Python
     names. Iterating (keys(), values(), items(), iter(), snapshot()) reads
     one consistent snapshot, whatever is written meanwhile.
+
+    It reads through a MapReader and writes through its connection to the
+    daemon. After close(), every operation raises MapClosedError (an
+    iteration already started runs to its end). Pickled -- for a spawn or
+    forkserver child -- it travels as its name and options, and connects
+    on first use; a fork()ed child reconnects by itself.
     """
 
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        MapReader.__init__(self, name)
+        """Maps map name and connects to its daemon (within timeout)."""
+        self._setup(name, timeout)
+        self._open()
+
+    def _setup(self, name: str, timeout: float) -> None:
+        """The state of a map not yet opened (connect() opens it at once,
+        unpickling on first use)."""
+        self.name = segments.check_map_name(name)
         self.timeout = timeout
+        # Serialises requests, connecting and closing; reads never take it.
         self._lock = threading.Lock()
+        self._closed = False
+        self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
         self._unpacker = msgpack.Unpacker(raw=False)
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
-        self._slot: Optional[ClientSlot] = None
-        self._retired_slots: list[ClientSlot] = []
         self.daemon_info: dict[str, Any] = {}
         _live_maps[id(self)] = self
+
+    # -- the closed state, and opening on first use ---------------------------------
+
+    def _open(self) -> MapReader:
+        """The reader, after mapping the map and connecting if this is the
+        first use; MapClosedError after close(). Checked on entry of every
+        public method."""
+        reader = self._reader
+        if reader is not None:
+            return reader
         with self._lock:
-            self._connect()
+            return self._open_locked(time.monotonic() + self.timeout)
+
+    def _open_locked(self, deadline: float) -> MapReader:
+        if self._closed:
+            raise MapClosedError(f"map {self.name!r} is closed")
+        reader = self._reader
+        if reader is None:
+            reader = MapReader(self.name)
+            try:
+                self._connect(reader, deadline)
+            except BaseException:
+                reader.close()
+                raise
+            self._reader = reader
+        return reader
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Closes the connection and lets go of the map: every later
+        operation raises MapClosedError. An iteration already started
+        finishes on its own snapshot; closing twice does nothing."""
+        with self._lock:            # a request in flight ends first
+            self._closed = True
+            reader, self._reader = self._reader, None
+            self._disconnect(reader)
+        _live_maps.pop(id(self), None)
+        if reader is not None:
+            reader.close()
+
+    def __enter__(self) -> "SharedMap":
+        self._open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as the name and options: the process that unpickles it
+        maps the map and connects on first use (as a Manager proxy does)."""
+        if self._closed:
+            raise MapClosedError(f"map {self.name!r} is closed")
+        return (_connect_on_first_use, (self.name, {"timeout": self.timeout}))
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connection and reader slot are
+        not ours. Forget them; the first write connects anew."""
+        self._lock = threading.Lock()
+        if self._sock is not None:
+            self._sock.close()          # our copy of the fd; the parent keeps its own
+        self._sock = None
+        if self._reader is not None:
+            self._reader.after_fork()
 
     # -- connection -------------------------------------------------------
 
     @property
     def socket_path(self) -> str:
-        return ffi.string(self.header.socket_path).decode()
+        """The daemon's socket, as the map's header names it."""
+        return self._open().socket_path
 
-    def _connect(self) -> None:
-        path = self.socket_path
+    def _connect(self, reader: MapReader, deadline: float) -> None:
+        """Connects to the daemon and says hello; takes the reader slot it
+        assigns. Raises DaemonUnavailableError (or the daemon's refusal)."""
+        path = reader.socket_path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             sock.connect(path)
         except OSError as exc:
@@ -119,27 +200,29 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         self._sock = sock
         self._unpacker = msgpack.Unpacker(raw=False)
         try:
-            info = self._roundtrip([Op.HELLO, self._new_id(), protocol.VERSION])[0]
+            self._send_all(self._packer.pack([Op.HELLO, self._new_id(), protocol.VERSION]),
+                           deadline)
+            info = self._receive(1, deadline)[0]
         except ShmmapError:
-            self._disconnect()
+            self._disconnect(reader)
             raise
-        except OSError as exc:
-            refusal = self._refusal()
-            self._disconnect()
+        except (_NothingSent, OSError, ValueError) as exc:
+            refusal = None if isinstance(exc, TimeoutError) else self._refusal(deadline)
+            self._disconnect(reader)
             if refusal is not None:
                 raise refusal from None
             raise DaemonUnavailableError(
-                f"the daemon of map {self.name!r} closed the connection: {exc}") from None
+                f"the daemon of map {self.name!r} did not say hello: {exc.__cause__ or exc}"
+            ) from None
         self.daemon_info = info
         if info["slot"] >= 0:
-            self._slot = ClientSlot(self.name, info["slot"])
-            self.set_counters(self._slot.slot)
+            reader.use_slot(ClientSlot(self.name, info["slot"]))
 
-    def _refusal(self) -> Optional[ShmmapError]:
+    def _refusal(self, deadline: float) -> Optional[ShmmapError]:
         """The error a daemon that refused this connection (too many
         clients, a uid it does not allow) sent before closing it."""
         assert self._sock is not None
-        self._sock.settimeout(self.timeout)
+        self._sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             while True:
                 data = self._sock.recv(protocol.RECV_SIZE)
@@ -150,29 +233,18 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             pass
         for reply in self._unpacker:
             if isinstance(reply, list) and len(reply) >= 3 and reply[1] != protocol.OK:
-                return _ERRORS.get(reply[1], ShmmapError)(reply[2])
+                return reply_error(reply[1], reply[2])
         return None
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, reader: Optional[MapReader]) -> None:
+        """Closes the connection; the reader stops counting into the slot
+        the daemon will give to another client (the slot stays mapped for
+        as long as a generation that counted into it lives)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._slot is not None:
-            # Another thread may be counting into it inside a C call right
-            # now: keep the mapping until the map is closed.
-            self.set_counters(None)
-            self._retired_slots.append(self._slot)
-            self._slot = None
-
-    def _after_fork(self) -> None:
-        """In a forked child: the parent's connection and slot are not ours.
-        Forget them; the first write connects anew."""
-        self._lock = threading.Lock()
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = None
-        self._slot = None               # the parent's: unmapped with its mapping
-        self.set_counters(None)
+        if reader is not None:
+            reader.use_slot(None)
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -188,16 +260,23 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
 
     def _send_all(self, data: bytes, deadline: float) -> None:
+        """Sends data; raises _NothingSent if the connection failed (or
+        timed out) before its first byte went out."""
         assert self._sock is not None
         view = memoryview(data)
-        while view:
-            try:
-                view = view[self._sock.send(view):]
-            except BlockingIOError:
-                self._wait(select.POLLOUT, deadline)
+        try:
+            while view:
+                try:
+                    view = view[self._sock.send(view, socket.MSG_NOSIGNAL):]
+                except BlockingIOError:
+                    self._wait(select.POLLOUT, deadline)
+        except OSError as exc:
+            if len(view) == len(data):
+                raise _NothingSent() from exc
+            raise
 
     def _recv_some(self, deadline: float) -> bytes:
-        """The next bytes from the daemon: polls without sleeping for up to
+        """The next bytes from the daemon: polls for up to
         CLIENT_SPIN_SECONDS (a reply usually comes sooner), then sleeps."""
         assert self._sock is not None
         spin_until = time.perf_counter() + protocol.CLIENT_SPIN_SECONDS
@@ -205,21 +284,24 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             try:
                 data = self._sock.recv(protocol.RECV_SIZE)
             except BlockingIOError:
-                if time.perf_counter() > spin_until:
+                if time.perf_counter() < spin_until:
+                    # Yield while spinning: with more runnable processes
+                    # than cores (2 here), a spin that keeps the CPU takes
+                    # it from the daemon that is to answer (PLATFORM-NOTES:
+                    # 8.5k writes/s spinning, 45k with a yield).
+                    os.sched_yield()
+                else:
                     self._wait(select.POLLIN, deadline)
                 continue
             if not data:
                 raise ConnectionResetError("the daemon closed the connection")
             return data
 
-    def _roundtrip(self, *requests: list[Any]) -> list[Any]:
-        """Sends requests (pipelined) and returns their results in order;
-        raises the first error a reply carries. Caller holds the lock."""
-        deadline = time.monotonic() + self.timeout
-        pack = self._packer.pack
-        self._send_all(b"".join([pack(r) for r in requests]), deadline)
+    def _receive(self, count: int, deadline: float) -> list[Any]:
+        """The results of the next count replies, in order; raises the first
+        error a reply carries (after reading them all)."""
         results, error = [], None
-        for _ in requests:
+        for _ in range(count):
             reply = next(self._unpacker, None)
             while reply is None:
                 self._unpacker.feed(self._recv_some(deadline))
@@ -227,7 +309,7 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             if reply[1] == protocol.OK:
                 results.append(reply[2])
             elif error is None:
-                error = _ERRORS.get(reply[1], ShmmapError)(reply[2])
+                error = reply_error(reply[1], reply[2])
         if error is not None:
             raise error
         return results
@@ -236,78 +318,134 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         return self._pipeline([[op, *args]])[0]
 
     def _pipeline(self, requests: list[list[Any]]) -> list[Any]:
+        """Sends requests (pipelined) and returns their results in order,
+        all within one timeout. The retry policy:
+
+        - the daemon's error reply: raised, never resent;
+        - the connection failed before a byte went out (a daemon that died
+          since the last request): nothing was applied; reconnect, send once
+          more;
+        - it broke with the requests sent: idempotent ones (protocol.
+          IDEMPOTENT) are sent once more to whichever daemon now serves the
+          map; others raise OutcomeUnknownError;
+        - no reply within the timeout (a stopped or overloaded daemon): the
+          requests may still be applied later; never resent, a write raises
+          WriteTimeoutError (an OutcomeUnknownError).
+        """
         with self._lock:
-            idempotent = all(r[0] in protocol.IDEMPOTENT for r in requests)
+            deadline = time.monotonic() + self.timeout
+            reader = self._open_locked(deadline)
             for attempt in (1, 2):
+                if self._sock is None:
+                    self._connect(reader, deadline)
                 try:
-                    if self._sock is None:
-                        self._connect()
-                    return self._roundtrip(*([r[0], self._new_id(), *r[1:]] for r in requests))
+                    pack = self._packer.pack
+                    self._send_all(b"".join([pack([r[0], self._new_id(), *r[1:]])
+                                             for r in requests]), deadline)
+                    return self._receive(len(requests), deadline)
                 except ShmmapError:
-                    raise       # the daemon's answer, or no daemon to connect to
+                    raise       # the daemon's answer
+                except _NothingSent as exc:
+                    self._disconnect(reader)
+                    cause = exc.__cause__
+                    if isinstance(cause, TimeoutError) or attempt == 2:
+                        raise DaemonUnavailableError(
+                            f"map {self.name!r}: the daemon does not take requests: {cause}"
+                        ) from None
+                except TimeoutError as exc:
+                    self._disconnect(reader)
+                    if all(r[0] in _CHANGES_NOTHING for r in requests):
+                        raise DaemonUnavailableError(
+                            f"map {self.name!r}: no reply from the daemon within "
+                            f"{self.timeout} s") from None
+                    raise WriteTimeoutError(
+                        f"map {self.name!r}: no reply to {Op(requests[0][0]).name} within {self.timeout} s; "
+                        "it may or may not be applied (it is not resent)") from exc
                 except (OSError, ValueError) as exc:    # ValueError: a garbled reply
-                    # The connection broke with the requests sent: a new
-                    # daemon may have adopted the map. Idempotent requests
-                    # are sent once more; the others may have been applied.
-                    self._disconnect()
-                    if not idempotent:
+                    self._disconnect(reader)
+                    if not all(r[0] in protocol.IDEMPOTENT for r in requests):
                         raise OutcomeUnknownError(
                             f"map {self.name!r}: the daemon went away during "
-                            f"{Op(requests[0][0]).name}; it may or may not have been applied"
-                        ) from exc
+                            f"{Op(requests[0][0]).name}; "
+                            "it may or may not have been applied") from exc
                     if attempt == 2:
                         raise DaemonUnavailableError(
                             f"map {self.name!r}: the daemon went away: {exc}") from None
             raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        """Closes the connection and unmaps the map."""
-        with self._lock:
-            self._disconnect()
-            for slot in self._retired_slots:
-                slot.close()
-            self._retired_slots.clear()
-        _live_maps.pop(id(self), None)
-        MapReader.close(self)
+    # -- generations --------------------------------------------------------------------
 
-    def __enter__(self) -> "SharedMap":
-        return self
+    @property
+    def generation(self) -> Generation:
+        """The generation this process reads now (it owns its mapping)."""
+        gen = self._open().generation
+        if gen is None:
+            raise MapClosedError(f"map {self.name!r} is closed")
+        return gen
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def refresh(self) -> Generation:
+        """The current generation, mapping it if a promotion superseded the
+        one read so far (reads do this by themselves)."""
+        return self._open().refresh()
 
     # -- reads (Mapping) ----------------------------------------------------
+    # Each goes through the reader from _open() (the closed check); the
+    # reader takes a local reference to its generation for the C call.
 
-    get = MapReader.lookup
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of key, or default: a read of shared memory, no
+        message and no lock."""
+        reader = self._reader
+        if reader is None:
+            reader = self._open()
+        return reader.lookup(key, default)
 
     def __getitem__(self, key: Any) -> Any:
-        value = self.lookup(key, _MISSING)
+        reader = self._reader
+        if reader is None:
+            reader = self._open()
+        value = reader.lookup(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
-    __contains__ = MapReader.contains  # type: ignore[assignment]
+    def __contains__(self, key: Any) -> bool:
+        reader = self._reader
+        if reader is None:
+            reader = self._open()
+        return reader.lookup(key, _MISSING) is not _MISSING
 
-    def items_snapshot(self) -> Iterator[tuple[Any, Any]]:
-        """(key, value) pairs of one snapshot; the generation read stays
-        mapped until the iterator is exhausted or dropped."""
-        return MapReader.items(self)
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def _pairs(self) -> Iterator[tuple[Any, Any]]:
+        """(key, value) pairs of one snapshot, taken now; the iterator holds
+        its generation, so it runs to its end, whatever happens meanwhile
+        (writes, promotions, close())."""
+        return self._open().items()
 
     def __iter__(self) -> Iterator[Any]:
-        return map(itemgetter(0), self.items_snapshot())
+        return map(itemgetter(0), self._pairs())
 
     def keys(self) -> KeysView:  # type: ignore[type-arg]
+        """The keys; each iteration over them reads one snapshot."""
+        self._open()
         return _Keys(self)
 
     def values(self) -> ValuesView:  # type: ignore[type-arg]
+        """The values; each iteration over them reads one snapshot."""
+        self._open()
         return _Values(self)
 
-    def items(self) -> ItemsView:  # type: ignore[override, type-arg]
+    def items(self) -> ItemsView:  # type: ignore[type-arg]
+        """The (key, value) pairs; each iteration over them reads one
+        snapshot, however long it runs."""
+        self._open()
         return _Items(self)
 
-    def snapshot(self) -> dict[Any, Any]:  # type: ignore[override]
+    def snapshot(self) -> dict[Any, Any]:
         """A dict of the whole map at one instant."""
-        return dict(self.items_snapshot())
+        return dict(self._pairs())
 
     def __or__(self, other: Any) -> dict[Any, Any]:
         if not hasattr(other, "keys"):
@@ -328,9 +466,17 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         return self
 
     def __repr__(self) -> str:
-        return f"<shmmap.SharedMap {self.name!r} keys={len(self)} gen={self.generation.gen}>"
+        # The one method that works after close(): a repr must not raise.
+        reader = self._reader
+        if self._closed:
+            return f"<shmmap.SharedMap {self.name!r} closed>"
+        if reader is None:
+            return f"<shmmap.SharedMap {self.name!r} not yet opened>"
+        return f"<shmmap.SharedMap {self.name!r} keys={len(reader)} gen={reader.refresh().gen}>"
 
     # -- writes (MutableMapping) ----------------------------------------------
+    # Each checks the closed state on entry (before encoding its arguments),
+    # and again under the lock in _pipeline.
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.store(key, value)
@@ -341,9 +487,13 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
             raise KeyError(key)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        """The value of key, storing default first if key is absent (one
+        atomic write: load_or_store)."""
         return self.load_or_store(key, default)[0]
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Removes key and returns its value; default, or KeyError, if it
+        is absent (one atomic write: load_and_delete)."""
         value, loaded = self.load_and_delete(key)
         if loaded:
             return value
@@ -352,6 +502,8 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
         return default
 
     def popitem(self) -> tuple[Any, Any]:
+        """Removes some (key, value) pair and returns it; KeyError if the
+        map is empty."""
         for key in self:
             value, loaded = self.load_and_delete(key)
             if loaded:
@@ -361,6 +513,7 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Stores many pairs; each blob of about BATCH_BYTES is atomic, and
         the blobs are pipelined."""
+        self._open()
         pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
         blobs, parts, size = [], [], 0
         for key, value in pairs:
@@ -382,40 +535,56 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
     # -- sync.Map --------------------------------------------------------------
 
     def load(self, key: Any) -> tuple[Any, bool]:
-        value = self.lookup(key, _MISSING)
+        """(the value of key, True), or (None, False) if it is absent."""
+        value = self.get(key, _MISSING)
         return (None, False) if value is _MISSING else (value, True)
 
     def store(self, key: Any, value: Any) -> None:
+        """Sets key to value; returns once every process can read it."""
+        self._open()
         self._request(Op.BATCH, store_item(encode_key(key), encode_value(value)))
 
     def load_or_store(self, key: Any, value: Any) -> tuple[Any, bool]:
         """(the existing value, True), or (value, False) after storing it."""
+        self._open()
         loaded, raw = self._request(Op.LOAD_OR_STORE, encode_key(key), encode_value(value))
         return (decode_value(raw), True) if loaded else (value, False)
 
     def load_and_delete(self, key: Any) -> tuple[Any, bool]:
+        """Removes key; returns (its value, True), or (None, False) if it
+        was absent."""
+        self._open()
         loaded, raw = self._request(Op.LOAD_AND_DELETE, encode_key(key))
         return (decode_value(raw), True) if loaded else (None, False)
 
     def delete(self, key: Any) -> None:
+        """Removes key if present (no error if it is absent)."""
+        self._open()
         self._request(Op.BATCH, delete_item(encode_key(key)))
 
     def swap(self, key: Any, value: Any) -> tuple[Any, bool]:
         """Stores value; returns (the previous value, whether there was one)."""
+        self._open()
         loaded, raw = self._request(Op.SWAP, encode_key(key), encode_value(value))
         return (decode_value(raw), True) if loaded else (None, False)
 
     def compare_and_swap(self, key: Any, old: Any, new: Any) -> bool:
+        """Sets key to new if its value equals old (as msgpack bytes);
+        returns whether it did."""
+        self._open()
         return bool(self._request(Op.COMPARE_AND_SWAP, encode_key(key), encode_value(old),
                                   encode_value(new)))
 
     def compare_and_delete(self, key: Any, old: Any) -> bool:
+        """Removes key if its value equals old (as msgpack bytes); returns
+        whether it did."""
+        self._open()
         return bool(self._request(Op.COMPARE_AND_DELETE, encode_key(key), encode_value(old)))
 
     def range(self, fn: Callable[[Any, Any], Any]) -> None:
         """Calls fn(key, value) for each pair of one snapshot until fn
         returns False."""
-        for key, value in self.items_snapshot():
+        for key, value in self._pairs():
             if fn(key, value) is False:
                 return
 
@@ -423,6 +592,7 @@ class SharedMap(MapReader, MutableMapping):  # type: ignore[type-arg]
     def batch(self) -> Iterator["Batch"]:
         """``with m.batch() as b: b[k] = v; del b[j]`` -- applied as one
         atomic write when the block ends without an exception."""
+        self._open()
         b = Batch()
         yield b
         if b.items:
@@ -444,12 +614,15 @@ class Batch:
     that a bad key or value raises at once."""
 
     def __init__(self) -> None:
+        """An empty batch."""
         self.items: list[tuple[bytes, Optional[bytes]]] = []
 
     def store(self, key: Any, value: Any) -> None:
+        """Adds setting key to value (also: ``b[key] = value``)."""
         self.items.append((encode_key(key), encode_value(value)))
 
     def delete(self, key: Any) -> None:
+        """Adds removing key, if present (also: ``del b[key]``)."""
         self.items.append((encode_key(key), None))
 
     __setitem__ = store
@@ -457,5 +630,17 @@ class Batch:
 
 
 def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT) -> SharedMap:
-    """Opens map name, which a daemon (``shmmap serve name``) must serve."""
+    """Opens map name, which a daemon (``shmmap serve name``) must serve.
+
+    timeout bounds each operation that talks to the daemon: connecting,
+    and each write with its reply (a write with no reply in time raises
+    WriteTimeoutError: it may or may not be applied)."""
     return SharedMap(name, timeout=timeout)
+
+
+def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:
+    """A map unpickled in another process: mapped and connected on first
+    use, so that unpickling itself does no I/O."""
+    m = SharedMap.__new__(SharedMap)
+    m._setup(name, **options)
+    return m

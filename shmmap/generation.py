@@ -31,30 +31,44 @@ class Generation:
     """A generation segment mapped into this process, with its C view.
 
     Opening validates the header (O(1)); ``validate()`` checks every byte.
-    The mapping lives as long as this object: an iteration holds it, so a
-    superseded generation stays readable until its last iterator ends.
+    The object owns everything its view points into: the mapping (through
+    ``buf``) and every reader slot it has counted into. So whoever holds a
+    Generation -- a lookup's local reference, an iterator -- can call C on
+    its view, and the mapping goes with the last reference (a superseded
+    generation stays readable until its last iterator ends).
     """
 
-    __slots__ = ("segment", "mm", "buf", "view", "mv", "gen", "__weakref__")
+    __slots__ = ("segment", "mm", "buf", "view", "gen", "_counted_into", "__weakref__")
 
     def __init__(self, segment: str, mm: mmap.mmap) -> None:
         self.segment = segment
         self.mm = mm
         self.buf = ffi.from_buffer(mm)
         self.view = ffi.new("struct shm_view *")
+        self._counted_into: list[Any] = []
         err = ffi.new("char[]", _ERR_LEN)
         if lib.shm_view_open(self.view, self.buf, len(mm), err, _ERR_LEN) != 0:
             self.close()
             raise CorruptSegmentError(f"{segment}: {ffi.string(err).decode()}")
-        self.mv = memoryview(mm)
         self.gen: int = self.view.hdr.gen
 
     def close(self) -> None:
-        """Unmaps now (the GC would later). Only when nothing uses it."""
-        if getattr(self, "mv", None) is not None:
-            self.mv.release()
+        """Unmaps now. The writer's tool (it alone knows nothing else uses
+        the generation); readers let go and the last reference unmaps."""
         ffi.release(self.buf)
         self.mm.close()
+
+    def count_into(self, counters: Any) -> None:
+        """Counts lookups, misses and export batches made through this view
+        in counters (a ClientSlot's, which owns its mapping), or, with None,
+        in the view's own. Keeps every slot it ever counted into: a C call
+        in another thread may still be counting into the previous one."""
+        if counters is None:
+            self.view.counters = ffi.addressof(self.view, "own")
+            return
+        if not any(c is counters for c in self._counted_into):
+            self._counted_into.append(counters)
+        self.view.counters = counters
 
     def validate(self) -> None:
         """Checks every entry, record and slot; CorruptSegmentError if bad."""

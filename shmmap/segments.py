@@ -17,7 +17,7 @@ from typing import Optional
 import posix_ipc
 
 from ._core import ffi, lib
-from .errors import AccessDeniedError, MapFullError
+from .errors import AccessDeniedError, InvalidNameError, MapFullError
 
 PREFIX = ffi.string(lib.shm_name_prefix).decode()
 GEN_INFIX = ffi.string(lib.shm_gen_infix).decode()
@@ -27,8 +27,9 @@ _VALID_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
 
 def check_map_name(name: str) -> str:
-    if not _VALID_NAME.fullmatch(name) or len(name) > lib.SHM_NAME_MAX:
-        raise ValueError(
+    """name, if it is a valid map name; InvalidNameError otherwise."""
+    if not isinstance(name, str) or not _VALID_NAME.fullmatch(name) or len(name) > lib.SHM_NAME_MAX:
+        raise InvalidNameError(
             f"map name {name!r} must be 1-{lib.SHM_NAME_MAX} characters of "
             "letters, digits, '.', '_' and '-', not starting with '-'"
         )

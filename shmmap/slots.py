@@ -79,17 +79,31 @@ class ReaderSlots:
 
 
 class ClientSlot:
-    """A client's side: its one slot, mapped read-write."""
+    """A client's side: its one slot, mapped read-write.
+
+    ``counters`` is a typed pointer made by ffi.from_buffer, so it holds the
+    mapping itself: whoever points a C view at it keeps a reference to it
+    (see Generation.count_into), and the mapping goes with the last
+    reference, never while a view still counts into it. There is no close().
+    """
+
+    __slots__ = ("index", "counters")
 
     def __init__(self, name: str, index: int) -> None:
-        self.mm = segments.open_readwrite(segments.readers_name(name))
-        if index < 0 or segment_size(index + 1) > len(self.mm):
-            self.mm.close()
+        mm = segments.open_readwrite(segments.readers_name(name))
+        if index < 0 or segment_size(index + 1) > len(mm):
+            mm.close()
             raise ValueError(f"reader slot {index} is outside the readers segment")
-        self.buf = ffi.from_buffer(self.mm)
-        self.slot: Any = slot_at(self.buf, index)
+        self.index = index
+        at = _HEADER_SIZE + index * _SLOT_SIZE
+        self.counters: Any = ffi.from_buffer(f"{SLOT} *", memoryview(mm)[at:at + _SLOT_SIZE],
+                                             require_writable=True)
 
-    def close(self) -> None:
-        self.slot = None
-        ffi.release(self.buf)
-        self.mm.close()
+    def report_mapped(self, gens: list[int]) -> None:
+        """Tells the daemon which generations this process holds mapped
+        (iterations keep superseded ones alive until they end)."""
+        if gens:
+            c = self.counters
+            c.gen = max(gens)
+            c.oldest_gen = min(gens)
+            c.mapped_gens = len(gens)
