@@ -200,9 +200,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._sock = sock
         self._unpacker = msgpack.Unpacker(raw=False)
         try:
-            self._send_all(self._packer.pack([Op.HELLO, self._new_id(), protocol.VERSION]),
-                           deadline)
-            info = self._receive(1, deadline)[0]
+            hello = self._new_id()
+            self._send_all(self._packer.pack([Op.HELLO, hello, protocol.VERSION]), deadline)
+            info = self._receive(hello, 1, deadline)[0]
         except ShmmapError:
             self._disconnect(reader)
             raise
@@ -297,15 +297,21 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 raise ConnectionResetError("the daemon closed the connection")
             return data
 
-    def _receive(self, count: int, deadline: float) -> list[Any]:
-        """The results of the next count replies, in order; raises the first
-        error a reply carries (after reading them all)."""
+    def _receive(self, first_id: int, count: int, deadline: float) -> list[Any]:
+        """The results of the replies to requests first_id .. first_id +
+        count - 1, in order; raises the first error one carries (after
+        reading them all). Skips late replies to requests that timed out."""
         results, error = [], None
-        for _ in range(count):
+        while count:
             reply = next(self._unpacker, None)
-            while reply is None:
+            if reply is None:
                 self._unpacker.feed(self._recv_some(deadline))
-                reply = next(self._unpacker, None)
+                continue
+            if not isinstance(reply, list) or len(reply) < 3:
+                raise ValueError(f"a garbled reply from the daemon: {reply!r:.100}")
+            if type(reply[0]) is int and reply[0] < first_id:
+                continue            # the late reply to a request that timed out
+            count -= 1
             if reply[1] == protocol.OK:
                 results.append(reply[2])
             elif error is None:
@@ -329,45 +335,52 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
           IDEMPOTENT) are sent once more to whichever daemon now serves the
           map; others raise OutcomeUnknownError;
         - no reply within the timeout (a stopped or overloaded daemon): the
-          requests may still be applied later; never resent, a write raises
-          WriteTimeoutError (an OutcomeUnknownError).
+          requests may still be applied later, so they are never resent; a
+          write raises WriteTimeoutError (an OutcomeUnknownError). The
+          connection stays: late replies are skipped by request id.
         """
         with self._lock:
             deadline = time.monotonic() + self.timeout
             reader = self._open_locked(deadline)
+            pack = self._packer.pack
             for attempt in (1, 2):
                 if self._sock is None:
                     self._connect(reader, deadline)
+                first_id = self._next_id + 1
+                data = b"".join([pack([r[0], self._new_id(), *r[1:]]) for r in requests])
+                sent = False
                 try:
-                    pack = self._packer.pack
-                    self._send_all(b"".join([pack([r[0], self._new_id(), *r[1:]])
-                                             for r in requests]), deadline)
-                    return self._receive(len(requests), deadline)
+                    self._send_all(data, deadline)
+                    sent = True
+                    return self._receive(first_id, len(requests), deadline)
                 except ShmmapError:
                     raise       # the daemon's answer
                 except _NothingSent as exc:
-                    self._disconnect(reader)
                     cause = exc.__cause__
+                    if not isinstance(cause, TimeoutError):
+                        self._disconnect(reader)
                     if isinstance(cause, TimeoutError) or attempt == 2:
                         raise DaemonUnavailableError(
                             f"map {self.name!r}: the daemon does not take requests: {cause}"
                         ) from None
                 except TimeoutError as exc:
-                    self._disconnect(reader)
+                    if not sent:        # a request cut short: the stream is unusable
+                        self._disconnect(reader)
                     if all(r[0] in _CHANGES_NOTHING for r in requests):
                         raise DaemonUnavailableError(
                             f"map {self.name!r}: no reply from the daemon within "
                             f"{self.timeout} s") from None
                     raise WriteTimeoutError(
-                        f"map {self.name!r}: no reply to {Op(requests[0][0]).name} within {self.timeout} s; "
-                        "it may or may not be applied (it is not resent)") from exc
+                        f"map {self.name!r}: no reply to {Op(requests[0][0]).name} within "
+                        f"{self.timeout} s; it may or may not be applied (it is not resent)"
+                    ) from exc
                 except (OSError, ValueError) as exc:    # ValueError: a garbled reply
                     self._disconnect(reader)
                     if not all(r[0] in protocol.IDEMPOTENT for r in requests):
                         raise OutcomeUnknownError(
                             f"map {self.name!r}: the daemon went away during "
-                            f"{Op(requests[0][0]).name}; "
-                            "it may or may not have been applied") from exc
+                            f"{Op(requests[0][0]).name}; it may or may not have been applied"
+                        ) from exc
                     if attempt == 2:
                         raise DaemonUnavailableError(
                             f"map {self.name!r}: the daemon went away: {exc}") from None
