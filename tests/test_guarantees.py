@@ -3,6 +3,7 @@ daemons, real client processes, kill -9; bounded in time, synchronised on
 pipes and replies."""
 from __future__ import annotations
 
+import fcntl
 import multiprocessing as mp
 import os
 import signal
@@ -10,7 +11,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -164,6 +167,11 @@ def test_daemon_killed_mid_writes_loses_no_acknowledged_write(map_name: str) -> 
         d.stop()
 
 
+def _unread_by_peer(sock: Any) -> int:
+    """Bytes sent on a Unix socket that its peer has not read (SIOCOUTQ)."""
+    return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+
+
 def test_conditional_write_cut_off_by_a_crash_reports_outcome_unknown(map_name: str) -> None:
     d = shmmap.Daemon(map_name).start()
     try:
@@ -180,6 +188,12 @@ def test_conditional_write_cut_off_by_a_crash_reports_outcome_unknown(map_name: 
 
         t = threading.Thread(target=cas)
         t.start()
+        # Kill the daemon once the request waits, unread, in its socket (a
+        # request that never left would be sent again to a new daemon).
+        deadline = time.monotonic() + 60
+        while _unread_by_peer(m._sock) == 0:
+            assert time.monotonic() < deadline and not raised, raised
+            time.sleep(0.001)
         d.process.send_signal(signal.SIGKILL)
         t.join(60)
         assert len(raised) == 1 and isinstance(raised[0], shmmap.OutcomeUnknownError)
