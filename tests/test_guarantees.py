@@ -84,9 +84,10 @@ def _batch_writer(name: str, acks: Any, go_on: Any) -> None:
     m.close()
 
 
-def _group_checker(name: str, stop: Any, out: Any) -> None:
+def _group_checker(name: str, stop: Any, out: Any, connected: Any) -> None:
     """Iterates continuously: every group carries one batch number."""
     m = shmmap.connect(name, timeout=20)
+    connected.set()
     scans = 0
     try:
         while not stop.is_set():
@@ -109,9 +110,9 @@ def test_daemon_killed_mid_writes_loses_no_acknowledged_write(map_name: str) -> 
     d = shmmap.Daemon(map_name).start()
     acks_r, acks_w = CTX.Pipe(duplex=False)
     go_r, go_w = CTX.Pipe(duplex=False)
-    stop, out = CTX.Event(), CTX.Queue()
+    stop, out, connected = CTX.Event(), CTX.Queue(), CTX.Event()
     writer = CTX.Process(target=_batch_writer, args=(map_name, acks_w, go_r))
-    reader = CTX.Process(target=_group_checker, args=(map_name, stop, out))
+    reader = CTX.Process(target=_group_checker, args=(map_name, stop, out, connected))
     d2 = None
     try:
         writer.start()
@@ -122,6 +123,7 @@ def test_daemon_killed_mid_writes_loses_no_acknowledged_write(map_name: str) -> 
             kind, n = acks_r.recv()
             assert kind == "ack"
             acked.append(n)
+        assert connected.wait(60), "the checker did not connect"   # before the daemon dies
         d.process.send_signal(signal.SIGKILL)
         d.process.wait()
         while True:                 # acks in flight, then the failure
