@@ -133,6 +133,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 reader.close()
                 raise
             self._reader = reader
+            # get() is the hot path: bound straight to the reader's lookup,
+            # which checks the reader's closed state (close() closes both).
+            # This saves a Python call, about a sixth of a lookup.
+            self.get = reader.lookup  # type: ignore[method-assign]
         return reader
 
     @property
@@ -147,6 +151,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         with self._lock:            # a request in flight ends first
             self._closed = True
             reader, self._reader = self._reader, None
+            self.__dict__.pop("get", None)
             self._disconnect(reader)
         _live_maps.pop(id(self), None)
         if reader is not None:
@@ -407,7 +412,8 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The value of key, or default: a read of shared memory, no
-        message and no lock."""
+        message and no lock. (Once the map is open, the instance's get is
+        its reader's lookup itself.)"""
         reader = self._reader
         if reader is None:
             reader = self._open()
