@@ -130,6 +130,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             try:
                 self._connect(reader, deadline)
             except BaseException:
+                self._disconnect(None)
                 reader.close()
                 raise
             self._reader = reader
@@ -219,6 +220,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise DaemonUnavailableError(
                 f"the daemon of map {self.name!r} did not say hello: {exc.__cause__ or exc}"
             ) from None
+        if not isinstance(info, dict) or not isinstance(info.get("slot"), int):
+            self._disconnect(reader)
+            raise DaemonUnavailableError(f"the daemon of map {self.name!r} answered hello "
+                                         f"with {info!r:.100}")
         self.daemon_info = info
         if info["slot"] >= 0:
             reader.use_slot(ClientSlot(self.name, info["slot"]))

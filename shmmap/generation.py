@@ -38,7 +38,8 @@ class Generation:
     generation stays readable until its last iterator ends).
     """
 
-    __slots__ = ("segment", "mm", "buf", "view", "gen", "_counted_into", "__weakref__")
+    __slots__ = ("segment", "mm", "buf", "view", "header", "gen", "_counted_into",
+                 "__weakref__")
 
     def __init__(self, segment: str, mm: mmap.mmap) -> None:
         self.segment = segment
@@ -46,15 +47,22 @@ class Generation:
         self.buf = ffi.from_buffer(mm)
         self.view = ffi.new("struct shm_view *")
         self._counted_into: list[Any] = []
+        self.header: Any = None
         err = ffi.new("char[]", _ERR_LEN)
         if lib.shm_view_open(self.view, self.buf, len(mm), err, _ERR_LEN) != 0:
             self.close()
             raise CorruptSegmentError(f"{segment}: {ffi.string(err).decode()}")
-        self.gen: int = self.view.hdr.gen
+        # The generation header (view.hdr) as a pointer that owns the
+        # mapping: ``gen.header.live_count`` stays safe even if nothing
+        # else holds gen by the time the field is read.
+        self.header = ffi.from_buffer("struct shm_gen_header *", mm)
+        self.gen: int = self.header.gen
 
     def close(self) -> None:
         """Unmaps now. The writer's tool (it alone knows nothing else uses
         the generation); readers let go and the last reference unmaps."""
+        if self.header is not None:
+            ffi.release(self.header)
         ffi.release(self.buf)
         self.mm.close()
 
@@ -75,10 +83,6 @@ class Generation:
         err = ffi.new("char[]", _ERR_LEN)
         if lib.shm_gen_validate(self.buf, len(self.mm), err, _ERR_LEN) != 0:
             raise CorruptSegmentError(f"{self.segment}: {ffi.string(err).decode()}")
-
-    @property
-    def header(self) -> Any:
-        return self.view.hdr
 
     def snapshot(self) -> int:
         return lib.shm_snapshot(self.view)

@@ -229,7 +229,8 @@ class MapReader:
     def __len__(self) -> int:
         # live_count is exact at committed_seq; the daemon updates it with
         # the writes of a commit, so it is a best-effort figure in between.
-        return int(self.refresh().header.live_count)
+        gen = self.refresh()
+        return int(gen.header.live_count)
 
     @property
     def socket_path(self) -> str:

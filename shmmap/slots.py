@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from . import segments
 from ._core import ffi, lib
+from .errors import CorruptSegmentError
 
 SLOT = "struct shm_reader_slot"
 _HEADER_SIZE = ffi.sizeof("struct shm_readers_header")
@@ -93,7 +94,7 @@ class ClientSlot:
         mm = segments.open_readwrite(segments.readers_name(name))
         if index < 0 or segment_size(index + 1) > len(mm):
             mm.close()
-            raise ValueError(f"reader slot {index} is outside the readers segment")
+            raise CorruptSegmentError(f"reader slot {index} is outside the readers segment")
         self.index = index
         at = _HEADER_SIZE + index * _SLOT_SIZE
         self.counters: Any = ffi.from_buffer(f"{SLOT} *", memoryview(mm)[at:at + _SLOT_SIZE],
