@@ -42,6 +42,8 @@ class Generation:
                  "__weakref__")
 
     def __init__(self, segment: str, mm: mmap.mmap) -> None:
+        """Opens a view on mm, the mapping of segment; CorruptSegmentError
+        (and mm closed) if its header is not sound."""
         self.segment = segment
         self.mm = mm
         self.buf = ffi.from_buffer(mm)
@@ -85,6 +87,7 @@ class Generation:
             raise CorruptSegmentError(f"{self.segment}: {ffi.string(err).decode()}")
 
     def snapshot(self) -> int:
+        """The committed seq now: read at it, a view of one instant."""
         return lib.shm_snapshot(self.view)
 
     def raw_at(self, packed: int) -> bytes:

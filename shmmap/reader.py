@@ -64,6 +64,7 @@ class MapReader:
     """
 
     def __init__(self, name: str) -> None:
+        """Maps map name's header and current generation (no daemon needed)."""
         self.name = segments.check_map_name(name)
         # Maps and slot changes; never taken by a lookup or an iteration.
         self._lock = threading.Lock()

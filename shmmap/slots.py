@@ -91,6 +91,7 @@ class ClientSlot:
     __slots__ = ("index", "counters")
 
     def __init__(self, name: str, index: int) -> None:
+        """Maps slot index of map name's readers segment read-write."""
         mm = segments.open_readwrite(segments.readers_name(name))
         if index < 0 or segment_size(index + 1) > len(mm):
             mm.close()
