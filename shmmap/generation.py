@@ -78,6 +78,10 @@ class Generation:
             return
         if not any(c is counters for c in self._counted_into):
             self._counted_into.append(counters)
+        # One aligned 8-byte store into private memory (the view): a C call
+        # in another thread loads the old pointer or the new one, and both
+        # stay mapped, since both are in _counted_into. The counts are
+        # statistics, so it does not matter which one it loads.
         self.view.counters = counters
 
     def validate(self) -> None:

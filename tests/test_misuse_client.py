@@ -292,6 +292,12 @@ def _write_to_stopped_daemon(name: str, pid: int) -> dict[str, Any]:
             except shmmap.ShmmapError as exc:
                 seen[what] = (type(exc).__name__, time.monotonic() - started)
         seen["read"] = (m["a"], len(m) >= 1)         # shared memory: no daemon needed
+        started = time.monotonic()
+        try:
+            shmmap.connect(name, timeout=1)
+            seen["connect"] = ("did not raise", 0.0)
+        except shmmap.ShmmapError as exc:
+            seen["connect"] = (type(exc).__name__, time.monotonic() - started)
     finally:
         os.kill(pid, signal.SIGCONT)
     # The daemon serves again, on the same connection: it applies what it
@@ -312,8 +318,9 @@ def test_a_write_to_a_stopped_daemon_raises_outcome_unknown(map_name: str) -> No
         kind, took = seen[what]
         assert issubclass(getattr(shmmap, kind), shmmap.OutcomeUnknownError), (what, kind)
         assert took < 2.5, f"{what}: raised after {took:.1f} s with timeout=1 (resent?)"
-    kind, took = seen["stats"]
-    assert kind == "DaemonUnavailableError" and took < 2.5      # a read: no outcome to know
+    for what in ("stats", "connect"):           # nothing changed: no outcome to know
+        kind, took = seen[what]
+        assert kind == "DaemonUnavailableError" and took < 2.5, (what, kind, took)
     assert seen["read"] == (1, True)
     assert seen["after"] == ((2, True), 1, 5)     # the timed-out CAS was applied late
 
