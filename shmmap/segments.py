@@ -125,15 +125,39 @@ def map_segments(name: str) -> list[str]:
 
 
 def map_names() -> list[str]:
-    """Names of the maps whose header segment exists on this host (told
-    apart from generation and reader segments by its magic number)."""
+    """Names of the maps whose header segment exists on this host, this
+    user's and other users', readable or not.
+
+    A header this user can read is told apart from generation and reader
+    segments by its magic number. One it may not read is told by its name:
+    it is a header if the map's reader segment exists beside it, or if its
+    name is not that of a generation or reader segment. (Listing /dev/shm
+    needs no permission on the segments.)"""
+    base = PREFIX[1:]
+    present = {entry.name for entry in SHM_DIR.glob(base + "*")}
     names = []
-    for entry in SHM_DIR.glob(PREFIX[1:] + "*"):
-        try:
-            with entry.open("rb") as f:
-                magic = int.from_bytes(f.read(8), "little")
-        except OSError:
-            continue
-        if magic == lib.SHM_MAGIC_MAP:
-            names.append(entry.name[len(PREFIX) - 1:])
-    return sorted(names)
+    for entry in sorted(present):
+        magic = _magic(SHM_DIR / entry)
+        if magic == lib.SHM_MAGIC_MAP or (
+                magic is None and (entry + READERS_SUFFIX in present
+                                   or not _looks_like_part(entry[len(base):]))):
+            names.append(entry[len(base):])
+    return [n for n in names if _VALID_NAME.fullmatch(n)]
+
+
+def _magic(path: Path) -> Optional[int]:
+    """The first word of a segment (0 if it went away meanwhile); None if
+    this user may not read it."""
+    try:
+        with path.open("rb") as f:
+            return int.from_bytes(f.read(8), "little")
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
+
+
+def _looks_like_part(name: str) -> bool:
+    """Whether name is shaped like a generation or reader segment's name."""
+    head, infix, gen = name.rpartition(GEN_INFIX)
+    return name.endswith(READERS_SUFFIX) or bool(infix and head and gen.isdigit())
