@@ -171,6 +171,9 @@ def _run_del(args: argparse.Namespace) -> int:
 
 
 DUMP_CHUNK = 1 << 16      # bytes of whole lines written at once
+# JSON leaves these unescaped, but tools that split lines on Unicode line
+# breaks (str.splitlines) would cut a record in two.
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 
 
 def _run_dump(args: argparse.Namespace) -> int:
@@ -183,7 +186,8 @@ def _run_dump(args: argparse.Namespace) -> int:
     size = 0
     try:
         for key, value in reader.items():
-            line = (jsontags.dumps({"key": key, "value": value}) + "\n").encode()
+            line = (jsontags.dumps({"key": key, "value": value}).translate(_LINE_BREAKS)
+                    + "\n").encode()
             chunk.append(line)
             size += len(line)
             if size >= DUMP_CHUNK:
@@ -225,9 +229,9 @@ def read_dump(lines: Any) -> list[tuple[Any, Any]]:
 def _run_load(args: argparse.Namespace) -> int:
     try:
         if args.file == "-":
-            pairs = read_dump(sys.stdin.buffer.read().decode().splitlines())
+            pairs = read_dump(sys.stdin.buffer.read().decode().split("\n"))
         else:
-            with open(args.file, encoding="utf-8") as f:
+            with open(args.file, encoding="utf-8", newline="\n") as f:
                 pairs = read_dump(f)
     except UnicodeDecodeError as exc:
         raise ShmmapError(f"{args.file}: not UTF-8 text: {exc}") from None

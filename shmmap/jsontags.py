@@ -8,8 +8,8 @@ tuples, so those are written as one-member objects whose member is a tag:
     {"$float": "nan" | "inf" | "-inf"}  a float JSON cannot write
     {"$map": [[key, value], ...]}     a dict with a key that is not a str
                                       (or whose only key is one of these tags)
-    {"$ext": [code, "<base64>"]}      a msgpack extension (msgpack.ExtType;
-                                      a msgpack.Timestamp is code -1)
+    {"$ext": [code, "<base64>"]}      a msgpack extension: msgpack.ExtType
+                                      (code 0..127) or msgpack.Timestamp (-1)
 
 A tuple is a JSON array: in a map's key every array is a tuple (keys hold
 no lists); in a value every array is a list (values decode arrays as lists).
@@ -47,6 +47,8 @@ def to_json(x: Any) -> Any:
         return {FLOAT: "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
     if isinstance(x, bytes):
         return {BYTES: _b64(x)}
+    if isinstance(x, msgpack.ExtType):            # a namedtuple: before tuples
+        return {EXT: [x.code, _b64(x.data)]}
     if isinstance(x, (list, tuple)):
         return [to_json(i) for i in x]
     if isinstance(x, dict):
@@ -55,8 +57,6 @@ def to_json(x: Any) -> Any:
         return {MAP: [[to_json(k), to_json(v)] for k, v in x.items()]}
     if isinstance(x, msgpack.Timestamp):
         return {EXT: [-1, _b64(x.to_bytes())]}
-    if isinstance(x, msgpack.ExtType):
-        return {EXT: [x.code, _b64(x.data)]}
     raise TypeError(f"{type(x).__name__} has no JSON form")
 
 
@@ -92,9 +92,15 @@ def _from_tagged(tag: str, body: Any) -> Any:
             out[from_json(k)] = from_json(v)
         return out
     if not (isinstance(body, list) and len(body) == 2 and type(body[0]) is int
-            and -128 <= body[0] <= 127):
-        raise JSONFormError(f'"{EXT}" takes [code (-128..127), "<base64>"]')
-    return msgpack.ExtType(body[0], _unb64(body[1], EXT))
+            and -1 <= body[0] <= 127):
+        raise JSONFormError(f'"{EXT}" takes [code (0..127, or -1: a timestamp), "<base64>"]')
+    data = _unb64(body[1], EXT)
+    if body[0] >= 0:
+        return msgpack.ExtType(body[0], data)
+    try:
+        return msgpack.Timestamp.from_bytes(data)
+    except ValueError as exc:
+        raise JSONFormError(f'"{EXT}" -1: not a msgpack timestamp: {exc}') from None
 
 
 def _b64(data: bytes) -> str:
