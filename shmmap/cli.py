@@ -409,13 +409,17 @@ def _run_cleanup(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
-    summary = run_demo(keys=args.keys, readers=args.readers, writers=args.writers,
-                       duration=args.duration, write_ratio=args.write_ratio,
-                       progress=not args.quiet)
-    print(format_summary(summary))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    out = open(args.json, "w") if args.json else None     # a bad path fails before the run
+    try:
+        summary = run_demo(keys=args.keys, readers=args.readers, writers=args.writers,
+                           duration=args.duration, write_ratio=args.write_ratio,
+                           progress=not args.quiet)
+        print(format_summary(summary))
+        if out:
+            json.dump(summary, out, indent=2)
+    finally:
+        if out:
+            out.close()
     return 0 if _passed(summary) else 1
 
 
@@ -604,6 +608,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:             # `shmmap dump m | head`: the reader has enough
         _discard_stdout()
         return 0
+    except OSError as exc:              # a file named on the command line, say
+        print(f"shmmap: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:           # what the command started is stopped by now
         print("shmmap: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ import msgpack
 from ._core import ffi, lib
 from .codec import encode_key, encode_value
 from .generation import EXPORT_BATCH
+from .progress import Progress
 from .reader import MapReader
 from .protocol import batch_blob
 from .writer import MapWriter
@@ -243,16 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
 
-    def progress(msg: str) -> None:
-        sys.stderr.write(f"\r\033[K{msg}")
-        sys.stderr.flush()
-
     rows = []
+    shown = Progress(tty_every=0, plain_every=0)      # each step: a few seconds
     for n in (int(x) for x in args.keys.split(",")):
         for label, (keys, value) in _datasets(n).items():
-            rows += bench_dataset(n, label, keys, value, progress)
-    rows += bench_client(progress)
-    sys.stderr.write("\r\033[K")
+            rows += bench_dataset(n, label, keys, value, shown.update)
+    rows += bench_client(shown.update)
+    shown.close(keep=False)
     print(format_table(rows))
     print()
     print("\n".join(verdicts(rows)))

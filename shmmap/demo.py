@@ -22,7 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .client import connect
 from .progress import Progress
@@ -54,64 +54,62 @@ def _worker_started() -> Any:
 
 def _reader(name: str, keys: int, stop: Any, out: Any) -> None:
     go_on = _worker_started()
-    m = connect(name)
     total = keys * START_VALUE
     last = time.monotonic()
     times, ok, bad = [], 0, 0
-    try:
-        while go_on(stop):
-            t = time.perf_counter()
-            seen, s = set(), 0
-            for k, v in m.items():
-                seen.add(k)
-                s += v
-            times.append(time.perf_counter() - t)
-            if s == total and len(seen) == keys:
-                ok += 1
-            else:
-                bad += 1
-                out.put(("error", f"iteration saw sum {s} over {len(seen)} keys"))
-            if time.monotonic() - last >= REPORT_SECONDS:
-                out.put(("reader", times, ok, bad))
-                times, ok, bad, last = [], 0, 0, time.monotonic()
+    try:            # connecting too: the daemon may be gone already (Ctrl-C)
+        with connect(name) as m:
+            while go_on(stop):
+                t = time.perf_counter()
+                seen, s = set(), 0
+                for k, v in m.items():
+                    seen.add(k)
+                    s += v
+                times.append(time.perf_counter() - t)
+                if s == total and len(seen) == keys:
+                    ok += 1
+                else:
+                    bad += 1
+                    out.put(("error", f"iteration saw sum {s} over {len(seen)} keys"))
+                if time.monotonic() - last >= REPORT_SECONDS:
+                    out.put(("reader", times, ok, bad))
+                    times, ok, bad, last = [], 0, 0, time.monotonic()
     except Exception as exc:   # reported, then the demo fails
         out.put(("error", f"reader: {exc!r}"))
     out.put(("reader", times, ok, bad))
     out.put(("done",))
-    m.close()
 
 
 def _writer(name: str, keys: int, index: int, writers: int, write_ratio: float,
             stop: Any, out: Any) -> None:
     go_on = _worker_started()
-    m = connect(name)
     rng = random.Random(index)
     own = range(index, keys, writers)      # keys only this writer changes
     writes = gets = 0
     last = time.monotonic()
     try:
-        while go_on(stop):
-            if rng.random() < write_ratio:
-                a, b = rng.choice(own), rng.choice(own)
-                if a != b:
-                    va, vb = m[a], m[b]
-                    amount = rng.randint(0, va)
-                    with m.batch() as batch:
-                        batch[a] = va - amount
-                        batch[b] = vb + amount
-                writes += 1
-            else:
-                m.get(rng.randrange(keys))
-                gets += 1
-            if time.monotonic() - last >= REPORT_SECONDS:
-                out.put(("writer", writes, gets))
-                writes = gets = 0
-                last = time.monotonic()
+        with connect(name) as m:
+            while go_on(stop):
+                if rng.random() < write_ratio:
+                    a, b = rng.choice(own), rng.choice(own)
+                    if a != b:
+                        va, vb = m[a], m[b]
+                        amount = rng.randint(0, va)
+                        with m.batch() as batch:
+                            batch[a] = va - amount
+                            batch[b] = vb + amount
+                    writes += 1
+                else:
+                    m.get(rng.randrange(keys))
+                    gets += 1
+                if time.monotonic() - last >= REPORT_SECONDS:
+                    out.put(("writer", writes, gets))
+                    writes = gets = 0
+                    last = time.monotonic()
     except Exception as exc:
         out.put(("error", f"writer: {exc!r}"))
     out.put(("writer", writes, gets))
     out.put(("done",))
-    m.close()
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -133,10 +131,11 @@ def run_demo(keys: int = 100_000, readers: int = 2, writers: int = 2, duration: 
         m.update((k, START_VALUE) for k in range(keys))
         m.promote()
         stop, out = ctx.Event(), ctx.Queue()
+        targets: list[tuple[Callable[..., None], tuple[Any, ...]]]
         targets = [(_reader, (name, keys, stop, out))] * readers
         targets += [(_writer, (name, keys, i, writers, write_ratio, stop, out))
                     for i in range(writers)]
-        procs = []
+        procs: list[Any] = []
         try:
             with _sigint_ignored():         # ignored from their first instruction on
                 for target, args in targets:
@@ -237,10 +236,11 @@ def _collect_into(out: Any, result: DemoResult, started: float, duration: float,
         if time.monotonic() >= next_report:
             next_report += REPORT_SECONDS
             t = min(time.monotonic() - started, duration)
-            p50 = _percentile(result.iterations[-200:], 50) * 1000
+            recent = result.iterations[-200:]
+            p50 = f"{_percentile(recent, 50) * 1000:6.1f} ms" if recent else "     - ms"
             shown.update(
                 f"[{t:5.1f}/{duration:.0f}s] iterations {len(result.iterations):5d} "
-                f"(p50 {p50:6.1f} ms)  writes {result.writes:8d}  gets {result.gets:8d}  "
+                f"(p50 {p50})  writes {result.writes:8d}  gets {result.gets:8d}  "
                 f"checks ok {result.checks_passed:5d} failed {result.checks_failed}  "
                 f"gen {m.refresh().gen}")
 

@@ -66,7 +66,7 @@ def test_help_explains_every_command() -> None:
     top = cli("--help").stdout
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert sorted(sub.choices) == sorted(COMMANDS)                # type: ignore[arg-type]
-    helps = {a.dest: a.help for a in sub._get_subactions()}
+    helps = {a.dest: a.help for a in sub._get_subactions()}      # type: ignore[attr-defined]
     for command, parser in sub.choices.items():                  # type: ignore[union-attr]
         assert helps[command] and parser.description, command
         for action in parser._actions:
@@ -158,6 +158,8 @@ def test_errors_go_to_stderr_with_a_nonzero_exit(map_name: str) -> None:
         assert "base64" in fails("set", map_name, "k", '{"$bytes": "%%"}')
         assert "cannot be encoded" in fails("set", map_name, "k", str(2 ** 70))
         assert cli("dump", map_name).stdout == ""                  # nothing was written
+    assert "No such file or directory" in fails("demo", "--json", "/no/such/dir/out.json")
+    assert "No such file or directory" in fails("load", map_name, "/no/such/dump.jsonl")
     fails("get", map_name, status=2)                               # usage errors
     fails("set", map_name, "k", status=2)
     fails("get", "no/such name", "k", status=2)
@@ -355,7 +357,7 @@ AWKWARD_VALUES: list[Any] = [
     None, True, False, 0, -(2 ** 63), 2 ** 64 - 1, 1.5, -0.0, 1e308, 5e-324,
     math.nan, math.inf, -math.inf, "", "text\n\t\"quoted\"", b"", b"\x00\xff",
     [], [1, [2, [3]]], {}, {"a": {"b": [b"c", None]}},
-    {1: "int key", b"k": "bytes key", None: 0, 2.5: "float key", True: "bool key"},
+    {1: "int key", b"k": "bytes key", None: 0, 2.5: "float key", False: "bool key"},
     {"$bytes": "AA=="}, {"$float": "nan"}, {"$map": []}, {"$bytes": 5}, {"$other": 1},
     [math.nan, {"x": math.inf}], msgpack.ExtType(5, b"\x01\x02"),
     msgpack.Timestamp(1_700_000_000, 123),

@@ -12,7 +12,7 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -29,7 +29,7 @@ SDIST_TESTS = ["test_client.py", "test_cli.py::test_help_explains_every_command"
                "test_cli.py::test_set_get_del_dump_stats_promote_ls"]
 
 
-_SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+_SAFE: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 def _source_files(top: Path) -> set[str]:
@@ -84,7 +84,7 @@ def test_wheel_is_typed_licensed_and_described(built: tuple[Path, Path]) -> None
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert meta["License-Expression"] == "MIT"
     assert "License" not in meta                       # the deprecated field is gone
-    classifiers = meta.get_all("Classifier")
+    classifiers = meta.get_all("Classifier") or []
     assert "Typing :: Typed" in classifiers
     assert not [c for c in classifiers if c.startswith("License ::")]   # the expression says it
 
@@ -103,8 +103,9 @@ def test_the_sdists_tests_pass_against_its_wheel(built: tuple[Path, Path],
     with zipfile.ZipFile(wheel) as whl:
         whl.extractall(site)
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
-    where = subprocess.run([sys.executable, "-c", "import shmmap, shmmap._core; "
-                            "print(shmmap.__file__)"], cwd=src / "tests", env=env,
+    where = subprocess.run([sys.executable, "-c",
+                            "import shmmap, shmmap._core; print(shmmap.__file__)"],
+                           cwd=src / "tests", env=env,
                            capture_output=True, text=True, timeout=60, check=False)
     assert where.stdout.strip() == str(site / "shmmap" / "__init__.py"), where.stderr
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
