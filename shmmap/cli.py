@@ -583,6 +583,8 @@ def _add_workload_commands(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``shmmap`` argument parser: one subcommand per command, each
+    with its help; ``args.run(args)`` runs the chosen one."""
     parser = argparse.ArgumentParser(
         prog="shmmap", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A key-value map shared by processes through POSIX shared memory: "
@@ -597,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs ``shmmap ARGV``; returns the exit status (see EPILOG): errors are
+    one "shmmap: ..." line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         status = int(args.run(args))

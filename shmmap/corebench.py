@@ -119,6 +119,9 @@ def _decode(batches: list[tuple[bytes, bytes]]) -> None:
 
 def bench_dataset(n: int, label: str, keys: list[Any], value: Callable[[int], Any],
                   progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Rows for one map of n keys written and read in this process (no
+    daemon): lookups before and after promotion, promotion, export and
+    decode, each beside a dict doing the same work."""
     name = f"corebench-{os.getpid()}"
     w = MapWriter(name)
     rows: list[dict[str, Any]] = []
@@ -205,6 +208,7 @@ def _dict_copy_ms(d: dict[Any, Any]) -> float:
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """A PASS or MISS line for each row that has a target in TARGETS."""
     out = []
     for r in rows:
         target = TARGETS.get((r["dataset"], r["what"]))
@@ -226,6 +230,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
     lines = [f"{'keys':>9}  {'dataset':<9}  {'measure':<40} {'shmmap':>10} {'dict':>10}  "
              f"{'ratio':>6}  unit"]
     for r in rows:
@@ -238,6 +243,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m shmmap.corebench``: prints the table and verdicts."""
     p = argparse.ArgumentParser(prog="python -m shmmap.corebench", description=__doc__.split("\n\n")[0])
     p.add_argument("--keys", default="100000,1000000",
                    help="comma-separated map sizes (default 100000,1000000)")

@@ -35,6 +35,7 @@ STOP_SECONDS = 10.0        # a worker that has not exited by then is killed
 
 @dataclass
 class DemoResult:
+    """What the workers reported so far."""
     iterations: list[float] = field(default_factory=list)   # seconds each
     checks_passed: int = 0
     checks_failed: int = 0
@@ -246,6 +247,7 @@ def _collect_into(out: Any, result: DemoResult, started: float, duration: float,
 
 
 def format_summary(s: dict[str, Any]) -> str:
+    """run_demo()'s summary as the lines the command prints."""
     lines = [
         f"shmmap demo: {s['keys']:,} keys, {s['readers']} iterating readers, {s['writers']} "
         f"writers at {s['write_ratio']:.0%} writes, {s['duration_s']:.0f} s",

@@ -30,6 +30,8 @@ class Progress:
         self._drawn = False
 
     def update(self, msg: str, force: bool = False) -> None:
+        """Shows msg, unless the last one was shown too recently (force:
+        shown anyway)."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < (self.every or 0)):
             return

@@ -36,14 +36,17 @@ def check_map_name(name: str) -> str:
 
 
 def header_name(name: str) -> str:
+    """The header segment's name of map name (checked)."""
     return PREFIX + check_map_name(name)
 
 
 def gen_name(name: str, gen: int) -> str:
+    """The segment name of map name's generation gen."""
     return f"{PREFIX}{name}{GEN_INFIX}{gen}"
 
 
 def readers_name(name: str) -> str:
+    """The reader-slot segment's name of map name."""
     return f"{PREFIX}{name}{READERS_SUFFIX}"
 
 
@@ -89,6 +92,8 @@ def open_readonly(seg: str) -> mmap.mmap:
 
 
 def open_readwrite(seg: str) -> mmap.mmap:
+    """Maps an existing segment read-write (the daemon adopting a map);
+    FileNotFoundError if absent, AccessDeniedError if not permitted."""
     try:
         shm = posix_ipc.SharedMemory(seg, 0)
     except posix_ipc.ExistentialError:

@@ -535,3 +535,26 @@ def test_ls_and_cleanup_carry_on_past_maps_they_may_not_read(
         with d.connect() as m:                          # root's map is untouched
             m["still"] = "here"
             assert m["still"] == "here"
+
+
+@pytest.mark.parametrize("script, args, first", [
+    ("writer.py", ["--duration", "60", "--rate", "2000"], "writes/s"),
+    ("readers.py", ["--processes", "2", "--duration", "60", "--gets", "10"], "reader "),
+])
+def test_clients_stop_on_ctrl_c_without_a_traceback(map_name: str, script: str,
+                                                    args: list[str], first: str) -> None:
+    with shmmap.Daemon(map_name) as d:
+        with d.connect() as m:
+            m.update((i, i) for i in range(1000))
+        p = subprocess.Popen([sys.executable, str(CLIENTS / script), map_name, *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        try:
+            assert first in p.stdout.readline()             # type: ignore[union-attr]
+            os.killpg(p.pid, signal.SIGINT)
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 130 and err == f"{script[:-3]}: interrupted\n", err
+        finally:
+            if p.poll() is None or _group_alive(p.pid):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
