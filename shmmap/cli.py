@@ -47,7 +47,8 @@ keys and values:
   load, --json-key) alike:
     {"$bytes": "<base64>"}          bytes
     {"$float": "nan"}               NaN, "inf" or "-inf"
-    {"$map": [[key, value], ...]}   a dict with keys that are not all strings
+    {"$map": [[key, value], ...]}   a dict whose keys are not all strings (or
+                                    whose one key is one of these tags)
     {"$ext": [code, "<base64>"]}    a msgpack extension type
   In a key every array is a tuple; in a value every array is a list. So
   what get and dump print reads back as the same Python keys and values
@@ -62,7 +63,8 @@ exit status:
   0 success, also when the reader of stdout stops early (`| head`); 1 an
   error (no such map or key, no daemon, bad JSON, a key of the wrong type),
   with "shmmap: <message>" on stderr; 2 a usage error; 130 interrupted
-  (Ctrl-C: the command stops what it started and removes what it created).
+  (Ctrl-C: what the command started is stopped; demo and soak remove their
+  map).
 
 examples:
   shmmap serve orders &
