@@ -91,6 +91,8 @@
 #define SHM_DEFAULT_MAX_KEY  65536
 #define SHM_DEFAULT_MAX_VALUE 16777216
 #define SHM_MAX_READERS      1024      /* reader slots per map */
+#define SHM_ERR_LEN          256       /* bytes of an err buffer: room for
+                                          any message the core writes */
 #define SHM_MAX_SEQ          0x7fffffffffffffff /* highest seq a map takes:
                                           int64-safe, and a billion writes
                                           a second last 292 years; adoption

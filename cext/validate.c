@@ -8,13 +8,14 @@
  * walked twice, and no index run is longer than SHM_MAX_PROBE_RUN, so each
  * entry's lookup is bounded.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
 #define ERR(...) shm_fail(err, errlen, SHM_ECORRUPT, __VA_ARGS__)
 #define U(x) ((unsigned long long)(x))
-#define WORD_BITS (8 * sizeof(uint64_t))
+#define WORD_BITS (CHAR_BIT * sizeof(uint64_t))
 
 /* What a validation knows: the view, the copy of the header's counters,
  * and which arena units are taken. */
@@ -44,7 +45,7 @@ static int take_units(struct check *c, uint64_t at, uint64_t n)
 /* Checks entry i's key, its hash, and that the index leads to it. */
 static int check_key_of(struct check *c, uint64_t i, struct key_ref *k)
 {
-    char *err = c->err, why[200];
+    char *err = c->err, why[SHM_ERR_LEN];
     size_t errlen = c->errlen;
     if (!key_load(&c->v, i, c->used_hi, k) || k->off % SHM_ALIGN != 0)
         return ERR("entry %llu: key at offset %llu runs past the arena",
@@ -65,7 +66,7 @@ static int check_key_of(struct check *c, uint64_t i, struct key_ref *k)
 /* Checks one entry: its key, and every record of its chain. */
 static int check_entry(struct check *c, uint64_t i)
 {
-    char *err = c->err, why[200];
+    char *err = c->err, why[SHM_ERR_LEN];
     size_t errlen = c->errlen;
     struct key_ref k;
     int rc = check_key_of(c, i, &k);

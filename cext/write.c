@@ -107,7 +107,7 @@ static int object(const struct shm_view *v, const uint8_t *p, uint64_t len,
                   uint64_t at, int trusted, enum mp_mode mode, uint64_t n,
                   uint64_t *used, char *err, size_t errlen)
 {
-    char why[200];
+    char why[SHM_ERR_LEN];
     const char *what = mode == MP_KEY ? "key" : "value";
     uint64_t limit = mode == MP_KEY ? v->max_key : v->max_value;
     if (trusted) {

@@ -9,7 +9,7 @@ from ._core import ffi, lib
 from .errors import (CorruptSegmentError, InvalidRequestError, LimitError, MapFullError,
                      ShmmapError)
 
-ERR_LEN = 256            # bytes of the err buffer the core's calls fill
+ERR_LEN = lib.SHM_ERR_LEN   # bytes of the err buffer the core's calls fill
 
 EXCEPTIONS: dict[int, type[ShmmapError]] = {
     lib.SHM_EINVAL: InvalidRequestError,

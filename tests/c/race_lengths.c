@@ -81,7 +81,7 @@ int main(int argc, char **argv)
     struct shm_apply_info info = { 0 };
     uint8_t blob[KEYS * (2 + VALUE_LEN)];
     size_t len = 0;
-    char err[256] = "";
+    char err[SHM_ERR_LEN] = "";
 
     if (shm_plan(&g, 0, 0, KEYS, sizeof blob) != SHM_OK)
         return 2;
