@@ -17,6 +17,7 @@ owns the two ways a daemon ends:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import resource
@@ -42,6 +43,7 @@ MISS_CHECK_SECONDS = 0.1     # how often readers' miss counts are summed
 # Descriptors the daemon holds besides one per client: stdio, the listener,
 # epoll, the wake-up pipe, and one per mapped segment (mmap keeps a dup).
 FDS_BESIDES_CLIENTS = 64
+DIR_LOCK_SECONDS = 10.0      # longest wait for /dev/shm's lock (see _shm_dir_locked)
 READY = b"ready\n"           # what the daemon writes to --ready-fd once it serves
 
 
@@ -85,6 +87,7 @@ class Server:
             if slots is not None:
                 slots.close()
             self.writer.close(remove=not self.adopted)
+            os.close(self._lock)
             raise
         self.statistics = Statistics(self.name, self.writer, slots, self.transport,
                                      self.dispatcher, self.ops)
@@ -92,27 +95,42 @@ class Server:
         self._misses_at_promotion = 0
 
     def _open_map(self) -> tuple[MapWriter, bool]:
-        """The map, created or adopted, and whether it was adopted."""
-        live = _live_daemon(self.name)
-        if live:
-            raise DaemonRunningError(f"map {self.name!r} is already served by daemon pid {live}")
+        """The map, created or adopted, and whether it was adopted. From
+        here on the daemon holds the map's lock (see _claim)."""
         options: dict[str, Any] = dict(mode=self.config.mode, group=self.config.group,
                                        limits=self.config.limits,
                                        socket_path=str(self.socket_path))
-        stale = segments.map_segments(self.name)
-        if stale and self.config.fresh:
-            for seg in stale:
-                log.warning("--fresh: removing %s", seg, extra={"event": "fresh", "segment": seg})
-                segments.unlink(seg)
-        elif segments.header_name(self.name) in stale:
+        with _shm_dir_locked():
+            lock = _claim(self.name)
+            if lock is not None and self.config.fresh:
+                for seg in segments.map_segments(self.name):
+                    log.warning("--fresh: removing %s", seg,
+                                extra={"event": "fresh", "segment": seg})
+                    segments.unlink(seg)
+                os.close(lock)
+                lock = None
+            if lock is None:
+                writer = MapWriter(self.name, **options)
+                self._lock = _claim(self.name)
+                if self._lock is None:
+                    writer.close(remove=False)
+                    raise DaemonRunningError(f"map {self.name!r} was removed while this "
+                                             "daemon created it")
+                return writer, False
+        self._lock = lock
+        # Ours alone now: adopting (seconds for a big map) keeps no other
+        # daemon waiting for /dev/shm's lock.
+        try:
             writer = MapWriter.adopt(self.name, **options)
-            g = writer.generation.header
-            log.warning("adopted map %r at seq %d (generation %d, %d keys)", self.name,
-                        writer.seq, int(g.gen), int(g.live_count),
-                        extra={"event": "adopt", "seq": writer.seq, "generation": int(g.gen),
-                               "keys": int(g.live_count)})
-            return writer, True
-        return MapWriter(self.name, **options), False
+        except BaseException:
+            os.close(lock)
+            raise
+        g = writer.generation.header
+        log.warning("adopted map %r at seq %d (generation %d, %d keys)", self.name,
+                    writer.seq, int(g.gen), int(g.live_count),
+                    extra={"event": "adopt", "seq": writer.seq, "generation": int(g.gen),
+                           "keys": int(g.live_count)})
+        return writer, True
 
     def _authorize(self, peer: Peer) -> Optional[str]:
         """Peers are authorised by uid (pids are reused): the daemon's own,
@@ -197,6 +215,7 @@ class Server:
         self.transport.close(unlink=True)
         self.slots.close()
         self.writer.close(remove=True)
+        os.close(self._lock)        # after the removal: the next daemon starts afresh
         log.info("stopped; map %r removed", self.name, extra={"event": "stopped"})
 
 
@@ -282,8 +301,62 @@ def serve(config: DaemonConfig) -> int:
         return 1
 
 
-def _live_daemon(name: str) -> int:
-    """The pid of a live daemon serving name, or 0."""
+@contextlib.contextmanager
+def _shm_dir_locked() -> Iterator[None]:
+    """Holds an exclusive flock on /dev/shm itself while a daemon finds,
+    creates and locks a map's header, so that two daemons starting at once
+    for one name cannot both see "no map" and both create it, or one lock
+    a header the other has created but not yet locked. Held for
+    milliseconds (no adoption inside it)."""
+    fd = os.open(segments.SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + DIR_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DaemonRunningError(
+                        f"{segments.SHM_DIR} stayed locked for {DIR_LOCK_SECONDS:g} s: another "
+                        "process holds its flock (a shmmap daemon holds it for milliseconds)"
+                    ) from None
+                time.sleep(0.001)
+        yield
+    finally:
+        os.close(fd)                      # releases the lock
+
+
+def _claim(name: str) -> Optional[int]:
+    """Locks map name's header segment for this daemon (an flock, which the
+    kernel drops when the daemon exits, however it exits). Returns the
+    locked descriptor, or None if the map has no header. Raises
+    DaemonRunningError if another daemon holds it: the lock, not a pid
+    (pids are reused), says whether a map is served."""
+    path = segments.SHM_DIR / segments.header_name(name)[1:]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = _daemon_pid(name)
+        raise DaemonRunningError(f"map {name!r} is already served by daemon pid {pid}" if pid
+                                 else f"map {name!r} is being started by another daemon") from None
+    try:
+        current = os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        current = False
+    if not current:             # removed by a clean stop since we opened it
+        os.close(fd)
+        return None
+    return fd
+
+
+def _daemon_pid(name: str) -> int:
+    """The pid a live daemon of name wrote in its header, or 0."""
     try:
         mm = segments.open_readonly(segments.header_name(name))
     except FileNotFoundError:

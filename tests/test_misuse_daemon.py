@@ -30,18 +30,28 @@ def _fill(m: shmmap.SharedMap) -> dict[Any, Any]:
     return items
 
 
-def _serve(name: str, *extra: str, prelude: str = "") -> tuple[subprocess.Popen[str], str]:
+def _spawn(name: str, *extra: str, prelude: str = "") -> tuple[subprocess.Popen[str], int]:
     """Starts `shmmap serve name` (after prelude, Python run in the daemon
-    process first); returns it and what it wrote to --ready-fd."""
+    process first); returns it and the read end of its --ready-fd."""
     r, w = os.pipe()
     code = f"{prelude}\nimport sys\nfrom shmmap import cli\nsys.exit(cli.main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "serve", name, "--ready-fd", str(w), *extra],
         pass_fds=(w,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     os.close(w)
-    with os.fdopen(r, "rb") as ready:
-        said = ready.read().decode()
-    return proc, said
+    return proc, r
+
+
+def _said(ready_fd: int) -> str:
+    """What a daemon wrote to its --ready-fd, once it closed it."""
+    with os.fdopen(ready_fd, "rb") as ready:
+        return ready.read().decode()
+
+
+def _serve(name: str, *extra: str, prelude: str = "") -> tuple[subprocess.Popen[str], str]:
+    """Starts `shmmap serve name`; returns it and what it said on --ready-fd."""
+    proc, ready_fd = _spawn(name, *extra, prelude=prelude)
+    return proc, _said(ready_fd)
 
 
 def _wait(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -74,6 +84,29 @@ def test_second_daemon_on_a_served_name_raises_and_removes_nothing(map_name: str
             assert fresh.snapshot() == items
         m["after"] = 1                     # and the first daemon still writes
         assert m["after"] == 1
+
+
+def test_daemons_started_at_once_for_one_name_one_serves(map_name: str) -> None:
+    """Whether a map is served is decided by a lock, not by a pid read
+    before creating it: of daemons racing to start, exactly one serves."""
+    for round in range(3):
+        started = [_spawn(map_name) for _ in range(4)]
+        try:
+            said = [_said(fd) for _, fd in started]
+            assert sorted(said)[-1] == READY.decode() and said.count(READY.decode()) == 1, said
+            for (proc, _), words in zip(started, said):
+                if words != READY.decode():
+                    assert words.startswith("error DaemonRunningError"), words
+                    assert _wait(proc)[0] == 1
+            with shmmap.connect(map_name) as m:
+                m["round"] = round
+                assert m["round"] == round and len(m) == 1
+        finally:
+            for proc, _ in started:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    assert _wait(proc)[0] == 0
+        assert segments.map_segments(map_name) == []
 
 
 def test_unknown_option_is_a_type_error_naming_it(map_name: str) -> None:
