@@ -70,7 +70,7 @@ class Server:
         self.name = segments.check_map_name(config.name)
         self.socket_path = Path(config.socket_path or protocol.default_socket_path(self.name))
         self.stopping = False
-        self.writer, self.adopted = self._open_map()
+        self.writer, self.adopted, self._lock = self._open_map()
         slots: Optional[ReaderSlots] = None
         try:
             slots = ReaderSlots(self.name, config.mode, config.group)
@@ -94,9 +94,9 @@ class Server:
         self.promotions = PromotionLog(self.writer)
         self._misses_at_promotion = 0
 
-    def _open_map(self) -> tuple[MapWriter, bool]:
-        """The map, created or adopted, and whether it was adopted. From
-        here on the daemon holds the map's lock (see _claim)."""
+    def _open_map(self) -> tuple[MapWriter, bool, int]:
+        """The map, created or adopted; whether it was adopted; and the
+        descriptor that holds the map's lock from here on (see _claim)."""
         options: dict[str, Any] = dict(mode=self.config.mode, group=self.config.group,
                                        limits=self.config.limits,
                                        socket_path=str(self.socket_path))
@@ -111,13 +111,12 @@ class Server:
                 lock = None
             if lock is None:
                 writer = MapWriter(self.name, **options)
-                self._lock = _claim(self.name)
-                if self._lock is None:
+                lock = _claim(self.name)
+                if lock is None:
                     writer.close(remove=False)
                     raise DaemonRunningError(f"map {self.name!r} was removed while this "
                                              "daemon created it")
-                return writer, False
-        self._lock = lock
+                return writer, False, lock
         # Ours alone now: adopting (seconds for a big map) keeps no other
         # daemon waiting for /dev/shm's lock.
         try:
@@ -130,7 +129,7 @@ class Server:
                     writer.seq, int(g.gen), int(g.live_count),
                     extra={"event": "adopt", "seq": writer.seq, "generation": int(g.gen),
                            "keys": int(g.live_count)})
-        return writer, True
+        return writer, True, lock
 
     def _authorize(self, peer: Peer) -> Optional[str]:
         """Peers are authorised by uid (pids are reused): the daemon's own,
