@@ -75,9 +75,8 @@ class Daemon:
         return cmd
 
     def start(self) -> "Daemon":
-        if self.process is not None:
+        if self.process is not None or self._log is None:
             raise RuntimeError("a Daemon starts once; make another for a new daemon")
-        assert self._log is not None
         ready_r, ready_w = os.pipe()
         try:
             self.process = subprocess.Popen(
