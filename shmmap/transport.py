@@ -101,7 +101,7 @@ class Transport:
             if conn is not None:
                 if mask & _READABLE:
                     self._read(conn)
-                if mask & _OUT and not conn.closing:
+                if mask & _OUT and self.connections.get(fd) is conn:   # not dropped
                     self._flush(conn)
             elif fd == self._listen_fd:
                 self._accept()

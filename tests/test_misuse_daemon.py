@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,11 +15,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 import shmmap
 from shmmap import segments
 from shmmap.daemon import READY
+from shmmap.protocol import Err, Op
 from shmmap.service import DaemonStartError
 
 KEYS = 5000
@@ -269,6 +272,32 @@ def test_a_daemon_bug_in_a_request_is_internal_not_invalid(map_name: str) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_protocol_error_behind_many_unread_replies_still_arrives(map_name: str) -> None:
+    """A client that pipelines requests without reading, then sends bytes
+    that are no request, gets every reply and the error, then EOF: the
+    daemon keeps sending a closing connection's replies as its socket
+    drains (it used to stop, and wait for the next request forever)."""
+    with shmmap.Daemon(map_name) as d:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(str(d.socket_path))
+        count = 3000                  # ~2 MB of replies: more than socket buffers hold
+        sock.sendall(b"".join(msgpack.packb([Op.STATS, i]) for i in range(count)) + b"\xc1")
+        unpacker = msgpack.Unpacker(raw=False)
+        replies = []
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            unpacker.feed(data)
+            replies.extend(unpacker)
+        sock.close()
+        assert [r[0] for r in replies[:-1]] == list(range(count))
+        assert replies[-1][:2] == [None, Err.PROTOCOL]
+        with d.connect() as m:
+            m["still"] = "serving"
 
 
 # -- logs --------------------------------------------------------------------
