@@ -84,6 +84,7 @@ def _batch_writer(name: str, acks: Any, go_on: Any) -> None:
 def _group_checker(name: str, stop: Any, out: Any) -> None:
     """Iterates continuously: every group carries one batch number."""
     m = shmmap.connect(name, timeout=20)
+    out.put(("connected", 0))
     scans = 0
     try:
         while not stop.is_set():
@@ -113,6 +114,9 @@ def test_daemon_killed_mid_writes_loses_no_acknowledged_write(map_name: str) -> 
     try:
         writer.start()
         reader.start()
+        # Connected before the kill (a spawn child starts slowly on a busy
+        # machine); after it, it keeps reading without a daemon.
+        assert out.get(timeout=60) == ("connected", 0)
         acked = []
         while len(acked) < 300:
             assert acks_r.poll(60), "the writer stopped acknowledging"
