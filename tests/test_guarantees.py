@@ -378,7 +378,14 @@ m.close()
 os.kill(d.pid, signal.SIGKILL)
 d.process.wait()
 d.stop()
-assert shmmap.segments.map_segments("full"), "a killed daemon leaves its map"
+left = shmmap.segments.map_segments("full")
+assert left, "a killed daemon leaves its map"
+try:                            # no room to adopt: refused, and nothing removed
+    shmmap.Daemon("full").start()
+except shmmap.service.DaemonStartError as exc:
+    assert "/dev/shm is full" in str(exc), exc
+    print("no room to adopt:", exc)
+assert shmmap.segments.map_segments("full") == left
 os.unlink("/dev/shm/ballast")   # room again: the next daemon adopts
 with shmmap.Daemon("full") as d2, d2.connect() as m2:
     assert "adopted" in d2.log(), d2.log()
@@ -405,6 +412,8 @@ def test_failed_promotion_on_full_dev_shm_is_logged_and_nothing_is_lost() -> Non
     assert "full: /dev/shm is full" in done.stdout
     assert "logged: shmmap ERROR: promotion for readers' misses failed, serving on: " \
         "/dev/shm is full" in done.stdout
+    assert ("no room to adopt: daemon for map 'full' did not start (exit status 1): "
+            "shmmap: /dev/shm is full") in done.stdout
     assert "adopted " in done.stdout
 
 
