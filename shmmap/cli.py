@@ -411,7 +411,8 @@ def _add_serve(sub: Any) -> None:
              "serve writes to it. SIGTERM or SIGINT stops it cleanly: it answers what it has "
              "read, removes the map's segments and socket, and exits 0. Any other end (a "
              "crash, kill -9, an error) leaves the map, with every acknowledged write, for "
-             "the next 'shmmap serve NAME' to adopt.")
+             "the next 'shmmap serve NAME' to adopt. If a daemon already serves NAME, it "
+             "refuses (exit 1) and touches nothing.")
     p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
     p.add_argument("--socket", help="Unix socket path (default: $XDG_RUNTIME_DIR/shmmap/"
                    "NAME.sock or <tmp>/shmmap-<uid>/NAME.sock)")
