@@ -9,13 +9,21 @@ prototypes are used as written.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["hash.c", "mpack.c", "maphdr.c", "read.c", "write.c", "validate.c"]
+SOURCES = ["status.c", "hash.c", "mpack.c", "maphdr.c", "view.c", "read.c", "write.c",
+           "validate.c"]
+# SHMMAP_SANITIZE=1 builds the core with AddressSanitizer and
+# UndefinedBehaviorSanitizer (tools/sanitize.sh runs the suite against it).
+# -fno-wrapv undoes Python's -fwrapv, which would hide signed overflow.
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-wrapv", "-fno-omit-frame-pointer", "-g"]
+_SANITIZE = os.environ.get("SHMMAP_SANITIZE", "") not in ("", "0")
 _LITERAL = re.compile(r"-?(0x[0-9a-fA-F]+|[0-9]+)")
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+(\S.*?)\s*(/\*.*)?$", re.M)
 
@@ -57,7 +65,9 @@ ffibuilder.set_source(
     '#include "shmmap.h"\n' + _string_constants(_header),
     sources=[str(Path("cext") / s) for s in SOURCES],
     include_dirs=["cext"],
-    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    + (SANITIZE_FLAGS if _SANITIZE else []),
+    extra_link_args=SANITIZE_FLAGS if _SANITIZE else [],
     py_limited_api=False,
 )
 

@@ -1,5 +1,14 @@
 /*
  * internal.h -- helpers shared by the C core's files; not part of the API.
+ *
+ * The files depend on each other in one direction only:
+ *   status.c  codes and messages        (everyone)
+ *   mpack.c   msgpack checks            (validate.c, write.c)
+ *   hash.c    the keyed hash            (view.c, read.c, validate.c, write.c)
+ *   view.c    opening a view, loading records and keys, finding entries
+ *   read.c    lookups and export        (readers)
+ *   validate.c  full validation         (uses view.c)
+ *   write.c   the writer                (uses view.c)
  */
 #ifndef SHMMAP_INTERNAL_H
 #define SHMMAP_INTERNAL_H
@@ -41,18 +50,97 @@ enum mp_mode { MP_KEY, MP_VALUE, MP_MAPKEY };
 
 /* Checks the msgpack object at p[0..len); on success stores its length in
  * *used. On failure writes a message to err and returns SHM_EKEY or
- * SHM_EVALUE (by mode). */
+ * SHM_EVALUE (by mode). (mpack.c) */
 int mp_check(const uint8_t *p, uint64_t len, enum mp_mode mode,
              uint64_t *used, char *err, size_t errlen);
 
-/* Formats a message into err (which may be NULL) and returns code. */
+/* The length of the msgpack object at p[0..len) that mp_check accepted
+ * before: structure only, no content checks. Still never reads past len:
+ * SHM_EINVAL if the object does not fit. (mpack.c) */
+int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used);
+
+/* Formats a message into err (which may be NULL) and returns code.
+ * (status.c) */
 int shm_fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Checks the fixed part of a generation header against size; fills v when
- * it is not NULL. */
-int gen_check_header(const struct shm_gen_header *h, uint64_t size,
-                     char *err, size_t errlen);
+/* ---- loading shared words ----------------------------------------------
+ * Another process may change any word of a segment at any time (the daemon
+ * appends; a corrupt or hostile writer may change anything). A plain load
+ * lets the compiler load a word again where it is used, so a length checked
+ * in one load could be another length by the copy that trusts it. These
+ * load exactly once, into the local that is then checked and used. */
+
+/* Relaxed: orders nothing (the acquire loads of committed_seq, slots,
+ * heads and dirty_count do); being atomic, it is one load the compiler may
+ * neither repeat nor split. */
+static inline uint64_t load64(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* Relaxed, for the same reason as load64. */
+static inline uint32_t load32(const uint32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* Bumps a counter in the reader's slot. The slot has one writer process,
+ * but threads of that process may race here: a relaxed load and store (not
+ * an atomic add, which would cost a locked instruction per lookup) can lose
+ * an increment under such a race and never tears the word. The daemon reads
+ * these words relaxed: they are statistics, they order nothing. */
+static inline void count(uint64_t *word)
+{
+    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELAXED);
+}
+
+/* A record's header as loaded once, and where it is. */
+struct rec {
+    uint64_t at;                    /* segment offset of the record */
+    uint64_t seq;
+    uint64_t prev;
+    uint32_t len;
+    uint32_t flags;
+};
+
+/* An entry's key as loaded once. */
+struct key_ref {
+    uint64_t hash;
+    uint64_t off;
+    uint32_t len;
+};
+
+/* ---- views (view.c): used by read.c, validate.c and write.c ----------- */
+
+/* Copies a generation header out of shared memory, one load per word, and
+ * checks the copy against size. SHM_OK or SHM_ECORRUPT (with err). */
+int gen_header_load(const void *base, uint64_t size,
+                    struct shm_gen_header *copy, char *err, size_t errlen);
+
+/* Fills v from a header copy that gen_header_load checked. */
+void view_from_header(struct shm_view *v, void *base, uint64_t size,
+                      const struct shm_gen_header *h);
+
+/* Loads the record header at offset at into *r; 1 if a whole record and
+ * its value lie in [v->arena_lo, hi), else 0. */
+int rec_load(const struct shm_view *v, uint64_t at, uint64_t hi,
+             struct rec *r);
+
+/* Loads entry e's key into *k; 1 if the key lies in [v->arena_lo, hi). */
+int key_load(const struct shm_view *v, uint64_t e, uint64_t hi,
+             struct key_ref *k);
+
+/* The newest record of entry e's chain with seq <= snap, if it holds a
+ * value (not a tombstone): 1 and *r, else 0. */
+int shm_visible_entry(const struct shm_view *v, uint64_t e, uint64_t snap,
+                      struct rec *r);
+
+/* The entry of key (hash, key[0..len)) in the read index, then the dirty
+ * one (a miss, counted if count_miss), or -1. */
+int64_t shm_find_entry(struct shm_view *v, uint64_t hash, const char *key,
+                       uint64_t len, int count_miss);
 
 static inline uint64_t align_up(uint64_t n, uint64_t a)
 {
@@ -85,13 +173,5 @@ static inline uint64_t arena_cost(uint64_t key_len, uint64_t value_len)
     return align_up(key_len, SHM_ALIGN) + SHM_REC_HEADER +
            align_up(value_len, SHM_ALIGN);
 }
-
-/* Shared between the reader and writer files (read.c). */
-const struct shm_record *shm_visible_entry(const struct shm_view *v,
-                                           uint64_t entry, uint64_t snap,
-                                           uint64_t *where);
-int shm_entry_key_ok(const struct shm_view *v, const struct shm_entry *e);
-int64_t shm_find_entry(struct shm_view *v, uint64_t hash, const char *key,
-                       uint64_t len, int count_miss);
 
 #endif /* SHMMAP_INTERNAL_H */

@@ -12,8 +12,6 @@
  * use_bin_type=True) emits: every length and integer in its shortest form,
  * non-negative integers in the unsigned formats.
  */
-#include <stdarg.h>
-#include <stdio.h>
 #include "internal.h"
 
 #define MP_FIX_LEN_MASK     0x0f
@@ -23,17 +21,6 @@
 #define MP_TIMESTAMP_TYPE   (-1)
 #define MP_NANOS_PER_SEC    1000000000ULL
 #define MP_NANOS_SHIFT      34          /* 8-byte timestamp: ns << 34 | s */
-
-int shm_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 struct mp {
     const uint8_t *p;
@@ -386,4 +373,68 @@ int shm_check_key(const char *p, uint64_t len, char *err, size_t errlen)
 int shm_check_value(const char *p, uint64_t len, char *err, size_t errlen)
 {
     return check_whole(p, len, MP_VALUE, "value", err, errlen);
+}
+
+/* For shm_apply's second pass over a blob it validated: finds where each
+ * object ends from its format byte, length field and element counts. */
+int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used)
+{
+    /* Objects still to skip: one, plus each array's elements and each
+     * map's keys and values as their headers are read. No recursion, so
+     * no depth to trust. */
+    uint64_t pending = 1, pos = 0;
+    while (pending > 0) {
+        uint64_t n = 0, body = 0, children = 0;
+        int width = 0;
+        if (pos >= len)
+            return SHM_EINVAL;
+        uint8_t b = p[pos++];
+        pending--;
+        if (b <= MP_POSFIX_MAX || b >= MP_NEGFIX_MIN)
+            continue;
+        if (b < MP_FIXARRAY)
+            children = 2 * (uint64_t)(b & MP_FIX_LEN_MASK);
+        else if (b < MP_FIXSTR)
+            children = b & MP_FIX_LEN_MASK;
+        else if (b < MP_NIL)
+            body = b & MP_FIXSTR_LEN_MASK;
+        else if (b >= MP_BIN8 && b <= MP_BIN32)
+            width = 1 << (b - MP_BIN8);
+        else if (b >= MP_STR8 && b <= MP_STR32)
+            width = 1 << (b - MP_STR8);
+        else if (b >= MP_EXT8 && b <= MP_EXT32)
+            width = 1 << (b - MP_EXT8);
+        else if (b == MP_FLOAT32 || b == MP_FLOAT64)
+            body = b == MP_FLOAT32 ? 4 : 8;
+        else if (b >= MP_UINT8 && b <= MP_UINT64)
+            body = 1ULL << (b - MP_UINT8);
+        else if (b >= MP_INT8 && b <= MP_INT64)
+            body = 1ULL << (b - MP_INT8);
+        else if (b >= MP_FIXEXT1 && b <= MP_FIXEXT16)
+            body = 1 + (1ULL << (b - MP_FIXEXT1));      /* type, data */
+        else if (b == MP_ARRAY16 || b == MP_ARRAY32 || b == MP_MAP16 ||
+                 b == MP_MAP32)
+            width = b == MP_ARRAY16 || b == MP_MAP16 ? 2 : 4;
+        else if (b == MP_NEVER)
+            return SHM_EINVAL;
+        /* nil, false, true: the format byte is all */
+        if (width > 0) {
+            if (len - pos < (uint64_t)width)
+                return SHM_EINVAL;
+            n = be(p + pos, width);
+            pos += (uint64_t)width;
+            if (b >= MP_ARRAY16)
+                children = b <= MP_ARRAY32 ? n : 2 * n;
+            else
+                body = n + (b >= MP_EXT8 && b <= MP_EXT32);    /* + type */
+        }
+        if (len - pos < body)
+            return SHM_EINVAL;
+        pos += body;
+        if (children > len - pos)       /* each child takes a byte */
+            return SHM_EINVAL;
+        pending += children;
+    }
+    *used = pos;
+    return SHM_OK;
 }

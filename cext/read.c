@@ -3,54 +3,13 @@
  * up at a snapshot, export the entries visible at a snapshot.
  *
  * Readers never write the map and never wait. They may run on a PROT_READ
- * mapping of a segment that some other process fills, so every offset they
- * read is checked against the geometry copied at shm_view_open: garbage
- * gives "not found", never a crash.
+ * mapping of a segment that some other process fills, so every length and
+ * offset they read is loaded once (view.c) and checked against the
+ * geometry copied at shm_view_open: garbage gives "not found", never a
+ * crash, and never a copy past the caller's buffer.
  */
 #include <string.h>
 #include "internal.h"
-
-/* Bumps a counter in the reader's slot. The slot has one writer process,
- * but threads of that process may race here: a relaxed load and store (not
- * an atomic add, which would cost a locked instruction per lookup) can lose
- * an increment under such a race and never tears the word. The daemon reads
- * these words relaxed: they are statistics, they order nothing. */
-static inline void count(uint64_t *word)
-{
-    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1,
-                     __ATOMIC_RELAXED);
-}
-
-int shm_view_open(struct shm_view *v, void *base, uint64_t size,
-                  char *err, size_t errlen)
-{
-    const struct shm_gen_header *h = base;
-    int rc = gen_check_header(h, size, err, errlen);
-    if (rc != SHM_OK)
-        return rc;
-    memset(v, 0, sizeof *v);
-    v->base = base;
-    v->size = size;
-    v->hdr = base;
-    v->seed0 = h->seed0;
-    v->seed1 = h->seed1;
-    v->read_count = h->read_count;
-    v->read_mask = h->read_slots - 1;
-    v->dirty_mask = h->dirty_slots - 1;
-    v->dirty_cap = h->dirty_cap;
-    v->entry_cap = h->entry_cap;
-    v->arena_lo = h->arena_off;
-    v->arena_hi = h->arena_off + h->arena_cap;
-    v->read_index = (uint64_t *)(v->base + h->read_index_off);
-    v->dirty_index = (uint64_t *)(v->base + h->dirty_index_off);
-    v->entries = (struct shm_entry *)(v->base + h->entries_off);
-    v->counters = &v->own;
-    v->max_key = SHM_DEFAULT_MAX_KEY;
-    v->max_value = SHM_DEFAULT_MAX_VALUE;
-    v->live_count = h->live_count;
-    v->live_bytes = h->live_bytes;
-    return SHM_OK;
-}
 
 uint64_t shm_snapshot(struct shm_view *v)
 {
@@ -67,107 +26,11 @@ int shm_superseded(struct shm_view *v)
     return __atomic_load_n(&v->hdr->superseded, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* The record at offset at, if a whole header and its value lie inside the
- * arena; NULL otherwise. */
-static const struct shm_record *record_at(const struct shm_view *v,
-                                          uint64_t at)
-{
-    if (at < v->arena_lo || at % SHM_ALIGN != 0 ||
-        at > v->arena_hi - SHM_REC_HEADER)
-        return NULL;
-    const struct shm_record *r = (const void *)(v->base + at);
-    if (r->len > v->arena_hi - at - SHM_REC_HEADER)
-        return NULL;
-    return r;
-}
-
-/* The newest record of a chain with seq <= snap, or NULL. Records reached
- * through prev were complete before the head that leads to them was
- * published, so the acquire load of head covers the whole chain. */
-static const struct shm_record *visible(const struct shm_view *v,
-                                        uint64_t head, uint64_t snap,
-                                        uint64_t *where)
-{
-    uint64_t at = head;
-    while (at != SHM_NO_RECORD) {
-        const struct shm_record *r = record_at(v, at);
-        if (r == NULL)
-            return NULL;
-        if (r->seq <= snap) {
-            *where = at;
-            return r;
-        }
-        if (r->prev >= at)          /* a chain only goes back */
-            return NULL;
-        at = r->prev;
-    }
-    return NULL;
-}
-
-const struct shm_record *shm_visible_entry(const struct shm_view *v,
-                                           uint64_t entry, uint64_t snap,
-                                           uint64_t *where)
-{
-    /* Acquire: pairs with the release store of head in shm_apply, after
-     * the record it names was written. */
-    uint64_t head = __atomic_load_n(&v->entries[entry].head,
-                                    __ATOMIC_ACQUIRE);
-    const struct shm_record *r = visible(v, head, snap, where);
-    return r != NULL && !(r->flags & SHM_REC_TOMBSTONE) ? r : NULL;
-}
-
-int shm_entry_key_ok(const struct shm_view *v, const struct shm_entry *e)
-{
-    return e->key_off >= v->arena_lo && e->key_off <= v->arena_hi &&
-           e->key_len <= v->arena_hi - e->key_off;
-}
-
-/* Probes one index for key; returns the entry number or -1. Entries it can
- * name lie in [lo, hi). */
-static int64_t probe(const struct shm_view *v, const uint64_t *index,
-                     uint64_t mask, uint64_t lo, uint64_t hi, uint64_t hash,
-                     const char *key, uint64_t len)
-{
-    for (uint64_t i = 0; i <= mask; i++) {
-        /* Acquire: pairs with the release store that published the slot
-         * after its entry was complete (shm_apply); slots of the read
-         * index were complete before the generation was published. */
-        uint64_t slot = __atomic_load_n(&index[(hash + i) & mask],
-                                        __ATOMIC_ACQUIRE);
-        if (slot == SHM_SLOT_EMPTY)
-            return -1;
-        if (!slot_tag_matches(slot, hash))
-            continue;
-        uint64_t e = slot_entry(slot);
-        if (e < lo || e >= hi)
-            return -1;              /* garbage: treat the key as absent */
-        const struct shm_entry *ent = &v->entries[e];
-        if (ent->hash == hash && ent->key_len == len &&
-            shm_entry_key_ok(v, ent) &&
-            memcmp(v->base + ent->key_off, key, len) == 0)
-            return (int64_t)e;
-    }
-    return -1;
-}
-
-int64_t shm_find_entry(struct shm_view *v, uint64_t hash, const char *key,
-                       uint64_t len, int count_miss)
-{
-    int64_t e = probe(v, v->read_index, v->read_mask, 0, v->read_count,
-                      hash, key, len);
-    if (e >= 0 || v->dirty_cap == 0)
-        return e;
-    if (count_miss)
-        count(&v->counters->misses);
-    return probe(v, v->dirty_index, v->dirty_mask, v->read_count,
-                 v->read_count + v->dirty_cap, hash, key, len);
-}
-
 /* The packed result of a lookup: where the value's bytes start, and their
  * length when it fits SHM_FOUND_LEN_BITS. */
-static int64_t found(uint64_t where, const struct shm_record *r)
+static int64_t found(const struct rec *r)
 {
-    uint64_t data = where + SHM_REC_HEADER;
+    uint64_t data = r->at + SHM_REC_HEADER;
     uint64_t len = r->len < SHM_FOUND_LEN_LONG ? r->len : SHM_FOUND_LEN_LONG;
     return (int64_t)((data << SHM_FOUND_LEN_BITS) | len);
 }
@@ -175,15 +38,13 @@ static int64_t found(uint64_t where, const struct shm_record *r)
 int64_t shm_lookup_at(struct shm_view *v, const char *key, uint64_t len,
                       uint64_t snap)
 {
-    uint64_t where = 0;
+    struct rec r;
     count(&v->counters->lookups);
     int64_t e = shm_find_entry(v, shm_hash(v->seed0, v->seed1, key, len),
                                key, len, 1);
-    if (e < 0)
+    if (e < 0 || !shm_visible_entry(v, (uint64_t)e, snap, &r))
         return SHM_NOT_FOUND;
-    const struct shm_record *r = shm_visible_entry(v, (uint64_t)e, snap,
-                                                   &where);
-    return r != NULL ? found(where, r) : SHM_NOT_FOUND;
+    return found(&r);
 }
 
 int64_t shm_lookup(struct shm_view *v, const char *key, uint64_t len)
@@ -260,24 +121,25 @@ int shm_export_batch(struct shm_view *v, struct shm_export *x)
     if (x->keys_cap < MP_ARRAY32_HEADER || x->values_cap < MP_ARRAY32_HEADER)
         return SHM_EBUFSMALL;
     for (i = x->cursor; i < end && n < x->max_items; i++) {
-        uint64_t where;
-        const struct shm_entry *e = &v->entries[i];
-        const struct shm_record *r = shm_visible_entry(v, i, x->snap, &where);
-        if (r == NULL || !shm_entry_key_ok(v, e))
+        struct rec r;
+        struct key_ref k;
+        /* r.len and k.len are the one load of each length: the checks
+         * below and the copies use these locals, whatever the segment
+         * holds by the time the copies run. */
+        if (!shm_visible_entry(v, i, x->snap, &r) ||
+            !key_load(v, i, v->arena_hi, &k))
             continue;
-        if (e->key_len > x->keys_cap - kpos ||
-            r->len > x->values_cap - vpos) {
+        if (k.len > x->keys_cap - kpos || r.len > x->values_cap - vpos) {
             if (n == 0) {
-                uint64_t k = e->key_len, l = r->len;
-                x->need = MP_ARRAY32_HEADER + (k > l ? k : l);
+                x->need = MP_ARRAY32_HEADER + (k.len > r.len ? k.len : r.len);
                 return SHM_EBUFSMALL;
             }
             break;
         }
-        memcpy(x->keys + kpos, v->base + e->key_off, e->key_len);
-        memcpy(x->values + vpos, v->base + where + SHM_REC_HEADER, r->len);
-        kpos += e->key_len;
-        vpos += r->len;
+        memcpy(x->keys + kpos, v->base + k.off, k.len);
+        memcpy(x->values + vpos, v->base + r.at + SHM_REC_HEADER, r.len);
+        kpos += k.len;
+        vpos += r.len;
         n++;
     }
     put_array_header(x->keys, n);

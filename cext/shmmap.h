@@ -91,6 +91,17 @@
 #define SHM_DEFAULT_MAX_KEY  65536
 #define SHM_DEFAULT_MAX_VALUE 16777216
 #define SHM_MAX_READERS      1024      /* reader slots per map */
+#define SHM_ERR_LEN          256       /* bytes of an err buffer: room for
+                                          any message the core writes */
+#define SHM_MAX_SEQ          0x7fffffffffffffff /* highest seq a map takes:
+                                          int64-safe, and a billion writes
+                                          a second last 292 years; adoption
+                                          refuses a committed_seq above it */
+#define SHM_MAX_PROBE_RUN    1024      /* longest run of used index slots a
+                                          valid index has: at load <= 1/2
+                                          with a keyed hash, a run this long
+                                          has odds below 2^-250 (Chernoff),
+                                          and it keeps validation linear */
 
 /* ---- lookup results (packed into one int64, see shm_lookup) ------------ */
 #define SHM_FOUND_LEN_BITS   24
@@ -107,6 +118,9 @@
 #define SHM_ENOSPACE         -14       /* generation full: promote first */
 #define SHM_EBUFSMALL        -15       /* caller's buffer too small */
 #define SHM_ECORRUPT         -16       /* segment failed validation */
+#define SHM_ELIMIT           -17       /* over the map's live-bytes limit */
+#define SHM_ENOMEM           -18       /* the core could not allocate */
+#define SHM_STATUS_MIN       -18       /* lowest code of this table */
 
 /* ---- batch operations (the first msgpack object of each blob item) ----- */
 #define SHM_OP_STORE         0         /* op, key, value */
@@ -250,12 +264,19 @@ struct shm_view {
     struct shm_entry *entries;
     struct shm_reader_slot *counters; /* this reader's slot, or &own */
     struct shm_reader_slot own;
-    /* writer only: limits applied by shm_apply, and the live set as of
-     * the writes applied so far (published by shm_commit) */
+    /* Writer only. The writer's own counters: it stores them to the header
+     * for readers and statistics but never loads them back, so nothing
+     * written into the segment by another process can move its writes out
+     * of bounds. shm_view_open takes them from the header once, clamped to
+     * the geometry (a new generation's are 0; an adopted one validated). */
+    uint64_t dirty_count;           /* dirty entries appended */
+    uint64_t arena_used;            /* arena bytes taken */
+    uint64_t live_count;            /* live keys and their bytes as of the */
+    uint64_t live_bytes;            /*   writes applied (shm_commit publishes) */
+    /* Writer only: limits shm_apply enforces (0 max_live_bytes: none). */
     uint64_t max_key;
     uint64_t max_value;
-    uint64_t live_count;
-    uint64_t live_bytes;
+    uint64_t max_live_bytes;
 };
 
 /* One batch of an export: the caller owns both buffers. */
@@ -273,57 +294,115 @@ struct shm_export {
     uint64_t need;                  /* out, on SHM_EBUFSMALL: bytes wanted */
 };
 
-/* What shm_apply needs or did. */
+/* What shm_apply found in a batch blob. */
 struct shm_apply_info {
+    uint64_t validated;             /* in: 1 if this blob already passed an
+                                       earlier shm_apply (that returned
+                                       SHM_ENOSPACE), 0 for a new blob; out:
+                                       1 once the blob is known valid */
     uint64_t items;                 /* operations in the blob */
     uint64_t new_keys_max;          /* stores: worst case of new entries */
     uint64_t arena_need;            /* worst case of arena bytes */
     uint64_t store_bytes;           /* keys and values the stores carry */
-    uint64_t error_item;            /* on error: the item at fault */
+    uint64_t error_item;            /* on a validation error: its item */
 };
 
-/* The map header's atomic words. */
-uint64_t shm_map_current_gen(struct shm_map_header *h);
+/* ---- the API -------------------------------------------------------------
+ * Return convention, as in LMDB: an int status is SHM_OK (0) or one code of
+ * the status table above (shm_strerror names each). A function that takes
+ * err/errlen also writes a message naming the fault there on failure (err
+ * may be NULL). Functions returning int64_t return a non-negative result or
+ * a negative code. Nothing a function reads from shared memory is trusted:
+ * every length and offset is loaded once, checked, and used from that copy.
+ */
+
+/* The fixed text of a status code ("unknown status" for others). */
+const char *shm_strerror(int code);
+
+/* The map header's atomic words. h points at a mapped map header. */
+uint64_t shm_map_current_gen(struct shm_map_header *h);  /* acquire */
 void     shm_map_publish_gen(struct shm_map_header *h, uint64_t gen);
-uint64_t shm_map_daemon_pid(struct shm_map_header *h);
+uint64_t shm_map_daemon_pid(struct shm_map_header *h);   /* acquire */
 void     shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid);
 
-/* Reads. */
+/* ---- reads: any process, on a PROT_READ mapping ---- */
+
+/* Checks the header of the generation at base[0..size) (O(1)) and fills v
+ * from a private copy of it. SHM_OK or SHM_ECORRUPT (with err). */
 int      shm_view_open(struct shm_view *v, void *base, uint64_t size,
                        char *err, size_t errlen);
+/* committed_seq, acquire-loaded: the snapshot a read then uses. */
 uint64_t shm_snapshot(struct shm_view *v);
+/* 1 if a newer generation is published (acquire), else 0. */
 int      shm_superseded(struct shm_view *v);
+/* Looks key (len bytes of canonical msgpack) up at the current snapshot.
+ * Found: (value offset << SHM_FOUND_LEN_BITS) | min(value length,
+ * SHM_FOUND_LEN_LONG); else SHM_NOT_FOUND, or SHM_SUPERSEDED when the
+ * caller must map the current generation first. */
 int64_t  shm_lookup(struct shm_view *v, const char *key, uint64_t len);
+/* shm_lookup of an int key, encoded here as msgpack would. */
 int64_t  shm_lookup_int(struct shm_view *v, int64_t key);
+/* shm_lookup at snapshot snap, superseded or not. */
 int64_t  shm_lookup_at(struct shm_view *v, const char *key, uint64_t len,
                        uint64_t snap);
+/* Appends the pairs visible at x->snap from entry x->cursor on, at most
+ * x->max_items, to x's buffers as two msgpack arrays; never writes past
+ * keys_cap or values_cap. Returns 1 when the scan is complete, 0 when more
+ * entries remain (x->cursor says where), or SHM_EBUFSMALL when not even
+ * one pair fits (x->need: the buffer size that would take it). */
 int      shm_export_batch(struct shm_view *v, struct shm_export *x);
+/* The keyed hash of key bytes p[0..len) (SipHash-1-3). */
 uint64_t shm_hash(uint64_t seed0, uint64_t seed1, const char *p, uint64_t len);
 
-/* Validation of untrusted bytes. */
+/* ---- validation of untrusted bytes ---- */
+
+/* The full check a daemon makes before it adopts a generation: header,
+ * indexes, entries, keys, chains and values, in time linear in the size
+ * in use. SHM_OK, SHM_ECORRUPT (with err) or SHM_ENOMEM. */
 int      shm_gen_validate(void *base, uint64_t size, char *err, size_t errlen);
+/* One canonical msgpack key of the key types, exactly len bytes: SHM_OK or
+ * SHM_EKEY (with err). */
 int      shm_check_key(const char *p, uint64_t len, char *err, size_t errlen);
+/* One well-formed msgpack object, exactly len bytes: SHM_OK or SHM_EVALUE
+ * (with err). */
 int      shm_check_value(const char *p, uint64_t len, char *err,
                          size_t errlen);
 
-/* Writes: only the daemon, on a read-write mapping. */
+/* ---- writes: only the daemon, on a read-write mapping ---- */
+
+/* Sizes a generation for live_keys keys of live_bytes arena bytes plus a
+ * reserve. SHM_OK, or SHM_ETOOBIG past the layout's limits. */
 int      shm_plan(struct shm_geometry *g, uint64_t live_keys,
                   uint64_t live_bytes, uint64_t reserve_keys,
                   uint64_t reserve_bytes);
+/* Lays out an empty generation on a new zero-filled segment of
+ * g->segment_size bytes. SHM_OK, or SHM_EINVAL if g is inconsistent. */
 int      shm_gen_init(void *base, const struct shm_geometry *g, uint64_t gen,
                       uint64_t seed0, uint64_t seed1, uint64_t base_seq);
-int      shm_apply_check(struct shm_view *v, const char *blob, uint64_t len,
-                         struct shm_apply_info *info, char *err,
-                         size_t errlen);
+/* Validates the whole blob (unless info->validated), then applies every
+ * item with seq, or none: SHM_OK; SHM_EINVAL, SHM_EKEY, SHM_EVALUE or
+ * SHM_ETOOBIG for a bad item (err, info->error_item); SHM_ELIMIT over
+ * max_live_bytes; SHM_ENOSPACE when the generation cannot take it
+ * (promote with info's needs as reserve, call again with the same info);
+ * SHM_EINVAL for seq 0 or above SHM_MAX_SEQ. SHM_ECORRUPT only if another
+ * process wrote the segment meanwhile. */
 int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
-                   uint64_t seq);
+                   uint64_t seq, struct shm_apply_info *info, char *err,
+                   size_t errlen);
+/* Publishes live_count/live_bytes, then committed_seq = seq (release). */
 void     shm_commit(struct shm_view *v, uint64_t seq);
+/* superseded = 1 (release): after current_gen names the newer one. */
 void     shm_mark_superseded(struct shm_view *v);
+/* Counts the live keys at snap and the arena bytes they take. SHM_OK. */
 int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
                      uint64_t *bytes);
+/* Copies the entries of src live at snap into the empty, unpublished dst
+ * as its read table. The number copied, or SHM_EINVAL (dst not empty, other
+ * seeds) or SHM_ENOSPACE (dst too small) or SHM_ECORRUPT. */
 int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst);
 
-/* Benchmarks: lookups of the int keys [first, first + count) from C. */
+/* Benchmarks: lookups of the int keys [first, first + count) from C; the
+ * number found. */
 uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,
                                uint64_t count);
 

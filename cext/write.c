@@ -100,12 +100,42 @@ struct item {
     uint64_t value_len;
 };
 
-/* Reads the item at *pos; on error formats "item N: ..." into err. */
+/* The end of the msgpack object at p[at..len): validated by mp_check the
+ * first time (mode, limit), only skipped by mp_skip once the blob is known
+ * valid. */
+static int object(const struct shm_view *v, const uint8_t *p, uint64_t len,
+                  uint64_t at, int trusted, enum mp_mode mode, uint64_t n,
+                  uint64_t *used, char *err, size_t errlen)
+{
+    char why[SHM_ERR_LEN];
+    const char *what = mode == MP_KEY ? "key" : "value";
+    uint64_t limit = mode == MP_KEY ? v->max_key : v->max_value;
+    if (trusted) {
+        if (mp_skip(p + at, len - at, used) == SHM_OK)
+            return SHM_OK;
+        return shm_fail(err, errlen, SHM_EINVAL, "item %llu: the blob "
+                        "changed after it was validated",
+                        (unsigned long long)n);
+    }
+    int rc = mp_check(p + at, len - at, mode, used, why, sizeof why);
+    if (rc != SHM_OK)
+        return shm_fail(err, errlen, rc, "item %llu: %s",
+                        (unsigned long long)n, why);
+    if (*used > limit)
+        return shm_fail(err, errlen, SHM_ETOOBIG, "item %llu: %s of %llu "
+                        "bytes is over the limit of %llu bytes",
+                        (unsigned long long)n, what,
+                        (unsigned long long)*used,
+                        (unsigned long long)limit);
+    return SHM_OK;
+}
+
+/* Reads the item at *pos (item number n); on error formats "item N: ..."
+ * into err. */
 static int next_item(const struct shm_view *v, const char *blob,
-                     uint64_t len, uint64_t *pos, uint64_t n,
+                     uint64_t len, uint64_t *pos, uint64_t n, int trusted,
                      struct item *it, char *err, size_t errlen)
 {
-    char why[200];
     const uint8_t *p = (const uint8_t *)blob;
     uint64_t at = *pos, used;
     int rc;
@@ -116,30 +146,18 @@ static int next_item(const struct shm_view *v, const char *blob,
                         "item %llu: unknown operation byte 0x%02x",
                         (unsigned long long)n, it->op);
     at++;
-    rc = mp_check(p + at, len - at, MP_KEY, &used, why, sizeof why);
+    rc = object(v, p, len, at, trusted, MP_KEY, n, &used, err, errlen);
     if (rc != SHM_OK)
-        return shm_fail(err, errlen, rc, "item %llu: %s",
-                        (unsigned long long)n, why);
-    if (used > v->max_key)
-        return shm_fail(err, errlen, SHM_ETOOBIG, "item %llu: key of %llu "
-                        "bytes is over the limit of %llu bytes",
-                        (unsigned long long)n, (unsigned long long)used,
-                        (unsigned long long)v->max_key);
+        return rc;
     it->key = blob + at;
     it->key_len = used;
     at += used;
     it->value = NULL;
     it->value_len = 0;
     if (it->op == SHM_OP_STORE) {
-        rc = mp_check(p + at, len - at, MP_VALUE, &used, why, sizeof why);
+        rc = object(v, p, len, at, trusted, MP_VALUE, n, &used, err, errlen);
         if (rc != SHM_OK)
-            return shm_fail(err, errlen, rc, "item %llu: %s",
-                            (unsigned long long)n, why);
-        if (used > v->max_value)
-            return shm_fail(err, errlen, SHM_ETOOBIG, "item %llu: value of "
-                            "%llu bytes is over the limit of %llu bytes",
-                            (unsigned long long)n, (unsigned long long)used,
-                            (unsigned long long)v->max_value);
+            return rc;
         it->value = blob + at;
         it->value_len = used;
         at += used;
@@ -148,20 +166,17 @@ static int next_item(const struct shm_view *v, const char *blob,
     return SHM_OK;
 }
 
-/* The writer's own words need no ordering to read: it wrote them. */
-static uint64_t own(const uint64_t *word)
-{
-    return __atomic_load_n(word, __ATOMIC_RELAXED);
-}
-
-int shm_apply_check(struct shm_view *v, const char *blob, uint64_t len,
-                    struct shm_apply_info *info, char *err, size_t errlen)
+/* The first pass: validates every item (once per blob) and adds up what
+ * the batch needs. */
+static int survey(struct shm_view *v, const char *blob, uint64_t len,
+                  struct shm_apply_info *info, char *err, size_t errlen)
 {
     struct item it;
-    uint64_t pos = 0;
+    uint64_t pos = 0, trusted = info->validated;
     memset(info, 0, sizeof *info);
     while (pos < len) {
-        int rc = next_item(v, blob, len, &pos, info->items, &it, err, errlen);
+        int rc = next_item(v, blob, len, &pos, info->items, (int)trusted,
+                           &it, err, errlen);
         if (rc != SHM_OK) {
             info->error_item = info->items;
             return rc;
@@ -175,29 +190,44 @@ int shm_apply_check(struct shm_view *v, const char *blob, uint64_t len,
         }
         info->items++;
     }
-    uint64_t free_entries = v->dirty_cap - own(&v->hdr->dirty_count);
-    uint64_t free_arena = v->arena_hi - v->arena_lo - own(&v->hdr->arena_used);
-    if (info->new_keys_max > free_entries || info->arena_need > free_arena)
-        return shm_fail(err, errlen, SHM_ENOSPACE, "generation full: "
-                        "promote before applying");
+    info->validated = 1;
     return SHM_OK;
 }
 
-/* Takes n bytes from the arena; shm_apply_check made sure they are free. */
+/* Takes n bytes from the arena; survey made sure they are free. The
+ * writer's own arena_used is the one it trusts; the header's copy is for
+ * others. */
 static uint64_t arena_take(struct shm_view *v, uint64_t n)
 {
-    uint64_t used = own(&v->hdr->arena_used);
-    /* Release: statistics and adoption read it; a reader never needs it. */
-    __atomic_store_n(&v->hdr->arena_used, used + n, __ATOMIC_RELEASE);
-    return v->arena_lo + used;
+    uint64_t at = v->arena_lo + v->arena_used;
+    v->arena_used += n;
+    /* Release: statistics and adoption read it; a reader never needs it
+     * and the writer never loads it back. */
+    __atomic_store_n(&v->hdr->arena_used, v->arena_used, __ATOMIC_RELEASE);
+    return at;
 }
 
-/* Appends a dirty entry for key and publishes it. */
-static uint64_t new_entry(struct shm_view *v, uint64_t hash,
-                          const char *key, uint64_t len)
+/* The empty slot of index (mask) where hash goes, or NULL if there is none
+ * (only a segment written by another process has a full index). The index
+ * is the writer's own: a relaxed load reads what it stored. */
+static uint64_t *free_slot(uint64_t *index, uint64_t mask, uint64_t hash)
 {
-    uint64_t dirty = own(&v->hdr->dirty_count);
-    uint64_t e = v->read_count + dirty;
+    for (uint64_t i = 0; i <= mask; i++) {
+        uint64_t *slot = &index[(hash + i) & mask];
+        if (__atomic_load_n(slot, __ATOMIC_RELAXED) == SHM_SLOT_EMPTY)
+            return slot;
+    }
+    return NULL;
+}
+
+/* Appends a dirty entry for key and publishes it; its number, or -1. */
+static int64_t new_entry(struct shm_view *v, uint64_t hash,
+                         const char *key, uint64_t len)
+{
+    uint64_t e = v->read_count + v->dirty_count;
+    uint64_t *slot = free_slot(v->dirty_index, v->dirty_mask, hash);
+    if (slot == NULL)
+        return -1;
     uint64_t key_off = arena_take(v, align_up(len, SHM_ALIGN));
     struct shm_entry *ent = &v->entries[e];
 
@@ -205,23 +235,21 @@ static uint64_t new_entry(struct shm_view *v, uint64_t hash,
     ent->hash = hash;
     ent->key_off = key_off;
     ent->key_len = (uint32_t)len;
+    /* Relaxed: the entry is not reachable yet; the slot's release store
+     * below publishes it. */
     __atomic_store_n(&ent->head, SHM_NO_RECORD, __ATOMIC_RELAXED);
-    for (uint64_t i = 0;; i++) {
-        uint64_t *slot = &v->dirty_index[(hash + i) & v->dirty_mask];
-        if (own(slot) == SHM_SLOT_EMPTY) {
-            /* Release: the entry and its key bytes are complete before a
-             * reader's acquire load of this slot can find them. */
-            __atomic_store_n(slot, slot_make(hash, e), __ATOMIC_RELEASE);
-            break;
-        }
-    }
+    /* Release: the entry and its key bytes are complete before a reader's
+     * acquire load of this slot can find them. */
+    __atomic_store_n(slot, slot_make(hash, e), __ATOMIC_RELEASE);
+    v->dirty_count++;
     /* Release: pairs with entry_end()'s acquire in iteration, which then
      * sees this entry complete. */
-    __atomic_store_n(&v->hdr->dirty_count, dirty + 1, __ATOMIC_RELEASE);
-    return e;
+    __atomic_store_n(&v->hdr->dirty_count, v->dirty_count, __ATOMIC_RELEASE);
+    return (int64_t)e;
 }
 
-/* Appends a version record to entry e and makes it the head. */
+/* Appends a version record to entry e and makes it the head. value may be
+ * NULL when len is 0 (a tombstone). */
 static void append_record(struct shm_view *v, uint64_t e, uint64_t seq,
                           const char *value, uint64_t len, uint32_t flags)
 {
@@ -230,10 +258,12 @@ static void append_record(struct shm_view *v, uint64_t e, uint64_t seq,
     struct shm_record *r = (struct shm_record *)(v->base + at);
 
     r->seq = seq;
-    r->prev = own(&ent->head);
+    /* Relaxed: the writer reads back its own last store of head. */
+    r->prev = __atomic_load_n(&ent->head, __ATOMIC_RELAXED);
     r->len = (uint32_t)len;
     r->flags = flags;
-    memcpy(v->base + at + SHM_REC_HEADER, value, len);
+    if (len > 0)
+        memcpy(v->base + at + SHM_REC_HEADER, value, len);
     /* Release: the record (and, through prev, the chain) is complete
      * before a reader's acquire load of head reaches it. Readers with a
      * snapshot below seq skip it by its seq and take prev. */
@@ -248,42 +278,64 @@ static void count_live(struct shm_view *v, int64_t keys, int64_t bytes)
     v->live_bytes += (uint64_t)bytes;
 }
 
-static void apply_item(struct shm_view *v, const struct item *it,
-                       uint64_t seq)
+static int apply_item(struct shm_view *v, const struct item *it,
+                      uint64_t seq)
 {
     uint64_t hash = shm_hash(v->seed0, v->seed1, it->key, it->key_len);
     int64_t e = shm_find_entry(v, hash, it->key, it->key_len, 0);
-    const struct shm_record *old = NULL;
-    uint64_t where;
+    struct rec old;
+    int had = e >= 0 && shm_visible_entry(v, (uint64_t)e, UINT64_MAX, &old);
 
-    if (e >= 0)
-        old = shm_visible_entry(v, (uint64_t)e, UINT64_MAX, &where);
     if (it->op == SHM_OP_DELETE) {
-        if (old == NULL)
-            return;                 /* absent: nothing to record */
+        if (!had)
+            return SHM_OK;          /* absent: nothing to record */
         append_record(v, (uint64_t)e, seq, NULL, 0, SHM_REC_TOMBSTONE);
-        count_live(v, -1, -(int64_t)(it->key_len + old->len));
-        return;
+        count_live(v, -1, -(int64_t)(it->key_len + old.len));
+        return SHM_OK;
     }
     if (e < 0)
-        e = (int64_t)new_entry(v, hash, it->key, it->key_len);
+        e = new_entry(v, hash, it->key, it->key_len);
+    if (e < 0)
+        return SHM_ECORRUPT;
     append_record(v, (uint64_t)e, seq, it->value, it->value_len, 0);
-    if (old == NULL)
+    if (!had)
         count_live(v, 1, (int64_t)(it->key_len + it->value_len));
     else
-        count_live(v, 0, (int64_t)it->value_len - (int64_t)old->len);
+        count_live(v, 0, (int64_t)it->value_len - (int64_t)old.len);
+    return SHM_OK;
 }
 
 int shm_apply(struct shm_view *v, const char *blob, uint64_t len,
-              uint64_t seq)
+              uint64_t seq, struct shm_apply_info *info, char *err,
+              size_t errlen)
 {
     struct item it;
     uint64_t pos = 0, n = 0;
+    if (seq == 0 || seq > SHM_MAX_SEQ)
+        return shm_fail(err, errlen, SHM_EINVAL, "seq %llu is outside "
+                        "[1, %llu]", (unsigned long long)seq,
+                        (unsigned long long)SHM_MAX_SEQ);
+    int rc = survey(v, blob, len, info, err, errlen);
+    if (rc != SHM_OK)
+        return rc;
+    if (v->max_live_bytes != 0 && info->store_bytes != 0 &&
+        (v->live_bytes > v->max_live_bytes ||
+         info->store_bytes > v->max_live_bytes - v->live_bytes))
+        return shm_fail(err, errlen, SHM_ELIMIT, "live bytes would exceed "
+                        "the limit of %llu bytes",
+                        (unsigned long long)v->max_live_bytes);
+    /* The writer's own counters, never the header's (see shm_view). */
+    if (info->new_keys_max > v->dirty_cap - v->dirty_count ||
+        info->arena_need > v->arena_hi - v->arena_lo - v->arena_used)
+        return shm_fail(err, errlen, SHM_ENOSPACE, "generation full: "
+                        "promote before applying");
     while (pos < len) {
-        int rc = next_item(v, blob, len, &pos, n++, &it, NULL, 0);
+        rc = next_item(v, blob, len, &pos, n++, 1, &it, err, errlen);
+        if (rc == SHM_OK)
+            rc = apply_item(v, &it, seq);
         if (rc != SHM_OK)
-            return rc;              /* shm_apply_check was skipped */
-        apply_item(v, &it, seq);
+            return shm_fail(err, errlen, rc, "item %llu: %s",
+                            (unsigned long long)n - 1, shm_strerror(rc));
     }
     return SHM_OK;
 }
@@ -313,74 +365,76 @@ void shm_mark_superseded(struct shm_view *v)
 int shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
                 uint64_t *bytes)
 {
-    uint64_t end = v->read_count + own(&v->hdr->dirty_count), where;
+    uint64_t end = v->read_count + v->dirty_count;
     *keys = 0;
     *bytes = 0;
-    if (end > v->read_count + v->dirty_cap)
-        return SHM_ECORRUPT;
     for (uint64_t i = 0; i < end; i++) {
-        const struct shm_record *r = shm_visible_entry(v, i, snap, &where);
-        if (r == NULL)
+        struct rec r;
+        struct key_ref k;
+        if (!shm_visible_entry(v, i, snap, &r) ||
+            !key_load(v, i, v->arena_hi, &k))
             continue;
         (*keys)++;
-        *bytes += arena_cost(v->entries[i].key_len, r->len);
+        *bytes += arena_cost(k.len, r.len);
     }
     return SHM_OK;
 }
 
-/* Copies one live entry into dst's read table at index n. */
-static void copy_entry(struct shm_view *dst, uint64_t n,
-                       const struct shm_view *src,
-                       const struct shm_entry *from,
-                       const struct shm_record *r, uint64_t where)
+/* Copies one live entry (its key k and visible record r, each loaded once)
+ * into dst's read table at index n. */
+static int copy_entry(struct shm_view *dst, uint64_t n,
+                      const struct shm_view *src, const struct key_ref *k,
+                      const struct rec *r)
 {
+    /* Plain stores: dst is not published yet. */
+    uint64_t *slot = free_slot(dst->read_index, dst->read_mask, k->hash);
+    if (slot == NULL)
+        return SHM_ENOSPACE;
     struct shm_entry *to = &dst->entries[n];
-    uint64_t key_off = arena_take(dst, align_up(from->key_len, SHM_ALIGN));
+    uint64_t key_off = arena_take(dst, align_up(k->len, SHM_ALIGN));
     uint64_t at = arena_take(dst, SHM_REC_HEADER + align_up(r->len,
                                                              SHM_ALIGN));
     struct shm_record *copy = (struct shm_record *)(dst->base + at);
 
-    memcpy(dst->base + key_off, src->base + from->key_off, from->key_len);
+    memcpy(dst->base + key_off, src->base + k->off, k->len);
     copy->seq = r->seq;
     copy->prev = SHM_NO_RECORD;
     copy->len = r->len;
     copy->flags = 0;
     memcpy(dst->base + at + SHM_REC_HEADER,
-           src->base + where + SHM_REC_HEADER, r->len);
-    to->hash = from->hash;
+           src->base + r->at + SHM_REC_HEADER, r->len);
+    to->hash = k->hash;
     to->key_off = key_off;
-    to->key_len = from->key_len;
+    to->key_len = k->len;
     to->head = at;
-    /* Plain stores: dst is not published yet. */
-    for (uint64_t i = 0;; i++) {
-        uint64_t *slot = &dst->read_index[(from->hash + i) & dst->read_mask];
-        if (*slot == SHM_SLOT_EMPTY) {
-            *slot = slot_make(from->hash, n);
-            break;
-        }
-    }
+    *slot = slot_make(k->hash, n);
+    return SHM_OK;
 }
 
 int64_t shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst)
 {
-    uint64_t end = src->read_count + own(&src->hdr->dirty_count);
-    uint64_t n = 0, live_bytes = 0, where;
+    uint64_t end = src->read_count + src->dirty_count;
+    uint64_t n = 0, live_bytes = 0;
     uint64_t read_max = (dst->read_mask + 1) / SHM_LOAD_INVERSE;
 
     if (src->seed0 != dst->seed0 || src->seed1 != dst->seed1 ||
-        dst->read_count != 0 || end > src->read_count + src->dirty_cap)
+        dst->read_count != 0 || dst->dirty_count != 0)
         return SHM_EINVAL;
     for (uint64_t i = 0; i < end; i++) {
-        const struct shm_entry *e = &src->entries[i];
-        const struct shm_record *r = shm_visible_entry(src, i, snap, &where);
-        if (r == NULL || !shm_entry_key_ok(src, e))
+        struct rec r;
+        struct key_ref k;
+        if (!shm_visible_entry(src, i, snap, &r) ||
+            !key_load(src, i, src->arena_hi, &k))
             continue;
-        uint64_t cost = arena_cost(e->key_len, r->len);
+        uint64_t cost = arena_cost(k.len, r.len);
         if (n >= read_max || n >= dst->entry_cap ||
-            cost > dst->arena_hi - dst->arena_lo - own(&dst->hdr->arena_used))
+            cost > dst->arena_hi - dst->arena_lo - dst->arena_used)
             return SHM_ENOSPACE;
-        copy_entry(dst, n++, src, e, r, where);
-        live_bytes += e->key_len + r->len;
+        int rc = copy_entry(dst, n, src, &k, &r);
+        if (rc != SHM_OK)
+            return rc;
+        n++;
+        live_bytes += k.len + r.len;
     }
     uint64_t dirty_room = dst->entry_cap - n;
     uint64_t dirty_max = (dst->dirty_mask + 1) / SHM_LOAD_INVERSE;

@@ -6,10 +6,14 @@ writer; they work on any map, whatever its keys.
     shmmap serve orders &
     python clients/writer.py orders --duration 30 &
     python clients/readers.py orders --processes 4 --duration 10
+
+Ctrl-C stops every reader and exits 130.
 """
 import argparse
 import multiprocessing as mp
 import random
+import signal
+import sys
 import time
 
 import shmmap
@@ -51,11 +55,23 @@ def main() -> None:
         shmmap.connect(args.name).close()           # fail early: no such map, no daemon
     except shmmap.ShmmapError as exc:
         raise SystemExit(f"readers: {exc}") from None
-    with mp.get_context("spawn").Pool(args.processes) as pool:
+    # The terminal sends Ctrl-C's SIGINT to every process of the group; the
+    # readers, started while it is ignored, keep ignoring it (no traceback from
+    # each), and this process stops them.
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pool = mp.get_context("spawn").Pool(args.processes)
+    signal.signal(signal.SIGINT, sigint)
+    try:
         jobs = [pool.apply_async(reader, (args.name, i, args.duration, args.gets))
                 for i in range(args.processes)]
         for job in jobs:
             print(job.get(), flush=True)
+    except KeyboardInterrupt:
+        print("readers: interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 if __name__ == "__main__":

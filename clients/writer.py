@@ -4,9 +4,12 @@ rate every second and at the end.
 
     shmmap serve orders &
     python clients/writer.py orders --keys 100000 --batch 100 --rate 50000
+
+Ctrl-C stops it early: it prints what it did and exits 130.
 """
 import argparse
 import random
+import sys
 import time
 
 import shmmap
@@ -28,28 +31,36 @@ def main() -> None:
     rng = random.Random()
     writes = deletes = 0
     started = last_report = time.monotonic()
+    interrupted = False
     with m:
-        while (now := time.monotonic()) - started < args.duration:
-            if args.rate:       # pace against the start, so that no lateness accumulates
-                ahead = started + writes / args.rate - now
-                if ahead > 0:
-                    time.sleep(ahead)
-            with m.batch() as b:                    # readers see all of it or none
-                for _ in range(args.batch):
-                    k = rng.randrange(args.keys)
-                    if rng.random() < args.delete_ratio:
-                        del b[k]
-                        deletes += 1
-                    else:
-                        b[k] = {"v": rng.random(), "t": now}
-            writes += args.batch
-            if now - last_report >= 1.0:
-                last_report = now
-                print(f"{writes / (now - started):,.0f} writes/s, {len(m):,} keys", flush=True)
+        try:
+            while (now := time.monotonic()) - started < args.duration:
+                if args.rate:       # pace against the start, so that no lateness accumulates
+                    ahead = started + writes / args.rate - now
+                    if ahead > 0:
+                        time.sleep(ahead)
+                with m.batch() as b:                    # readers see all of it or none
+                    for _ in range(args.batch):
+                        k = rng.randrange(args.keys)
+                        if rng.random() < args.delete_ratio:
+                            del b[k]
+                            deletes += 1
+                        else:
+                            b[k] = {"v": rng.random(), "t": now}
+                writes += args.batch
+                if now - last_report >= 1.0:
+                    last_report = now
+                    print(f"{writes / (now - started):,.0f} writes/s, {len(m):,} keys",
+                          flush=True)
+        except KeyboardInterrupt:       # Ctrl-C: stop early, say what was done
+            interrupted = True
         elapsed = time.monotonic() - started
         print(f"{writes:,} writes ({deletes:,} deletes) in {elapsed:.1f} s: "
               f"{writes / elapsed:,.0f} writes/s in batches of {args.batch}; "
               f"the map has {len(m):,} keys")
+    if interrupted:
+        print("writer: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ inspect and clean up maps, and run the demo, the soak and the benchmark."""
 from __future__ import annotations
 
 import argparse
-import base64
 import grp
 import json
 import os
@@ -11,13 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import posix_ipc
-
-from . import __version__, logs, segments
+from . import __version__, jsontags, logs, segments
 from ._core import ffi, lib
 from .client import connect
+from .codec import encode_key, encode_value
 from .daemon import DaemonConfig, process_alive, serve
-from .errors import CorruptSegmentError, MapNotFoundError, ShmmapError
+from .errors import AccessDeniedError, CorruptSegmentError, MapNotFoundError, ShmmapError
 from .reader import MapReader
 from .service import cleanup
 from .writer import Limits
@@ -29,6 +27,7 @@ commands:
   set       store one value given as JSON
   del       delete one key
   dump      print a snapshot of the whole map as JSON lines
+  load      store the keys of a dump (a file or stdin): dump | load copies a map
   stats     the daemon's counters: misses, promotions, bytes copied, ...
   promote   make the daemon promote now
   ls        the maps on this host and whether their daemons live
@@ -42,14 +41,29 @@ Run 'shmmap COMMAND --help' for a command's options.
 keys and values:
   A key is a string unless given with --int-key (or -k int: decimal, 0x..,
   0o..) or --json-key (-k json: a JSON string, integer, {"$bytes": ...} or
-  array; an array is a tuple key). VALUE is JSON. On output (get, dump,
-  stats --json, ls --json) tuples print as arrays and bytes as
-  {"$bytes": "<base64>"}; the same object in a key or value given on the
-  command line is bytes, so what dump prints can be set again.
+  array; an array is a tuple key). VALUE is JSON. What JSON cannot say is
+  written as a one-member object, on output (get, dump) and input (set,
+  load, --json-key) alike:
+    {"$bytes": "<base64>"}          bytes
+    {"$float": "nan"}               NaN, "inf" or "-inf"
+    {"$map": [[key, value], ...]}   a dict whose keys are not all strings (or
+                                    whose one key is one of these tags)
+    {"$ext": [code, "<base64>"]}    a msgpack extension type
+  In a key every array is a tuple; in a value every array is a list. So
+  what get and dump print reads back as the same Python keys and values
+  (a msgpack float32 comes back as the same number in a float64).
+
+output:
+  Results go to stdout; stats, ls, promote, cleanup and load take --json,
+  demo and soak --json FILE. Progress and errors go to stderr; progress is
+  redrawn in place only on a terminal (elsewhere, plain lines now and then).
 
 exit status:
-  0 success; 1 an error (no such map or key, no daemon, bad JSON, a key of
-  the wrong type), with "shmmap: <message>" on stderr; 2 a usage error.
+  0 success, also when the reader of stdout stops early (`| head`); 1 an
+  error (no such map or key, no daemon, bad JSON, a key of the wrong type),
+  with "shmmap: <message>" on stderr; 2 a usage error; 130 interrupted
+  (Ctrl-C: what the command started is stopped; demo and soak remove their
+  map).
 
 examples:
   shmmap serve orders &
@@ -57,6 +71,7 @@ examples:
   shmmap get orders user:1
   shmmap set orders --json-key '["eu", 7]' 42
   shmmap dump orders | head
+  shmmap dump orders > orders.jsonl; shmmap load orders-copy orders.jsonl
   shmmap stats orders
   shmmap ls
 """
@@ -89,45 +104,19 @@ def _key(args: argparse.Namespace) -> Any:
         except ValueError:
             raise ShmmapError(f"--int-key: {args.key!r} is not an integer") from None
     if args.key_type == "json":
-        return _from_json(_json_arg(args.key, "key"), tuples=True)
+        return _loads(args.key, "the key", key=True)
     return args.key
 
 
-def _from_json(x: Any, tuples: bool) -> Any:
-    """A value decoded from JSON, with {"$bytes": "<base64>"} made bytes and,
-    in a key (tuples=True), arrays made tuples."""
-    if isinstance(x, list):
-        items = [_from_json(i, tuples) for i in x]
-        return tuple(items) if tuples else items
-    if isinstance(x, dict):
-        if len(x) == 1 and isinstance(x.get("$bytes"), str):
-            try:
-                return base64.b64decode(x["$bytes"], validate=True)
-            except ValueError:
-                raise ShmmapError(f"{x['$bytes']!r} is not valid base64") from None
-        return {k: _from_json(v, tuples) for k, v in x.items()}
-    return x
-
-
-def _json_arg(text: str, what: str) -> Any:
+def _loads(text: str, what: str, key: bool = False) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ShmmapError(f"the {what} is not valid JSON: {exc}") from None
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, bytes):
-        return {"$bytes": base64.b64encode(x).decode()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(i) for i in x]
-    if isinstance(x, dict):
-        return {str(k) if not isinstance(k, str) else k: _jsonable(v) for k, v in x.items()}
-    return x
+        return jsontags.loads(text, what, key)
+    except jsontags.JSONFormError as exc:
+        raise ShmmapError(str(exc)) from None
 
 
 def _print_json(x: Any, **kw: Any) -> None:
-    print(json.dumps(_jsonable(x), ensure_ascii=False, **kw))
+    print(jsontags.dumps(x, **kw))
 
 
 # -- commands -----------------------------------------------------------------
@@ -165,7 +154,7 @@ def _run_get(args: argparse.Namespace) -> int:
 
 def _run_set(args: argparse.Namespace) -> int:
     key = _key(args)          # bad arguments are reported before connecting
-    value = _from_json(_json_arg(args.value, "value"), tuples=False)
+    value = _loads(args.value, "the value")
     with connect(args.name) as m:
         m.store(key, value)
     return 0
@@ -181,13 +170,82 @@ def _run_del(args: argparse.Namespace) -> int:
     return 0
 
 
+DUMP_CHUNK = 1 << 16      # bytes of whole lines written at once
+# JSON leaves these unescaped, but tools that split lines on Unicode line
+# breaks (str.splitlines) would cut a record in two.
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+
+
 def _run_dump(args: argparse.Namespace) -> int:
+    """Writes whole lines only: each write to stdout ends with a newline, so
+    a reader that stops early (`| head`) never gets half a line, and
+    neither does one reading a dump cut short by an error."""
     reader = MapReader(args.name)
+    out = sys.stdout.buffer
+    chunk: list[bytes] = []
+    size = 0
     try:
         for key, value in reader.items():
-            _print_json({"key": key, "value": value})
+            line = (jsontags.dumps({"key": key, "value": value}).translate(_LINE_BREAKS)
+                    + "\n").encode()
+            chunk.append(line)
+            size += len(line)
+            if size >= DUMP_CHUNK:
+                out.write(b"".join(chunk))
+                out.flush()
+                chunk, size = [], 0
+        out.write(b"".join(chunk))
+        out.flush()
     finally:
         reader.close()
+    return 0
+
+
+def read_dump(lines: Any) -> list[tuple[Any, Any]]:
+    """The (key, value) pairs of a dump's lines, each checked (JSON, types,
+    that msgpack can encode them); ShmmapError naming the first bad line."""
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            pair = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ShmmapError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(pair, dict) or set(pair) != {"key", "value"}:
+            raise ShmmapError(f'{where}: not a {{"key": ..., "value": ...}} object')
+        try:
+            key = jsontags.from_json(pair["key"], key=True)
+            value = jsontags.from_json(pair["value"])
+            encode_key(key)
+            encode_value(value)
+        except (jsontags.JSONFormError, TypeError) as exc:
+            raise ShmmapError(f"{where}: {exc}") from None
+        pairs.append((key, value))
+    return pairs
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    try:
+        if args.file == "-":
+            pairs = read_dump(sys.stdin.buffer.read().decode().split("\n"))
+        else:
+            with open(args.file, encoding="utf-8", newline="\n") as f:
+                pairs = read_dump(f)
+    except UnicodeDecodeError as exc:
+        raise ShmmapError(f"{args.file}: not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise ShmmapError(f"{args.file}: {exc.strerror}") from None
+    with connect(args.name) as m:
+        if args.clear:
+            m.clear()
+        m.update(pairs)
+        keys = len(m)
+    if args.json:
+        _print_json({"stored": len(pairs), "keys": keys}, indent=2)
+    else:
+        print(f"stored {len(pairs):,} keys; map {args.name!r} has {keys:,} keys")
     return 0
 
 
@@ -250,7 +308,11 @@ def stats_table(st: dict[str, Any]) -> str:
 
 def _run_promote(args: argparse.Namespace) -> int:
     with connect(args.name) as m:
-        print(f"generation {m.promote()}")
+        gen = m.promote()
+    if args.json:
+        _print_json({"generation": gen})
+    else:
+        print(f"generation {gen}")
     return 0
 
 
@@ -266,9 +328,9 @@ def map_status(name: str) -> dict[str, Any]:
     except (MapNotFoundError, CorruptSegmentError) as exc:
         row.update(state="broken", error=str(exc))
         return row
-    except posix_ipc.PermissionsError:
+    except AccessDeniedError:
         row.update(state="denied", daemon_alive=None,
-                   error="no permission to read this map (see serve --mode, --group)")
+                   error="not readable by this user (see serve --mode, --group)")
         return row
     try:
         h = reader.header
@@ -286,26 +348,6 @@ def _exists(name: str) -> bool:
     return (segments.SHM_DIR / segments.header_name(name)[1:]).exists()
 
 
-def _unreadable_map_names() -> list[str]:
-    """Maps of other users that this one may not read: map_names() cannot
-    tell their headers from other segments. Names that look like a
-    generation or reader segment are left out (they are ambiguous)."""
-    prefix = segments.PREFIX[1:]
-    names = []
-    for entry in segments.SHM_DIR.glob(prefix + "*"):
-        name = entry.name[len(prefix):]
-        if os.access(entry, os.R_OK) or name.endswith(segments.READERS_SUFFIX):
-            continue
-        head, infix, gen = name.rpartition(segments.GEN_INFIX)
-        if infix and head and gen.isdigit():
-            continue
-        try:
-            names.append(segments.check_map_name(name))
-        except ValueError:
-            continue
-    return names
-
-
 def _table(header: Sequence[str], rows: list[list[Any]], right: Sequence[bool]) -> str:
     cells = [list(header)] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -315,8 +357,7 @@ def _table(header: Sequence[str], rows: list[list[Any]], right: Sequence[bool]) 
 
 
 def _run_ls(args: argparse.Namespace) -> int:
-    rows = [map_status(n) for n in sorted(set(segments.map_names()) |
-                                          set(_unreadable_map_names()))]
+    rows = [map_status(n) for n in segments.map_names()]
     # A map removed since it was listed is not shown as broken.
     rows = [r for r in rows if r["state"] != "broken" or _exists(r["name"])]
     if args.json:
@@ -336,35 +377,49 @@ def _run_ls(args: argparse.Namespace) -> int:
 
 
 def _run_cleanup(args: argparse.Namespace) -> int:
-    names = args.names or [r["name"] for r in map(map_status, segments.map_names())
-                           if r["state"] != "live"]
+    """Removes the named maps, or every stale or broken one. A map whose
+    daemon lives, or that this user may not read, is left alone: named, it
+    is an error; found by looking, it is only reported."""
+    rows = [map_status(n) for n in (args.names or segments.map_names())]
     status = 0
-    for name in names:
-        state = map_status(name)["state"]
+    report = []
+    for row in rows:
+        name, state = row["name"], row["state"]
+        if state == "broken" and not _exists(name) and not args.names:
+            continue                                    # removed since it was listed
         if state in ("live", "denied"):
-            print(f"shmmap: map {name!r} " + ("has a live daemon; stop it first" if state == "live"
-                  else "belongs to another user: no permission"), file=sys.stderr)
-            status = 1
+            why = ("has a live daemon; stop it first" if state == "live"
+                   else "is not readable by this user: left alone")
+            if args.names:
+                print(f"shmmap: map {name!r} {why}", file=sys.stderr)
+                status = 1
+            elif state == "denied":
+                print(f"shmmap: skipped map {name!r}: it {why}", file=sys.stderr)
+            report.append({"name": name, "state": state, "removed": []})
             continue
-        for path in cleanup(name, _socket_of(name)):
-            print(f"removed {path}")
+        removed = cleanup(name, Path(row["socket"]) if row.get("socket") else None)
+        report.append({"name": name, "state": state, "removed": removed})
+        if not args.json:
+            for path in removed:
+                print(f"removed {path}")
+    if args.json:
+        _print_json(report, indent=2)
     return status
-
-
-def _socket_of(name: str) -> Optional[Path]:
-    row = map_status(name)
-    return Path(row["socket"]) if row.get("socket") else None
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
-    summary = run_demo(keys=args.keys, readers=args.readers, writers=args.writers,
-                       duration=args.duration, write_ratio=args.write_ratio,
-                       progress=not args.quiet)
-    print(format_summary(summary))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    out = open(args.json, "w") if args.json else None     # a bad path fails before the run
+    try:
+        summary = run_demo(keys=args.keys, readers=args.readers, writers=args.writers,
+                           duration=args.duration, write_ratio=args.write_ratio,
+                           progress=not args.quiet)
+        print(format_summary(summary))
+        if out:
+            json.dump(summary, out, indent=2)
+    finally:
+        if out:
+            out.close()
     return 0 if _passed(summary) else 1
 
 
@@ -486,8 +541,21 @@ def _add_data_commands(sub: Any) -> None:
     _add_key(p)
     p = _sub(sub, "dump", _run_dump, "print the map as JSON lines",
              'Print one consistent snapshot of map NAME, one {"key": ..., "value": ...} '
-             "per line.")
+             "per line, in the tagged JSON of 'shmmap --help' ('keys and values'): "
+             "'shmmap load' reads it back as the same keys and values. Reads shared "
+             "memory: no daemon needed.")
     p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p = _sub(sub, "load", _run_load, "store the keys of a dump",
+             "Store every key and value of FILE (what 'shmmap dump' prints: one "
+             '{"key": ..., "value": ...} per line) in map NAME; other keys stay unless '
+             "--clear. Every line is checked first: a bad line stores nothing. The keys "
+             "are sent pipelined, not as one atomic batch.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("file", metavar="FILE", nargs="?", default="-",
+                   help="the dump to read (default '-': stdin)")
+    p.add_argument("--clear", action="store_true",
+                   help="delete every key of the map first (so it becomes the dump's copy)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
 
 def _add_admin_commands(sub: Any) -> None:
@@ -498,20 +566,25 @@ def _add_admin_commands(sub: Any) -> None:
     p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = _sub(sub, "promote", _run_promote, "make the daemon promote now",
-             "Ask map NAME's daemon to build the next generation now.")
+             "Ask map NAME's daemon to build the next generation now; print its number.")
     p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--json", action="store_true", help='print {"generation": N}')
     p = _sub(sub, "ls", _run_ls, "the maps on this host",
-             "List the maps in /dev/shm: whether their daemon lives (stale: it died), "
-             "their generation, keys and socket.")
+             "List the maps in /dev/shm: whether their daemon lives (live; stale: it "
+             "died), their generation, keys and socket. Maps of other users that this "
+             "one may not read are listed as denied.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = _sub(sub, "cleanup", _run_cleanup, "remove a dead daemon's segments",
-             "Remove the segments and socket of the named maps, or of every stale map. "
-             "A map whose daemon lives is left alone.")
+             "Remove the segments and socket of the named maps, or of every stale or "
+             "broken map. A map whose daemon lives, or that this user may not read, is "
+             "left alone (an error if named).")
     p.add_argument("names", nargs="*", metavar="NAME", type=_map_name,
                    help="maps to clean up (default: every map whose daemon is dead)")
+    p.add_argument("--json", action="store_true",
+                   help="print each map's state and what was removed as JSON")
 
 
-def _add_load_commands(sub: Any) -> None:
+def _add_workload_commands(sub: Any) -> None:
     for name, run, help, desc, defaults in (
         ("demo", _run_demo, "a live demo of shmmap under load",
          "Start a daemon on a fresh map of --keys keys; writer processes run a mixed load "
@@ -546,6 +619,8 @@ def _add_load_commands(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``shmmap`` argument parser: one subcommand per command, each
+    with its help; ``args.run(args)`` runs the chosen one."""
     parser = argparse.ArgumentParser(
         prog="shmmap", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A key-value map shared by processes through POSIX shared memory: "
@@ -555,24 +630,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_data_commands(sub)
     _add_admin_commands(sub)
-    _add_load_commands(sub)
+    _add_workload_commands(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs ``shmmap ARGV``; returns the exit status (see EPILOG): errors are
+    one "shmmap: ..." line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()              # a closed pipe is found here, not at exit
+        return status
     except (ShmmapError, TypeError) as exc:
         print(f"shmmap: {exc}", file=sys.stderr)
         return 1
-    except posix_ipc.PermissionsError:
-        name = getattr(args, "name", None) or ", ".join(getattr(args, "names", []))
-        print(f"shmmap: map {name!r}: no permission to access its shared memory (the "
-              "daemon's --mode and --group decide who may)", file=sys.stderr)
+    except BrokenPipeError:             # `shmmap dump m | head`: the reader has enough
+        _discard_stdout()
+        return 0
+    except OSError as exc:              # a file named on the command line, say
+        print(f"shmmap: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:             # e.g. `shmmap dump m | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:           # what the command started is stopped by now
+        print("shmmap: interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null, so that flushing what is still buffered
+    at exit raises no second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -20,6 +20,7 @@ import msgpack
 from ._core import ffi, lib
 from .codec import encode_key, encode_value
 from .generation import EXPORT_BATCH
+from .progress import Progress
 from .reader import MapReader
 from .protocol import batch_blob
 from .writer import MapWriter
@@ -118,6 +119,9 @@ def _decode(batches: list[tuple[bytes, bytes]]) -> None:
 
 def bench_dataset(n: int, label: str, keys: list[Any], value: Callable[[int], Any],
                   progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Rows for one map of n keys written and read in this process (no
+    daemon): lookups before and after promotion, promotion, export and
+    decode, each beside a dict doing the same work."""
     name = f"corebench-{os.getpid()}"
     w = MapWriter(name)
     rows: list[dict[str, Any]] = []
@@ -204,6 +208,7 @@ def _dict_copy_ms(d: dict[Any, Any]) -> float:
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """A PASS or MISS line for each row that has a target in TARGETS."""
     out = []
     for r in rows:
         target = TARGETS.get((r["dataset"], r["what"]))
@@ -225,6 +230,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
     lines = [f"{'keys':>9}  {'dataset':<9}  {'measure':<40} {'shmmap':>10} {'dict':>10}  "
              f"{'ratio':>6}  unit"]
     for r in rows:
@@ -237,22 +243,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m shmmap.corebench``: prints the table and verdicts."""
     p = argparse.ArgumentParser(prog="python -m shmmap.corebench", description=__doc__.split("\n\n")[0])
     p.add_argument("--keys", default="100000,1000000",
                    help="comma-separated map sizes (default 100000,1000000)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
 
-    def progress(msg: str) -> None:
-        sys.stderr.write(f"\r\033[K{msg}")
-        sys.stderr.flush()
-
     rows = []
+    shown = Progress(tty_every=0, plain_every=0)      # each step: a few seconds
     for n in (int(x) for x in args.keys.split(",")):
         for label, (keys, value) in _datasets(n).items():
-            rows += bench_dataset(n, label, keys, value, progress)
-    rows += bench_client(progress)
-    sys.stderr.write("\r\033[K")
+            rows += bench_dataset(n, label, keys, value, shown.update)
+    rows += bench_client(shown.update)
+    shown.close(keep=False)
     print(format_table(rows))
     print()
     print("\n".join(verdicts(rows)))

@@ -4,8 +4,12 @@ A daemon serves a fresh map of 100,000 keys. Writer processes run a mixed
 load, half writes (atomic two-key transfers, so the values always sum to
 the same total) and half point reads; reader processes iterate the whole
 map continuously and check every iteration: the total, the key count, no
-duplicate key. A progress line updates every second; at the end a summary,
+duplicate key. Progress is shown while it runs (see progress.py); at the end a summary,
 and everything the demo created is removed.
+
+Ctrl-C stops the demo cleanly: the worker processes ignore SIGINT (the
+terminal sends it to the whole process group), the demo stops them, the
+daemon and removes the map, and the command exits 130 with one line.
 """
 from __future__ import annotations
 
@@ -13,20 +17,25 @@ import multiprocessing as mp
 import os
 import queue
 import random
-import sys
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .client import connect
+from .progress import Progress
 from .service import Daemon
 
 START_VALUE = 100
 REPORT_SECONDS = 1.0
+STOP_SECONDS = 10.0        # a worker that has not exited by then is killed
 
 
 @dataclass
 class DemoResult:
+    """What the workers reported so far."""
     iterations: list[float] = field(default_factory=list)   # seconds each
     checks_passed: int = 0
     checks_failed: int = 0
@@ -35,64 +44,73 @@ class DemoResult:
     errors: list[str] = field(default_factory=list)
 
 
+def _worker_started() -> Any:
+    """In a worker: SIGINT is the demo's to handle (the terminal sends it to
+    every process of the group), and a worker whose demo died stops too.
+    Returns a function that says whether to go on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    return lambda stop: not stop.is_set() and os.getppid() == parent
+
+
 def _reader(name: str, keys: int, stop: Any, out: Any) -> None:
-    m = connect(name)
+    go_on = _worker_started()
     total = keys * START_VALUE
     last = time.monotonic()
     times, ok, bad = [], 0, 0
-    try:
-        while not stop.is_set():
-            t = time.perf_counter()
-            seen, s = set(), 0
-            for k, v in m.items():
-                seen.add(k)
-                s += v
-            times.append(time.perf_counter() - t)
-            if s == total and len(seen) == keys:
-                ok += 1
-            else:
-                bad += 1
-                out.put(("error", f"iteration saw sum {s} over {len(seen)} keys"))
-            if time.monotonic() - last >= REPORT_SECONDS:
-                out.put(("reader", times, ok, bad))
-                times, ok, bad, last = [], 0, 0, time.monotonic()
+    try:            # connecting too: the daemon may be gone already (Ctrl-C)
+        with connect(name) as m:
+            while go_on(stop):
+                t = time.perf_counter()
+                seen, s = set(), 0
+                for k, v in m.items():
+                    seen.add(k)
+                    s += v
+                times.append(time.perf_counter() - t)
+                if s == total and len(seen) == keys:
+                    ok += 1
+                else:
+                    bad += 1
+                    out.put(("error", f"iteration saw sum {s} over {len(seen)} keys"))
+                if time.monotonic() - last >= REPORT_SECONDS:
+                    out.put(("reader", times, ok, bad))
+                    times, ok, bad, last = [], 0, 0, time.monotonic()
     except Exception as exc:   # reported, then the demo fails
         out.put(("error", f"reader: {exc!r}"))
     out.put(("reader", times, ok, bad))
     out.put(("done",))
-    m.close()
 
 
 def _writer(name: str, keys: int, index: int, writers: int, write_ratio: float,
             stop: Any, out: Any) -> None:
-    m = connect(name)
+    go_on = _worker_started()
     rng = random.Random(index)
     own = range(index, keys, writers)      # keys only this writer changes
     writes = gets = 0
     last = time.monotonic()
     try:
-        while not stop.is_set():
-            if rng.random() < write_ratio:
-                a, b = rng.choice(own), rng.choice(own)
-                if a != b:
-                    va, vb = m[a], m[b]
-                    amount = rng.randint(0, va)
-                    with m.batch() as batch:
-                        batch[a] = va - amount
-                        batch[b] = vb + amount
-                writes += 1
-            else:
-                m.get(rng.randrange(keys))
-                gets += 1
-            if time.monotonic() - last >= REPORT_SECONDS:
-                out.put(("writer", writes, gets))
-                writes = gets = 0
-                last = time.monotonic()
+        with connect(name) as m:
+            while go_on(stop):
+                if rng.random() < write_ratio:
+                    a, b = rng.choice(own), rng.choice(own)
+                    if a != b:
+                        va, vb = m[a], m[b]
+                        amount = rng.randint(0, va)
+                        with m.batch() as batch:
+                            batch[a] = va - amount
+                            batch[b] = vb + amount
+                    writes += 1
+                else:
+                    m.get(rng.randrange(keys))
+                    gets += 1
+                if time.monotonic() - last >= REPORT_SECONDS:
+                    out.put(("writer", writes, gets))
+                    writes = gets = 0
+                    last = time.monotonic()
     except Exception as exc:
         out.put(("error", f"writer: {exc!r}"))
     out.put(("writer", writes, gets))
     out.put(("done",))
-    m.close()
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -104,33 +122,32 @@ def _percentile(values: list[float], p: float) -> float:
 
 def run_demo(keys: int = 100_000, readers: int = 2, writers: int = 2, duration: float = 20.0,
              write_ratio: float = 0.5, name: str = "", progress: bool = True) -> dict[str, Any]:
-    """Runs the demo; returns its summary (also what --json writes)."""
+    """Runs the demo; returns its summary (also what --json writes).
+    KeyboardInterrupt (Ctrl-C) stops the workers and the daemon, removes the
+    map, and is raised again."""
     name = name or f"demo-{os.getpid()}"
     ctx = mp.get_context("spawn")
     result = DemoResult()
-    with Daemon(name) as daemon:
-        m = daemon.connect()
+    with Daemon(name) as daemon, daemon.connect() as m:
         m.update((k, START_VALUE) for k in range(keys))
         m.promote()
         stop, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_reader, args=(name, keys, stop, out)) for _ in range(readers)]
-        procs += [ctx.Process(target=_writer, args=(name, keys, i, writers, write_ratio, stop, out))
-                  for i in range(writers)]
-        for p in procs:
-            p.start()
-        started = time.monotonic()
+        targets: list[tuple[Callable[..., None], tuple[Any, ...]]]
+        targets = [(_reader, (name, keys, stop, out))] * readers
+        targets += [(_writer, (name, keys, i, writers, write_ratio, stop, out))
+                    for i in range(writers)]
+        procs: list[Any] = []
         try:
-            _collect(out, result, started, duration, m, progress, stop, len(procs))
+            with _sigint_ignored():         # ignored from their first instruction on
+                for target, args in targets:
+                    procs.append(ctx.Process(target=target, args=args))
+                    procs[-1].start()
+            _collect(out, result, time.monotonic(), duration, m, progress, stop, len(procs))
         finally:
-            stop.set()
-            for p in procs:
-                p.join(10)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
+            with _sigint_ignored():         # a second Ctrl-C does not leave workers behind
+                _stop_workers(procs, stop, out)
         stats = m.stats()
         final_sum = sum(m.values())
-        m.close()
     elapsed = duration
     summary = {
         "keys": keys, "readers": readers, "writers": writers, "duration_s": duration,
@@ -151,8 +168,49 @@ def run_demo(keys: int = 100_000, readers: int = 2, writers: int = 2, duration: 
     return summary
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block. A process spawned meanwhile inherits
+    SIG_IGN across exec, and Python then installs no KeyboardInterrupt
+    handler in it, so an early Ctrl-C cannot print a traceback from a worker
+    still importing. (Only the main thread may set handlers.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _stop_workers(procs: list[Any], stop: Any, out: Any) -> None:
+    """Tells the workers to stop and waits for them, reading what they still
+    send (a worker cannot exit while its last messages fill the pipe); kills
+    those still running after STOP_SECONDS."""
+    stop.set()
+    deadline = time.monotonic() + STOP_SECONDS
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        try:
+            out.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+
+
 def _collect(out: Any, result: DemoResult, started: float, duration: float, m: Any,
              progress: bool, stop: Any, workers: int) -> None:
+    # Redrawn every second on a terminal; in a log a line every tenth of the run.
+    with Progress(enabled=progress, tty_every=REPORT_SECONDS,
+                  plain_every=min(30.0, max(REPORT_SECONDS, duration / 10))) as shown:
+        _collect_into(out, result, started, duration, m, shown, stop, workers)
+
+
+def _collect_into(out: Any, result: DemoResult, started: float, duration: float, m: Any,
+                  shown: Progress, stop: Any, workers: int) -> None:
     next_report = started + REPORT_SECONDS
     done = 0
     while done < workers:
@@ -176,21 +234,20 @@ def _collect(out: Any, result: DemoResult, started: float, duration: float, m: A
                 result.errors.append(msg[1])
             else:
                 done += 1
-        if progress and time.monotonic() >= next_report:
+        if time.monotonic() >= next_report:
             next_report += REPORT_SECONDS
             t = min(time.monotonic() - started, duration)
-            p50 = _percentile(result.iterations[-200:], 50) * 1000
-            sys.stderr.write(
-                f"\r[{t:5.1f}/{duration:.0f}s] iterations {len(result.iterations):5d} "
-                f"(p50 {p50:6.1f} ms)  writes {result.writes:8d}  gets {result.gets:8d}  "
+            recent = result.iterations[-200:]
+            p50 = f"{_percentile(recent, 50) * 1000:6.1f} ms" if recent else "     - ms"
+            shown.update(
+                f"[{t:5.1f}/{duration:.0f}s] iterations {len(result.iterations):5d} "
+                f"(p50 {p50})  writes {result.writes:8d}  gets {result.gets:8d}  "
                 f"checks ok {result.checks_passed:5d} failed {result.checks_failed}  "
                 f"gen {m.refresh().gen}")
-            sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\n")
 
 
 def format_summary(s: dict[str, Any]) -> str:
+    """run_demo()'s summary as the lines the command prints."""
     lines = [
         f"shmmap demo: {s['keys']:,} keys, {s['readers']} iterating readers, {s['writers']} "
         f"writers at {s['write_ratio']:.0%} writes, {s['duration_s']:.0f} s",

@@ -7,10 +7,9 @@ from typing import Any, Iterator, Optional
 
 import msgpack
 
+from . import status
 from ._core import ffi, lib
-from .errors import CorruptSegmentError
 
-_ERR_LEN = 256
 _LEN_BITS = lib.SHM_FOUND_LEN_BITS
 _LEN_MASK = (1 << _LEN_BITS) - 1
 # The length field of a record sits 8 bytes before its value (shm_record:
@@ -42,10 +41,11 @@ class Generation:
         self.mm = mm
         self.buf = ffi.from_buffer(mm)
         self.view = ffi.new("struct shm_view *")
-        err = ffi.new("char[]", _ERR_LEN)
-        if lib.shm_view_open(self.view, self.buf, len(mm), err, _ERR_LEN) != 0:
+        err = status.err_buffer()
+        rc = lib.shm_view_open(self.view, self.buf, len(mm), err, status.ERR_LEN)
+        if rc != lib.SHM_OK:
             self.close()
-            raise CorruptSegmentError(f"{segment}: {ffi.string(err).decode()}")
+            raise status.error(rc, err, segment)
         self.mv = memoryview(mm)
         self.gen: int = self.view.hdr.gen
 
@@ -58,9 +58,9 @@ class Generation:
 
     def validate(self) -> None:
         """Checks every entry, record and slot; CorruptSegmentError if bad."""
-        err = ffi.new("char[]", _ERR_LEN)
-        if lib.shm_gen_validate(self.buf, len(self.mm), err, _ERR_LEN) != 0:
-            raise CorruptSegmentError(f"{self.segment}: {ffi.string(err).decode()}")
+        err = status.err_buffer()
+        status.check(lib.shm_gen_validate(self.buf, len(self.mm), err, status.ERR_LEN), err,
+                     self.segment)
 
     @property
     def header(self) -> Any:

@@ -63,7 +63,7 @@ class Err(enum.IntEnum):
 # ---- batch blobs: the argument of Op.BATCH -----------------------------------
 # A blob is a concatenation of items, each an operation byte (SHM_OP_* from
 # cext/shmmap.h) followed by msgpack objects: a store is op, key, value; a
-# delete is op, key. The C core parses and validates it (shm_apply_check).
+# delete is op, key. The C core parses and validates it (shm_apply).
 STORE = bytes([lib.SHM_OP_STORE])
 DELETE = bytes([lib.SHM_OP_DELETE])
 

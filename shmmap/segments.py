@@ -36,14 +36,17 @@ def check_map_name(name: str) -> str:
 
 
 def header_name(name: str) -> str:
+    """The header segment's name of map name (checked)."""
     return PREFIX + check_map_name(name)
 
 
 def gen_name(name: str, gen: int) -> str:
+    """The segment name of map name's generation gen."""
     return f"{PREFIX}{name}{GEN_INFIX}{gen}"
 
 
 def readers_name(name: str) -> str:
+    """The reader-slot segment's name of map name."""
     return f"{PREFIX}{name}{READERS_SUFFIX}"
 
 
@@ -89,6 +92,8 @@ def open_readonly(seg: str) -> mmap.mmap:
 
 
 def open_readwrite(seg: str) -> mmap.mmap:
+    """Maps an existing segment read-write (the daemon adopting a map);
+    FileNotFoundError if absent, AccessDeniedError if not permitted."""
     try:
         shm = posix_ipc.SharedMemory(seg, 0)
     except posix_ipc.ExistentialError:
@@ -125,15 +130,39 @@ def map_segments(name: str) -> list[str]:
 
 
 def map_names() -> list[str]:
-    """Names of the maps whose header segment exists on this host (told
-    apart from generation and reader segments by its magic number)."""
+    """Names of the maps whose header segment exists on this host, this
+    user's and other users', readable or not.
+
+    A header this user can read is told apart from generation and reader
+    segments by its magic number. One it may not read is told by its name:
+    it is a header if the map's reader segment exists beside it, or if its
+    name is not that of a generation or reader segment. (Listing /dev/shm
+    needs no permission on the segments.)"""
+    base = PREFIX[1:]
+    present = {entry.name for entry in SHM_DIR.glob(base + "*")}
     names = []
-    for entry in SHM_DIR.glob(PREFIX[1:] + "*"):
-        try:
-            with entry.open("rb") as f:
-                magic = int.from_bytes(f.read(8), "little")
-        except OSError:
-            continue
-        if magic == lib.SHM_MAGIC_MAP:
-            names.append(entry.name[len(PREFIX) - 1:])
-    return sorted(names)
+    for entry in sorted(present):
+        magic = _magic(SHM_DIR / entry)
+        if magic == lib.SHM_MAGIC_MAP or (
+                magic is None and (entry + READERS_SUFFIX in present
+                                   or not _looks_like_part(entry[len(base):]))):
+            names.append(entry[len(base):])
+    return [n for n in names if _VALID_NAME.fullmatch(n)]
+
+
+def _magic(path: Path) -> Optional[int]:
+    """The first word of a segment (0 if it went away meanwhile); None if
+    this user may not read it."""
+    try:
+        with path.open("rb") as f:
+            return int.from_bytes(f.read(8), "little")
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
+
+
+def _looks_like_part(name: str) -> bool:
+    """Whether name is shaped like a generation or reader segment's name."""
+    head, infix, gen = name.rpartition(GEN_INFIX)
+    return name.endswith(READERS_SUFFIX) or bool(infix and head and gen.isdigit())

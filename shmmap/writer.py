@@ -3,17 +3,20 @@ segments, applies batches of writes, commits them and promotes."""
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import segments
+from . import segments, status
 from ._core import ffi, lib
-from .errors import CorruptSegmentError, InvalidRequestError, LimitError, MapFullError
+from .errors import CorruptSegmentError, LimitError, MapFullError
 from .generation import Generation
 
-_ERR_LEN = 256
 _LATEST = (1 << 64) - 1
+# Only the readers' segment (the daemon creates it) needs group or other
+# write: the header and generations are the daemon's alone.
+_NOT_SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
 @dataclass
@@ -34,8 +37,19 @@ class Limits:
     max_live_bytes: int = 0              # 0: no limit but /dev/shm's size
 
 
+def data_mode(mode: int) -> int:
+    """The mode of the header and generation segments of a map served with
+    mode: the same readers, but no one else may write them."""
+    return mode & ~_NOT_SHARED_WRITE
+
+
 class MapWriter:
-    """Owns map ``name`` read-write: creates it, or adopts it (see adopt)."""
+    """Owns map ``name`` read-write: creates it, or adopts it (see adopt).
+
+    The writer trusts nothing it reads back from shared memory: its counters
+    (entries and arena bytes used, live keys and bytes) live in its private
+    view (struct shm_view), and the segments it writes are created without
+    group or other write permission whatever mode says."""
 
     def __init__(self, name: str, *, mode: int = 0o600, group: Optional[int] = None,
                  limits: Optional[Limits] = None, socket_path: str = "",
@@ -43,7 +57,8 @@ class MapWriter:
         """Creates map name; FileExistsError if its header segment exists."""
         self._setup(name, mode, group, limits)
         self._header_mm = segments.create(segments.header_name(name),
-                                          ffi.sizeof("struct shm_map_header"), mode, group)
+                                          ffi.sizeof("struct shm_map_header"), data_mode(mode),
+                                          group)
         try:
             self._header_buf = ffi.from_buffer(self._header_mm)
             self.header: Any = ffi.cast("struct shm_map_header *", self._header_buf)
@@ -70,8 +85,8 @@ class MapWriter:
         self.group = group
         self.limits = limits or Limits()
         self.stats = WriterStats()
-        self._info = ffi.new("struct shm_apply_info *")   # check()'s, reused
-        self._err = ffi.new("char[]", _ERR_LEN)
+        self._info = ffi.new("struct shm_apply_info *")   # apply()'s, reused
+        self._err = status.err_buffer()
 
     @classmethod
     def adopt(cls, name: str, *, mode: int = 0o600, group: Optional[int] = None,
@@ -80,7 +95,10 @@ class MapWriter:
         untrusted bytes (CorruptSegmentError if they are not sound), retires
         every other generation, and rebuilds the current one at its
         committed_seq -- which drops whatever a write in flight at the crash
-        had appended, so no half-applied batch ever becomes visible."""
+        had appended, so no half-applied batch ever becomes visible. The
+        rebuilt generation is current and not superseded, which also
+        repairs a current generation wrongly marked superseded (readers
+        would otherwise keep looking for a newer one)."""
         self = cls.__new__(cls)
         self._setup(name, mode, group, limits)
         seg = segments.header_name(name)
@@ -111,8 +129,7 @@ class MapWriter:
             g.close()
             self._release_header()
             raise
-        g.view.max_key = self.limits.max_key
-        g.view.max_value = self.limits.max_value
+        self._set_limits(g)
         self.generation = g
         self.seq = int(g.header.committed_seq)
         self.set_socket_path(socket_path)
@@ -155,45 +172,35 @@ class MapWriter:
     def _new_generation(self, gen: int, live_keys: int, live_bytes: int,
                         reserve_keys: int, reserve_bytes: int, base_seq: int) -> Generation:
         geo = ffi.new("struct shm_geometry *")
-        rc = lib.shm_plan(geo, live_keys, live_bytes, reserve_keys, reserve_bytes)
-        if rc != 0:
-            raise MapFullError(f"map {self.name!r}: a generation for {live_keys} keys and "
-                               f"{live_bytes} bytes is over the layout's limits")
+        status.check(lib.shm_plan(geo, live_keys, live_bytes, reserve_keys, reserve_bytes),
+                     context=f"map {self.name!r}: a generation for {live_keys} keys and "
+                             f"{live_bytes} bytes", cls=MapFullError)
         seg = segments.gen_name(self.name, gen)
-        mm = segments.create(seg, geo.segment_size, self.mode, self.group)
+        mm = segments.create(seg, geo.segment_size, data_mode(self.mode), self.group)
         h = self.header
         try:
             buf = ffi.from_buffer(mm)
             rc = lib.shm_gen_init(buf, geo, gen, h.seed0, h.seed1, base_seq)
             ffi.release(buf)
-            if rc != 0:
-                raise CorruptSegmentError(f"{seg}: could not lay out the generation")
+            status.check(rc, context=f"{seg}: could not lay out the generation",
+                         cls=CorruptSegmentError)
             g = Generation(seg, mm)
         except BaseException:
             segments.unlink(seg)
             raise
+        self._set_limits(g)
+        return g
+
+    def _set_limits(self, g: Generation) -> None:
         g.view.max_key = self.limits.max_key
         g.view.max_value = self.limits.max_value
-        return g
+        g.view.max_live_bytes = self.limits.max_live_bytes
 
     def _remove_all(self) -> None:
         for seg in segments.map_segments(self.name):
             segments.unlink(seg)
 
     # -- writes -----------------------------------------------------------
-
-    def check(self, blob: bytes) -> Any:
-        """Validates blob against the limits; returns its shm_apply_info.
-        Raises InvalidRequestError/LimitError/TypeError naming the item."""
-        info = self._info
-        rc = lib.shm_apply_check(self.generation.view, blob, len(blob), info, self._err,
-                                 _ERR_LEN)
-        if rc in (0, lib.SHM_ENOSPACE):
-            return info, rc
-        msg = ffi.string(self._err).decode(errors="replace")
-        if rc == lib.SHM_ETOOBIG:
-            raise LimitError(msg)
-        raise InvalidRequestError(msg)
 
     def check_key(self, key: bytes) -> None:
         """Raises unless key is one canonical msgpack key within the limit."""
@@ -207,34 +214,31 @@ class MapWriter:
     def _check_one(self, fn: Any, what: str, data: bytes, limit: int) -> None:
         if len(data) > limit:
             raise LimitError(f"{what} of {len(data)} bytes is over the limit of {limit} bytes")
-        if fn(data, len(data), self._err, _ERR_LEN) != 0:
-            raise InvalidRequestError(ffi.string(self._err).decode(errors="replace"))
+        status.check(fn(data, len(data), self._err, status.ERR_LEN), self._err)
 
     def apply(self, blob: bytes) -> int:
         """Applies a batch (items made by store_item/delete_item) as one
         atomic write with the next seq, promoting first if it does not fit.
-        Returns its seq; it is visible to readers after commit()."""
-        info, rc = self.check(blob)
+        Returns its seq; it is visible to readers after commit(). The core
+        validates the blob once, and applies all of it or none; a bad item
+        raises InvalidRequestError or LimitError naming it, a store over
+        the live-bytes limit MapFullError."""
+        if self.seq >= lib.SHM_MAX_SEQ:
+            raise MapFullError(f"map {self.name!r}: seq {self.seq} is the highest a map takes")
+        seq = self.seq + 1
+        info = self._info
+        info.validated = 0                  # a new blob
+        rc = lib.shm_apply(self.generation.view, blob, len(blob), seq, info, self._err,
+                           status.ERR_LEN)
         if rc == lib.SHM_ENOSPACE:
             self.promote("full", reserve_keys=info.new_keys_max,
                          reserve_bytes=info.arena_need)
-            info, rc = self.check(blob)
-            if rc != 0:
-                raise MapFullError(f"map {self.name!r}: the batch does not fit a new generation")
-        self._check_live_limit(info)
-        self.seq += 1
-        lib.shm_apply(self.generation.view, blob, len(blob), self.seq)
-        return self.seq
-
-    def _check_live_limit(self, info: Any) -> None:
-        """Refuses a batch whose stores could take the live bytes over the
-        limit (counting each as new: a conservative bound); deletes and
-        batches of deletes always pass, so a full map can be emptied."""
-        limit = self.limits.max_live_bytes
-        if (limit and info.store_bytes
-                and int(self.generation.view.live_bytes) + info.store_bytes > limit):
-            raise MapFullError(f"map {self.name!r}: live bytes would exceed the limit of "
-                               f"{limit} bytes")
+            # info.validated is 1: the blob is not validated again.
+            rc = lib.shm_apply(self.generation.view, blob, len(blob), seq, info, self._err,
+                               status.ERR_LEN)
+        status.check(rc, self._err, f"map {self.name!r}")
+        self.seq = seq
+        return seq
 
     def commit(self) -> int:
         """Makes every applied write visible; returns committed_seq."""
@@ -257,24 +261,22 @@ class MapWriter:
         old = self.generation
         snap = self.seq
         keys, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        if lib.shm_measure(old.view, snap, keys, nbytes) != 0:
-            raise CorruptSegmentError(f"{old.segment}: entry counts are out of range")
+        status.check(lib.shm_measure(old.view, snap, keys, nbytes), context=old.segment)
         new = self._new_generation(old.gen + 1, keys[0], nbytes[0], reserve_keys,
                                    reserve_bytes, base_seq=snap)
         try:
-            n = lib.shm_build(old.view, snap, new.view)
-            if n < 0:
-                raise MapFullError(f"{new.segment}: the live entries do not fit (code {n})")
+            status.check(lib.shm_build(old.view, snap, new.view),
+                         context=f"{new.segment}: building from {old.segment}")
         except BaseException:
             new.close()
             segments.unlink(new.segment)
             raise
-        dead = int(old.header.arena_used) - nbytes[0]
+        dead = int(old.view.arena_used) - nbytes[0]
         self._publish(new)
         st = self.stats
         st.promotions += 1
         st.compactions += dead > 0
-        st.bytes_copied += int(new.header.arena_used)
+        st.bytes_copied += int(new.view.arena_used)
         st.promotions_by_reason[reason] = st.promotions_by_reason.get(reason, 0) + 1
         st.last_promotion_ms = (time.perf_counter() - started) * 1000
         return new
@@ -302,10 +304,10 @@ class MapWriter:
     def should_promote_for_misses(self, misses: int) -> bool:
         """The sync.Map rule, scaled: promote once the misses readers
         counted since the last promotion cost about one promotion."""
-        g = self.generation
-        if int(g.header.dirty_count) == 0:
+        view = self.generation.view         # the writer's own counters
+        if int(view.dirty_count) == 0:
             return False
-        live = max(int(g.header.live_count), lib.SHM_MIN_DIRTY)
+        live = max(int(view.live_count), lib.SHM_MIN_DIRTY)
         return misses >= live * lib.SHM_MISSES_PER_LIVE
 
     # -- teardown ---------------------------------------------------------
