@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import grp
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import __version__, jsontags, segments
+from . import __version__, jsontags, logs, segments
 from ._core import ffi, lib
 from .client import connect
 from .codec import encode_key, encode_value
@@ -123,8 +122,7 @@ def _print_json(x: Any, **kw: Any) -> None:
 # -- commands -----------------------------------------------------------------
 
 def _run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="shmmap %(levelname)s: %(message)s")
+    logs.configure(args.verbose, args.log_format)
     group = None
     if args.group is not None:
         try:
@@ -465,8 +463,11 @@ def _sub(sub: Any, name: str, run: Callable[[argparse.Namespace], int], help: st
 def _add_serve(sub: Any) -> None:
     p = _sub(sub, "serve", _run_serve, "run the daemon of a map (its one writer)",
              "Create map NAME in shared memory, or adopt the one a dead daemon left, and "
-             "serve writes to it until SIGTERM or SIGINT; then remove its segments and "
-             "socket.")
+             "serve writes to it. SIGTERM or SIGINT stops it cleanly: it answers what it has "
+             "read, removes the map's segments and socket, and exits 0. Any other end (a "
+             "crash, kill -9, an error) leaves the map, with every acknowledged write, for "
+             "the next 'shmmap serve NAME' to adopt. If a daemon already serves NAME, it "
+             "refuses (exit 1) and touches nothing.")
     p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
     p.add_argument("--socket", help="Unix socket path (default: $XDG_RUNTIME_DIR/shmmap/"
                    "NAME.sock or <tmp>/shmmap-<uid>/NAME.sock)")
@@ -474,20 +475,53 @@ def _add_serve(sub: Any) -> None:
                    help="permissions of the segments and socket, in octal (default 0600)")
     p.add_argument("--group", help="group (name or gid) to own segments and socket; its "
                    "members may connect")
-    p.add_argument("--allow-uid", type=int, action="append", default=[],
+    p.add_argument("--allow-uid", type=_natural, action="append", default=[],
                    help="also accept clients of this uid (repeatable)")
-    p.add_argument("--max-key", type=int, default=Limits.max_key,
+    p.add_argument("--max-key", type=_positive, default=Limits.max_key,
                    help=f"largest key in bytes (default {Limits.max_key})")
-    p.add_argument("--max-value", type=int, default=Limits.max_value,
+    p.add_argument("--max-value", type=_positive, default=Limits.max_value,
                    help=f"largest value in bytes (default {Limits.max_value})")
-    p.add_argument("--max-live-bytes", type=int, default=0,
+    p.add_argument("--max-live-bytes", type=_natural, default=0,
                    help="largest total of live keys and values (default 0: no limit)")
-    p.add_argument("--max-connections", type=int, default=1024,
-                   help="most clients at once (default 1024)")
+    p.add_argument("--max-connections", type=_positive, default=1024,
+                   help="most clients at once (default 1024); the daemon raises its open-file "
+                   "limit to fit, or refuses to start if the hard limit is too low")
     p.add_argument("--fresh", action="store_true",
                    help="discard a dead daemon's map instead of adopting it")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("-v", "--verbose", action="store_true", help="log connections and promotions")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log every event: client connects and disconnects (pid, uid), "
+                   "promotions (reason, entries, bytes, ms), adoption, refusals, errors "
+                   "(without -v: adoption, refusals and errors only)")
+    p.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                   help="text (default; one line per event, for a terminal or journald) or "
+                   "json (one object per line, with the event's fields, for log collectors)")
+
+
+def serve_options() -> frozenset[str]:
+    """The options of ``serve`` as shmmap.Daemon takes them: long names with
+    underscores (``max_connections``)."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    _add_serve(sub)
+    return frozenset(
+        a.option_strings[-1][2:].replace("-", "_") for a in sub.choices["serve"]._actions
+        if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{n} is below {minimum}")
+        return n
+    return parse
+
+
+_positive = _count(1)
+_natural = _count(0)
 
 
 def _add_data_commands(sub: Any) -> None:

@@ -1,38 +1,50 @@
 """The daemon: the one writer of a map. It owns the segments, applies the
 requests clients send over its Unix socket one at a time in arrival order,
 commits each round of them at once (group commit), acknowledges them, and
-promotes when the map fills or readers' misses pay for it."""
+promotes when the map fills or readers' misses pay for it.
+
+Its pieces each do one job: ``transport`` (socket, SO_PEERCRED, epoll),
+``dispatch`` (request -> handler -> reply), ``ops`` (the map operations),
+``stats`` (counters and promotion log lines). This module wires them and
+owns the two ways a daemon ends:
+
+- the **stop path**: SIGTERM, SIGINT or stop(). The daemon answers what it
+  has read, then removes the map's segments and socket, and exits 0;
+- the **crash path**: any exception. It logs it and exits 1, removing
+  nothing: the next ``shmmap serve NAME`` adopts the map with every
+  acknowledged write.
+"""
 from __future__ import annotations
 
-import errno
+import contextlib
+import fcntl
 import logging
 import os
-import select
+import resource
 import signal
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import msgpack
+from typing import Any, Iterator, Optional
 
 from . import protocol, segments
 from ._core import ffi, lib
-from .codec import decode_value
-from .errors import DaemonRunningError, InvalidRequestError, LimitError, MapFullError
-from .protocol import Err, Op, delete_item, store_item
+from .dispatch import Dispatcher
+from .errors import DaemonRunningError, LimitError, MapFullError
+from .ops import MapOps
 from .slots import ReaderSlots
+from .stats import PromotionLog, Statistics, reader_totals
+from .transport import Connection, Peer, Transport
 from .writer import Limits, MapWriter
 
 log = logging.getLogger("shmmap.daemon")
 
 MISS_CHECK_SECONDS = 0.1     # how often readers' miss counts are summed
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_LISTEN_BACKLOG = 128
-_IN = select.EPOLLIN
-_OUT = select.EPOLLOUT
+# Descriptors the daemon holds besides one per client: stdio, the listener,
+# epoll, the wake-up pipe, and one per mapped segment (mmap keeps a dup).
+FDS_BESIDES_CLIENTS = 64
+DIR_LOCK_SECONDS = 10.0      # longest wait for /dev/shm's lock (see _shm_dir_locked)
+READY = b"ready\n"           # what the daemon writes to --ready-fd once it serves
 
 
 @dataclass
@@ -50,463 +62,300 @@ class DaemonConfig:
     ready_fd: Optional[int] = None
 
 
-class Connection:
-    """One client: its socket, its undecoded input, its pending replies."""
-
-    def __init__(self, sock: socket.socket, pid: int) -> None:
-        self.sock = sock
-        self.pid = pid
-        self.unpacker = msgpack.Unpacker(max_buffer_size=protocol.MAX_REQUEST, raw=False)
-        self.out = bytearray()
-        self.slot = -1
-        self.closing = False
-        self.events = _IN                     # what epoll waits for on it
-
-
 class Server:
-    """Serves one map until stop() or SIGTERM/SIGINT."""
+    """Serves one map: run() until stop() or SIGTERM/SIGINT."""
 
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.name = segments.check_map_name(config.name)
         self.socket_path = Path(config.socket_path or protocol.default_socket_path(self.name))
-        self.connections: dict[int, Connection] = {}
-        self.epoll = select.epoll()
         self.stopping = False
-        self.requests = 0
-        self.writes = 0
-        self.errors = 0
-        self.started = time.time()
-        self._uncommitted = False
-        self._pending: set[Connection] = set()   # connections with replies to send
-        self._misses_at_promotion = 0
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self.writer = self._create_map()
+        self.writer, self.adopted, self._lock = self._open_map()
+        slots: Optional[ReaderSlots] = None
         try:
-            self.slots = ReaderSlots(self.name, config.mode, config.group)
-            self.listener = self._listen()
+            slots = ReaderSlots(self.name, config.mode, config.group)
+            self.slots = slots
+            self.ops = MapOps(self.writer, slots, self.stats)
+            self.dispatcher = Dispatcher(self.ops.handlers())
+            self.transport = Transport(
+                self.socket_path, mode=config.mode, group=config.group,
+                max_connections=config.max_connections, authorize=self._authorize,
+                on_request=self.dispatcher.handle, on_drop=self._release_slot)
         except BaseException:
-            self.writer.close()
+            # Nothing was served yet. A map created just now holds nothing:
+            # remove it. An adopted one stays for the next daemon.
+            if slots is not None:
+                slots.close()
+            self.writer.close(remove=not self.adopted)
+            os.close(self._lock)
             raise
+        self.statistics = Statistics(self.name, self.writer, slots, self.transport,
+                                     self.dispatcher, self.ops)
+        self.promotions = PromotionLog(self.writer)
+        self._misses_at_promotion = 0
 
-    # -- start and stop ----------------------------------------------------
-
-    def _create_map(self) -> MapWriter:
-        live = _live_daemon(self.name)
-        if live:
-            raise DaemonRunningError(f"map {self.name!r} is already served by daemon pid {live}")
+    def _open_map(self) -> tuple[MapWriter, bool, int]:
+        """The map, created or adopted; whether it was adopted; and the
+        descriptor that holds the map's lock from here on (see _claim)."""
         options: dict[str, Any] = dict(mode=self.config.mode, group=self.config.group,
-                       limits=self.config.limits, socket_path=str(self.socket_path))
-        stale = segments.map_segments(self.name)
-        if stale and self.config.fresh:
-            for seg in stale:
-                log.warning("--fresh: removing %s", seg)
-                segments.unlink(seg)
-        elif segments.header_name(self.name) in stale:
+                                       limits=self.config.limits,
+                                       socket_path=str(self.socket_path))
+        with _shm_dir_locked():
+            lock = _claim(self.name)
+            if lock is not None and self.config.fresh:
+                for seg in segments.map_segments(self.name):
+                    log.warning("--fresh: removing %s", seg,
+                                extra={"event": "fresh", "segment": seg})
+                    segments.unlink(seg)
+                os.close(lock)
+                lock = None
+            if lock is None:
+                writer = MapWriter(self.name, **options)
+                lock = _claim(self.name)
+                if lock is None:
+                    writer.close(remove=False)
+                    raise DaemonRunningError(f"map {self.name!r} was removed while this "
+                                             "daemon created it")
+                return writer, False, lock
+        # Ours alone now: adopting (seconds for a big map) keeps no other
+        # daemon waiting for /dev/shm's lock.
+        try:
             writer = MapWriter.adopt(self.name, **options)
-            log.warning("adopted map %r at seq %d (generation %d)", self.name, writer.seq,
-                        writer.generation.gen)
-            return writer
-        return MapWriter(self.name, **options)
+        except BaseException:
+            os.close(lock)
+            raise
+        g = writer.generation.header
+        log.warning("adopted map %r at seq %d (generation %d, %d keys)", self.name,
+                    writer.seq, int(g.gen), int(g.live_count),
+                    extra={"event": "adopt", "seq": writer.seq, "generation": int(g.gen),
+                           "keys": int(g.live_count)})
+        return writer, True, lock
 
-    def _listen(self) -> socket.socket:
-        self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.socket_path.exists() or self.socket_path.is_symlink():
-            self.socket_path.unlink()   # stale: no live daemon holds the map
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o777 & ~self.config.mode)
-        try:
-            sock.bind(str(self.socket_path))
-        finally:
-            os.umask(old)
-        if self.config.group is not None:
-            os.chown(self.socket_path, -1, self.config.group)
-        os.chmod(self.socket_path, self.config.mode)
-        sock.listen(_LISTEN_BACKLOG)
-        sock.setblocking(False)
-        return sock
-
-    def stop(self) -> None:
-        self.stopping = True
-
-    def _close(self) -> None:
-        for conn in list(self.connections.values()):
-            self._drop(conn)
-        self.epoll.close()
-        self.listener.close()
-        try:
-            self.socket_path.unlink()
-        except FileNotFoundError:
-            pass
-        self.slots.close()
-        self.writer.close(remove=True)
-
-    # -- the loop -----------------------------------------------------------
-
-    def run(self) -> int:
-        """Serves until stopped; removes segments and socket; returns 0."""
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
-        old_handlers = {s: signal.signal(s, lambda *_: self.stop())
-                        for s in (signal.SIGTERM, signal.SIGINT)}
-        listen_fd = self.listener.fileno()
-        next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
-        busy_until = 0.0
-        try:
-            self.epoll.register(listen_fd, _IN)
-            self.epoll.register(wake_r, _IN)
-            lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
-            self._announce_ready()
-            log.info("serving map %r on %s", self.name, self.socket_path)
-            while not self.stopping:
-                # Right after serving, poll without sleeping for a moment:
-                # the next request of a synchronous client comes sooner than
-                # a wake-up from epoll would (see protocol.py).
-                spinning = time.perf_counter() < busy_until
-                events = self.epoll.poll(0 if spinning else MISS_CHECK_SECONDS)
-                for fd, mask in events:
-                    conn = self.connections.get(fd)
-                    if conn is not None:
-                        self._serve(conn, mask)
-                    elif fd == listen_fd:
-                        self._accept()
-                    elif fd == wake_r:
-                        _drain(wake_r)
-                if events:
-                    busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
-                self._commit_and_flush()
-                if time.monotonic() >= next_miss_check:
-                    self._promote_for_misses()
-                    next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
-            self._commit_and_flush()
-        finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            signal.set_wakeup_fd(old_wakeup)
-            os.close(wake_r)
-            os.close(wake_w)
-            self._close()
-        log.info("stopped")
-        return 0
-
-    def _announce_ready(self) -> None:
-        fd = self.config.ready_fd
-        if fd is not None:
-            os.write(fd, b"ready\n")
-            os.close(fd)
-
-    def _serve(self, conn: Connection, mask: int) -> None:
-        if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-            self._read(conn)
-        if mask & select.EPOLLOUT and not conn.closing:
-            self._flush(conn)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    log.error("out of file descriptors: %s", exc)
-                    return
-                raise
-            pid, uid, gid = _PEERCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-            if not self._allowed(uid, gid):
-                log.warning("refused pid %d of uid %d (not allowed)", pid, uid)
-                _refuse(sock, Err.DENIED, f"uid {uid} may not use map {self.name!r}")
-                continue
-            if len(self.connections) >= self.config.max_connections:
-                _refuse(sock, Err.LIMIT,
-                        f"daemon at its limit of {self.config.max_connections} connections")
-                continue
-            sock.setblocking(False)
-            conn = Connection(sock, pid)
-            self.connections[sock.fileno()] = conn
-            self.epoll.register(sock.fileno(), _IN)
-
-    def _allowed(self, uid: int, gid: int) -> bool:
+    def _authorize(self, peer: Peer) -> Optional[str]:
         """Peers are authorised by uid (pids are reused): the daemon's own,
-        root, those of --allow-uid, and members of --group by their gid."""
+        root, those of --allow-uid, and members of --group by their gid.
+        None admits; otherwise, why not."""
         c = self.config
-        return (uid in (os.getuid(), 0) or uid in c.allow_uids
-                or (c.group is not None and gid == c.group))
+        if (peer.uid in (os.getuid(), 0) or peer.uid in c.allow_uids
+                or (c.group is not None and peer.gid == c.group)):
+            return None
+        return f"uid {peer.uid} may not use map {self.name!r}"
 
-    def _read(self, conn: Connection) -> None:
-        try:
-            data = conn.sock.recv(protocol.RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(conn)
-            return
-        try:
-            conn.unpacker.feed(data)
-        except msgpack.BufferFull:
-            self._protocol_error(conn, f"request over {protocol.MAX_REQUEST} bytes")
-            return
-        while not conn.closing:
-            try:
-                req = next(conn.unpacker)
-            except StopIteration:
-                return
-            except Exception as exc:   # msgpack's errors: bytes that are no request
-                self._protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
-                return
-            self._handle(conn, req)
-
-    def _protocol_error(self, conn: Connection, message: str) -> None:
-        self.errors += 1
-        self._reply(conn, [None, Err.PROTOCOL, message])
-        conn.closing = True
-
-    def _commit_and_flush(self) -> None:
-        """Commits this round's writes with one release store, then sends
-        every reply: no write is acknowledged before it is visible."""
-        if self._uncommitted:
-            self.writer.commit()
-            self._uncommitted = False
-        while self._pending:
-            self._flush(self._pending.pop())
-
-    def _flush(self, conn: Connection) -> None:
-        try:
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._drop(conn)
-            return
-        del conn.out[:sent]
-        if conn.closing and not conn.out:
-            self._drop(conn)
-            return
-        want = _OUT if conn.closing else _IN
-        if conn.out:
-            want |= _OUT
-        if want != conn.events:
-            conn.events = want
-            self.epoll.modify(conn.sock.fileno(), want)
-
-    def _drop(self, conn: Connection) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0 or self.connections.get(fd) is not conn:
-            return
-        del self.connections[fd]
-        self._pending.discard(conn)
-        self.epoll.unregister(fd)
-        conn.sock.close()
+    def _release_slot(self, conn: Connection) -> None:
         if conn.slot >= 0:
             self.slots.release(conn.slot)
 
-    # -- requests -------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return self.statistics.snapshot()
 
-    def _reply(self, conn: Connection, reply: list[Any]) -> None:
-        conn.out += self._packer.pack(reply)
-        self._pending.add(conn)
+    def stop(self) -> None:
+        """Asks the loop to end by the stop path (safe in a signal handler)."""
+        self.stopping = True
 
-    def _handle(self, conn: Connection, req: Any) -> None:
-        self.requests += 1
-        if (not isinstance(req, list) or len(req) < 2 or type(req[0]) is not int
-                or type(req[1]) is not int):
-            self._protocol_error(conn, "a request is an array [op, request_id, *args]")
-            return
-        op, rid, args = req[0], req[1], req[2:]
-        handler = _HANDLERS.get(op)
-        if handler is None:
-            self.errors += 1
-            self._reply(conn, [rid, Err.UNKNOWN_OP, f"unknown operation {op}"])
-            return
-        fn, arity = handler
-        try:
-            if len(args) != arity:
-                raise InvalidRequestError(
-                    f"{Op(op).name} takes {arity} arguments, not {len(args)}")
-            result, seq = fn(self, conn, *args)
-        except (InvalidRequestError, TypeError) as exc:
-            self._error(conn, rid, Err.INVALID, exc)
-        except LimitError as exc:
-            self._error(conn, rid, Err.LIMIT, exc)
-        except MapFullError as exc:
-            self._error(conn, rid, Err.FULL, exc)
-        except Exception as exc:        # a bug: report it, keep serving
-            log.exception("request %s failed", Op(op).name)
-            self._error(conn, rid, Err.INTERNAL, exc)
-        else:
-            self._reply(conn, [rid, protocol.OK, result, seq])
+    # -- running -------------------------------------------------------------
 
-    def _error(self, conn: Connection, rid: int, code: Err, exc: Exception) -> None:
-        self.errors += 1
-        self._reply(conn, [rid, code, str(exc)])
+    def run(self) -> int:
+        """Serves until stopped, then removes the map and returns 0. An
+        exception propagates and removes nothing (see serve())."""
+        with _stop_signals(self):
+            lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
+            _announce(self.config.ready_fd, READY)
+            log.info("serving map %r on %s", self.name, self.socket_path,
+                     extra={"event": "serving", "socket": str(self.socket_path)})
+            self._loop()
+        self._remove()
+        return 0
 
-    def _write(self, blob: bytes) -> int:
-        seq = self.writer.apply(blob)
-        self.writes += 1
-        self._uncommitted = True
-        return seq
-
-    def _current(self, key: bytes, *values: bytes) -> Optional[bytes]:
-        """Validates key and values; returns key's latest encoded value."""
-        self.writer.check_key(key)
-        for value in values:
-            self.writer.check_value(value)
-        return self.writer.lookup_raw(key)
-
-    def op_hello(self, conn: Connection, version: Any) -> tuple[Any, int]:
-        if version != protocol.VERSION:
-            raise InvalidRequestError(f"protocol version {version!r}, the daemon speaks "
-                                      f"{protocol.VERSION}")
-        if conn.slot < 0:
-            conn.slot = self.slots.assign(conn.pid)
-        lim = self.writer.limits
-        return {"pid": os.getpid(), "slot": conn.slot, "max_key": lim.max_key,
-                "max_value": lim.max_value, "version": protocol.VERSION}, 0
-
-    def op_batch(self, conn: Connection, blob: Any) -> tuple[Any, int]:
-        return None, self._write(_bin(blob, "batch"))
-
-    def op_load_or_store(self, conn: Connection, key: Any, value: Any) -> tuple[Any, int]:
-        key, value = _bin(key, "key"), _bin(value, "value")
-        current = self._current(key, value)
-        if current is not None:
-            return [True, current], 0
-        return [False, value], self._write(store_item(key, value))
-
-    def op_load_and_delete(self, conn: Connection, key: Any) -> tuple[Any, int]:
-        key = _bin(key, "key")
-        current = self._current(key)
-        if current is None:
-            return [False, None], 0
-        return [True, current], self._write(delete_item(key))
-
-    def op_swap(self, conn: Connection, key: Any, value: Any) -> tuple[Any, int]:
-        key, value = _bin(key, "key"), _bin(value, "value")
-        current = self._current(key, value)
-        return [current is not None, current], self._write(store_item(key, value))
-
-    def op_compare_and_swap(self, conn: Connection, key: Any, old: Any,
-                            new: Any) -> tuple[Any, int]:
-        key, old, new = _bin(key, "key"), _bin(old, "old value"), _bin(new, "new value")
-        current = self._current(key, old, new)
-        if current is None or not _same(current, old):
-            return False, 0
-        return True, self._write(store_item(key, new))
-
-    def op_compare_and_delete(self, conn: Connection, key: Any, old: Any) -> tuple[Any, int]:
-        key, old = _bin(key, "key"), _bin(old, "old value")
-        current = self._current(key, old)
-        if current is None or not _same(current, old):
-            return False, 0
-        return True, self._write(delete_item(key))
-
-    def op_clear(self, conn: Connection) -> tuple[Any, int]:
-        self.writes += 1
-        return None, self.writer.clear()
-
-    def op_promote(self, conn: Connection) -> tuple[Any, int]:
-        self._uncommitted = False
-        self.writer.promote("requested")
-        return self.writer.generation.gen, self.writer.seq
-
-    def op_stats(self, conn: Connection) -> tuple[Any, int]:
-        return self.stats(), 0
-
-    # -- promotion and statistics ------------------------------------------
+    def _loop(self) -> None:
+        next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
+        busy_until = 0.0
+        self.promotions.check()                 # adoption's promotion
+        while not self.stopping:
+            # Right after serving, poll without sleeping for a moment: the
+            # next request of a synchronous client comes sooner than a
+            # wake-up from epoll would (see protocol.py).
+            spinning = time.perf_counter() < busy_until
+            if spinning:
+                # Give the core away on each turn: when processes outnumber
+                # cores, the client whose request we wait for may need this
+                # very core to send it (PLATFORM-NOTES: with a third busy
+                # process, a spin that never yields cut writes 5-fold).
+                os.sched_yield()
+            if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
+                busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
+            # Commit this round's writes with one release store, then send
+            # every reply: no write is acknowledged before it is visible.
+            self.ops.commit()
+            self.transport.flush()
+            if time.monotonic() >= next_miss_check:
+                self._promote_for_misses()
+                next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
+            self.promotions.check()
+        self.ops.commit()                       # answer what was read
+        self.transport.flush()
 
     def _promote_for_misses(self) -> None:
-        in_use = [c.slot for c in self.connections.values() if c.slot >= 0]
-        misses = self.slots.totals(in_use)["misses"]
-        if self.writer.should_promote_for_misses(misses - self._misses_at_promotion):
+        misses = reader_totals(self.slots, self.transport)["misses"]
+        if not self.writer.should_promote_for_misses(misses - self._misses_at_promotion):
+            return
+        # Counted before trying: a failed promotion is not retried until
+        # readers have missed as much again.
+        self._misses_at_promotion = misses
+        try:
             self.writer.promote("misses")
-            self._uncommitted = False
-            self._misses_at_promotion = misses
+        except MapFullError as exc:
+            # The map stays as it is (dirty lookups cost readers a second
+            # probe); writes that fit still go on.
+            log.error("promotion for readers' misses failed, serving on: %s", exc,
+                      extra={"event": "promotion_failed", "reason": "misses"})
 
-    def stats(self) -> dict[str, Any]:
-        g = self.writer.generation
-        h = g.header
-        st = self.writer.stats
-        in_use = [c.slot for c in self.connections.values() if c.slot >= 0]
-        readers = self.slots.totals(in_use)
-        return {
-            "name": self.name,
-            "pid": os.getpid(),
-            "socket": str(self.socket_path),
-            "uptime_s": round(time.time() - self.started, 3),
-            "generation": int(h.gen),
-            "committed_seq": int(h.committed_seq),
-            "live_keys": int(h.live_count),
-            "live_bytes": int(h.live_bytes),
-            "read_keys": int(h.read_count),
-            "dirty_keys": int(h.dirty_count),
-            "dirty_capacity": int(h.dirty_cap),
-            "arena_used": int(h.arena_used),
-            "arena_free": int(h.arena_cap) - int(h.arena_used),
-            "segment_bytes": int(h.segment_size),
-            "requests": self.requests,
-            "writes": self.writes,
-            "errors": self.errors,
-            "clients": len(self.connections),
-            "lookups": readers["lookups"],
-            "misses": readers["misses"],
-            "export_batches": readers["iterations"],
-            "older_generations_mapped": readers["older_generations_mapped"],
-            "promotions": st.promotions,
-            "promotions_by_reason": dict(st.promotions_by_reason),
-            "compactions": st.compactions,
-            "bytes_copied": st.bytes_copied,
-            "last_promotion_ms": round(st.last_promotion_ms, 3),
-        }
+    def _remove(self) -> None:
+        """The end of the stop path: close, and remove the map and socket."""
+        self.transport.close(unlink=True)
+        self.slots.close()
+        self.writer.close(remove=True)
+        os.close(self._lock)        # after the removal: the next daemon starts afresh
+        log.info("stopped; map %r removed", self.name, extra={"event": "stopped"})
 
 
-_HANDLERS: dict[int, tuple[Callable[..., tuple[Any, int]], int]] = {
-    Op.HELLO: (Server.op_hello, 1),
-    Op.BATCH: (Server.op_batch, 1),
-    Op.LOAD_OR_STORE: (Server.op_load_or_store, 2),
-    Op.LOAD_AND_DELETE: (Server.op_load_and_delete, 1),
-    Op.SWAP: (Server.op_swap, 2),
-    Op.COMPARE_AND_SWAP: (Server.op_compare_and_swap, 3),
-    Op.COMPARE_AND_DELETE: (Server.op_compare_and_delete, 2),
-    Op.CLEAR: (Server.op_clear, 0),
-    Op.PROMOTE: (Server.op_promote, 0),
-    Op.STATS: (Server.op_stats, 0),
-}
-
-
-def _bin(x: Any, what: str) -> bytes:
-    if type(x) is not bytes:
-        raise InvalidRequestError(f"{what} must be msgpack-encoded bytes, not {type(x).__name__}")
-    return x
-
-
-def _same(stored: bytes, given: bytes) -> bool:
-    """Whether two encoded (and validated) values are equal as Python
-    values (1 == 1.0)."""
-    return stored == given or bool(decode_value(stored) == decode_value(given))
-
-
-def _drain(fd: int) -> None:
+@contextlib.contextmanager
+def _stop_signals(server: Server) -> Iterator[None]:
+    """SIGTERM and SIGINT stop server by the stop path; a wake-up pipe makes
+    its poll return at once. Restores the previous handlers on leaving."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    old_handlers = {s: signal.signal(s, lambda *_: server.stop())
+                    for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        os.read(fd, 512)
+        server.transport.watch_wakeup(wake_r)
+        yield
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _announce(fd: Optional[int], message: bytes) -> None:
+    """Tells whoever started the daemon (shmmap.Daemon) how its start went."""
+    if fd is None:
+        return
+    try:
+        written = os.write(fd, message)
+        if written != len(message):
+            log.error("--ready-fd took %d of %d bytes", written, len(message))
+    except OSError as exc:
+        log.error("cannot write to --ready-fd %d: %s", fd, exc)
+    finally:
+        os.close(fd)
+
+
+def start_failure(exc: BaseException) -> bytes:
+    """What a daemon that could not start writes to --ready-fd: one line
+    naming the exception's class, then its message."""
+    return f"error {type(exc).__name__}\n{exc}\n".encode(errors="replace")
+
+
+def raise_fd_limit(max_connections: int) -> int:
+    """Raises the soft RLIMIT_NOFILE to what max_connections needs (up to
+    the hard limit); LimitError if the hard limit is too low. Returns the
+    soft limit in force."""
+    need = max_connections + FDS_BESIDES_CLIENTS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise LimitError(
+            f"--max-connections {max_connections} needs {need} file descriptors, but this "
+            f"process may open at most {hard} (its hard RLIMIT_NOFILE): lower "
+            f"--max-connections to {max(hard - FDS_BESIDES_CLIENTS, 0)} or raise the limit "
+            "(LimitNOFILE= in the systemd unit, ulimit -Hn in a shell)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    log.info("raised the open-file limit from %d to %d for --max-connections %d", soft, need,
+             max_connections, extra={"event": "fd_limit", "soft": need, "hard": hard})
+    return need
+
+
+def serve(config: DaemonConfig) -> int:
+    """Runs the daemon of config.name. Returns 0 after a clean stop (the map
+    removed), 1 after a failure (the map left for the next daemon to adopt).
+    Raises, and tells --ready-fd why, if it cannot start."""
+    try:
+        raise_fd_limit(config.max_connections)
+        server = Server(config)
+    except BaseException as exc:
+        _announce(config.ready_fd, start_failure(exc))
+        raise
+    try:
+        return server.run()
+    except Exception:
+        # The crash path: nothing is removed. Every acknowledged write is in
+        # the segments, which the next `shmmap serve` validates and adopts.
+        log.critical("daemon failed; map %r is left for the next `shmmap serve %s` to adopt",
+                     server.name, server.name, exc_info=True,
+                     extra={"event": "crash"})
+        return 1
+
+
+@contextlib.contextmanager
+def _shm_dir_locked() -> Iterator[None]:
+    """Holds an exclusive flock on /dev/shm itself while a daemon finds,
+    creates and locks a map's header, so that two daemons starting at once
+    for one name cannot both see "no map" and both create it, or one lock
+    a header the other has created but not yet locked. Held for
+    milliseconds (no adoption inside it)."""
+    fd = os.open(segments.SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + DIR_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DaemonRunningError(
+                        f"{segments.SHM_DIR} stayed locked for {DIR_LOCK_SECONDS:g} s: another "
+                        "process holds its flock (a shmmap daemon holds it for milliseconds)"
+                    ) from None
+                time.sleep(0.001)
+        yield
+    finally:
+        os.close(fd)                      # releases the lock
+
+
+def _claim(name: str) -> Optional[int]:
+    """Locks map name's header segment for this daemon (an flock, which the
+    kernel drops when the daemon exits, however it exits). Returns the
+    locked descriptor, or None if the map has no header. Raises
+    DaemonRunningError if another daemon holds it: the lock, not a pid
+    (pids are reused), says whether a map is served."""
+    path = segments.SHM_DIR / segments.header_name(name)[1:]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        pass
-
-
-def _refuse(sock: socket.socket, code: Err, message: str) -> None:
+        os.close(fd)
+        pid = _daemon_pid(name)
+        raise DaemonRunningError(f"map {name!r} is already served by daemon pid {pid}" if pid
+                                 else f"map {name!r} is being started by another daemon") from None
     try:
-        sock.sendall(msgpack.packb([None, code, message]))
-    except OSError:
-        pass
-    sock.close()
+        current = os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        current = False
+    if not current:             # removed by a clean stop since we opened it
+        os.close(fd)
+        return None
+    return fd
 
 
-def _live_daemon(name: str) -> int:
-    """The pid of a live daemon serving name, or 0."""
+def _daemon_pid(name: str) -> int:
+    """The pid a live daemon of name wrote in its header, or 0."""
     try:
         mm = segments.open_readonly(segments.header_name(name))
     except FileNotFoundError:
@@ -532,7 +381,3 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def serve(config: DaemonConfig) -> int:
-    return Server(config).run()

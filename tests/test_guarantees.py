@@ -340,6 +340,97 @@ def test_full_dev_shm_fails_the_write_with_a_clear_error() -> None:
     assert "kept" in done.stdout
 
 
+FAILED_PROMOTION_SCRIPT = r"""
+import os, signal, time
+import shmmap
+
+def fill_dev_shm():
+    fd = os.open("/dev/shm/ballast", os.O_WRONLY | os.O_CREAT, 0o600)
+    for chunk in (1 << 16, 1 << 12):
+        try:
+            while True:
+                os.write(fd, bytes(chunk))
+        except OSError:
+            pass
+    os.close(fd)
+
+d = shmmap.Daemon("full").start()
+m = d.connect()
+acked = {}
+batch = 0
+def write_batch():
+    global batch
+    items = {("k", batch, j): "x" * 200 for j in range(100)}
+    m.update(items)
+    acked.update(items)
+    batch += 1
+
+for _ in range(20):
+    write_batch()
+fill_dev_shm()
+try:
+    while True:                 # the generation fills; the promotion it needs cannot
+        write_batch()
+except shmmap.MapFullError as exc:
+    print("full:", exc)
+newest = [("k", batch - 1, j) for j in range(100)]
+gen = m.stats()["generation"]
+# Readers' misses: lookups that probe the dirty table. Enough of them make
+# the daemon promote on its own, outside any request -- and that fails.
+deadline = time.monotonic() + 60
+while "promotion for readers' misses failed" not in d.log():
+    assert time.monotonic() < deadline, d.log()
+    for key in newest * 50:
+        assert m[key] == "x" * 200
+print("logged:", [l for l in d.log().splitlines() if "misses failed" in l][0])
+st = m.stats()                  # still serving, nothing lost
+assert d.process.poll() is None and st["generation"] == gen, st
+assert len(m) == len(acked)
+del m[("k", 0, 0)]              # a delete fits: writes that fit go on
+acked.pop(("k", 0, 0))
+m.close()
+os.kill(d.pid, signal.SIGKILL)
+d.process.wait()
+d.stop()
+left = shmmap.segments.map_segments("full")
+assert left, "a killed daemon leaves its map"
+try:                            # no room to adopt: refused, and nothing removed
+    shmmap.Daemon("full").start()
+except shmmap.service.DaemonStartError as exc:
+    assert "/dev/shm is full" in str(exc), exc
+    print("no room to adopt:", exc)
+assert shmmap.segments.map_segments("full") == left
+os.unlink("/dev/shm/ballast")   # room again: the next daemon adopts
+with shmmap.Daemon("full") as d2, d2.connect() as m2:
+    assert "adopted" in d2.log(), d2.log()
+    snap = m2.snapshot()
+    assert snap == acked, (len(snap), len(acked))
+    print("adopted", len(snap))
+assert shmmap.segments.map_segments("full") == [], "a clean stop removes the map"
+"""
+
+
+def test_failed_promotion_on_full_dev_shm_is_logged_and_nothing_is_lost() -> None:
+    """/dev/shm (an 8 MiB tmpfs in a mount namespace) fills up; a promotion
+    the daemon starts for readers' misses fails: it is logged and serving
+    goes on; killed, the daemon leaves a map the next one adopts whole."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a mount namespace here (needs root or user namespaces)")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec '
+         f'{sys.executable} -c "$SCRIPT"'],
+        env={**os.environ, "SCRIPT": FAILED_PROMOTION_SCRIPT},
+        capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "full: /dev/shm is full" in done.stdout
+    assert "logged: shmmap ERROR: promotion for readers' misses failed, serving on: " \
+        "/dev/shm is full" in done.stdout
+    assert ("no room to adopt: daemon for map 'full' did not start (exit status 1): "
+            "shmmap: /dev/shm is full") in done.stdout
+    assert "adopted " in done.stdout
+
+
 def test_live_bytes_limit_refuses_growth_but_not_shrinking(map_name: str) -> None:
     with shmmap.Daemon(map_name, max_live_bytes=20_000) as d, d.connect() as m:
         m.update({i: "v" * 100 for i in range(100)})

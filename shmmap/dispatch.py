@@ -1,0 +1,73 @@
+"""Dispatch: a decoded request to its handler, and the handler's outcome to
+a reply. The error codes say whose fault a failure is: the client's
+(INVALID, LIMIT, UNKNOWN_OP, PROTOCOL), the map's (FULL), or the daemon's
+(INTERNAL, logged with its traceback)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import protocol
+from .errors import InvalidRequestError, LimitError, MapFullError
+from .ops import Handler
+from .protocol import Err, Op
+from .transport import BadRequest, Connection
+
+log = logging.getLogger("shmmap.daemon")
+
+# What the client asked wrong or the map cannot hold, by exception class.
+# Any other exception is a daemon bug (a TypeError included).
+_CLIENT_ERRORS: dict[type[Exception], Err] = {
+    InvalidRequestError: Err.INVALID,
+    LimitError: Err.LIMIT,
+    MapFullError: Err.FULL,
+}
+_CLIENT_ERROR_TYPES = tuple(_CLIENT_ERRORS)
+
+
+class Dispatcher:
+    """Turns requests into handler calls and their outcomes into replies;
+    counts both."""
+
+    def __init__(self, handlers: dict[int, tuple[Handler, int]]) -> None:
+        self.handlers = handlers
+        self.requests = 0
+        self.errors = 0
+
+    def handle(self, conn: Connection, req: Any) -> list[Any]:
+        """The reply to req; BadRequest if req is not a request at all."""
+        self.requests += 1
+        if (not isinstance(req, list) or len(req) < 2 or type(req[0]) is not int
+                or type(req[1]) is not int):
+            self.errors += 1
+            raise BadRequest("a request is an array [op, request_id, *args]")
+        op, rid, args = req[0], req[1], req[2:]
+        entry = self.handlers.get(op)
+        if entry is None:
+            return self._error(rid, Err.UNKNOWN_OP, f"unknown operation {op}")
+        handler, arity = entry
+        if len(args) != arity:
+            return self._error(rid, Err.INVALID,
+                               f"{Op(op).name} takes {arity} arguments, not {len(args)}")
+        try:
+            result, seq = handler(conn, *args)
+        except _CLIENT_ERROR_TYPES as exc:
+            return self._error(rid, _code_of(exc), str(exc))
+        except Exception as exc:        # a daemon bug: say so, keep serving
+            log.exception("request %s from pid %d failed: a daemon bug", Op(op).name,
+                          conn.peer.pid, extra={"event": "error", "op": Op(op).name,
+                                                "pid": conn.peer.pid})
+            return self._error(rid, Err.INTERNAL,
+                               f"daemon error in {Op(op).name}: {type(exc).__name__}: {exc}")
+        return [rid, protocol.OK, result, seq]
+
+    def _error(self, rid: int, code: Err, message: str) -> list[Any]:
+        self.errors += 1
+        return [rid, code, message]
+
+
+def _code_of(exc: Exception) -> Err:
+    for cls, code in _CLIENT_ERRORS.items():
+        if isinstance(exc, cls):
+            return code
+    raise AssertionError(f"no error code for {type(exc).__name__}")

@@ -1,0 +1,142 @@
+"""The map operations the daemon serves: one handler per request op, each
+validating its arguments and applying its write through the MapWriter.
+
+A handler returns ``(result, seq)``: seq is the write's sequence number, 0
+for a read. It raises InvalidRequestError, LimitError or MapFullError for
+what the client asked wrong or the map cannot hold; anything else it raises
+is a daemon bug, which dispatch reports as such."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from . import protocol
+from .codec import decode_value
+from .errors import InvalidRequestError
+from .protocol import Op, delete_item, store_item
+from .slots import ReaderSlots
+from .transport import Connection
+from .writer import MapWriter
+
+Result = tuple[Any, int]
+Handler = Callable[..., Result]
+
+
+class MapOps:
+    """Applies requests to the map; tracks whether a commit is due."""
+
+    def __init__(self, writer: MapWriter, slots: ReaderSlots,
+                 stats: Callable[[], dict[str, Any]]) -> None:
+        self.writer = writer
+        self.slots = slots
+        self._stats = stats
+        self.writes = 0
+        self.uncommitted = False
+
+    def handlers(self) -> dict[int, tuple[Handler, int]]:
+        """op -> (bound handler, number of arguments)."""
+        return {
+            Op.HELLO: (self.op_hello, 1),
+            Op.BATCH: (self.op_batch, 1),
+            Op.LOAD_OR_STORE: (self.op_load_or_store, 2),
+            Op.LOAD_AND_DELETE: (self.op_load_and_delete, 1),
+            Op.SWAP: (self.op_swap, 2),
+            Op.COMPARE_AND_SWAP: (self.op_compare_and_swap, 3),
+            Op.COMPARE_AND_DELETE: (self.op_compare_and_delete, 2),
+            Op.CLEAR: (self.op_clear, 0),
+            Op.PROMOTE: (self.op_promote, 0),
+            Op.STATS: (self.op_stats, 0),
+        }
+
+    def commit(self) -> None:
+        """Makes this round's writes visible (one release store)."""
+        if self.uncommitted:
+            self.writer.commit()
+            self.uncommitted = False
+
+    def _write(self, blob: bytes) -> int:
+        seq = self.writer.apply(blob)
+        self.writes += 1
+        self.uncommitted = True
+        return seq
+
+    def _current(self, key: bytes, *values: bytes) -> Optional[bytes]:
+        """Validates key and values; returns key's latest encoded value."""
+        self.writer.check_key(key)
+        for value in values:
+            self.writer.check_value(value)
+        return self.writer.lookup_raw(key)
+
+    # -- the handlers ----------------------------------------------------------
+
+    def op_hello(self, conn: Connection, version: Any) -> Result:
+        if version != protocol.VERSION:
+            raise InvalidRequestError(f"protocol version {version!r}, the daemon speaks "
+                                      f"{protocol.VERSION}")
+        if conn.slot < 0:
+            conn.slot = self.slots.assign(conn.peer.pid)
+        lim = self.writer.limits
+        return {"pid": os.getpid(), "slot": conn.slot, "max_key": lim.max_key,
+                "max_value": lim.max_value, "version": protocol.VERSION}, 0
+
+    def op_batch(self, conn: Connection, blob: Any) -> Result:
+        return None, self._write(_bin(blob, "batch"))
+
+    def op_load_or_store(self, conn: Connection, key: Any, value: Any) -> Result:
+        key, value = _bin(key, "key"), _bin(value, "value")
+        current = self._current(key, value)
+        if current is not None:
+            return [True, current], 0
+        return [False, value], self._write(store_item(key, value))
+
+    def op_load_and_delete(self, conn: Connection, key: Any) -> Result:
+        key = _bin(key, "key")
+        current = self._current(key)
+        if current is None:
+            return [False, None], 0
+        return [True, current], self._write(delete_item(key))
+
+    def op_swap(self, conn: Connection, key: Any, value: Any) -> Result:
+        key, value = _bin(key, "key"), _bin(value, "value")
+        current = self._current(key, value)
+        return [current is not None, current], self._write(store_item(key, value))
+
+    def op_compare_and_swap(self, conn: Connection, key: Any, old: Any, new: Any) -> Result:
+        key, old, new = _bin(key, "key"), _bin(old, "old value"), _bin(new, "new value")
+        current = self._current(key, old, new)
+        if current is None or not _same(current, old):
+            return False, 0
+        return True, self._write(store_item(key, new))
+
+    def op_compare_and_delete(self, conn: Connection, key: Any, old: Any) -> Result:
+        key, old = _bin(key, "key"), _bin(old, "old value")
+        current = self._current(key, old)
+        if current is None or not _same(current, old):
+            return False, 0
+        return True, self._write(delete_item(key))
+
+    def op_clear(self, conn: Connection) -> Result:
+        seq = self.writer.clear()          # commits what came before it
+        self.writes += 1
+        self.uncommitted = False
+        return None, seq
+
+    def op_promote(self, conn: Connection) -> Result:
+        self.writer.promote("requested")   # commits what came before it
+        self.uncommitted = False
+        return self.writer.generation.gen, self.writer.seq
+
+    def op_stats(self, conn: Connection) -> Result:
+        return self._stats(), 0
+
+
+def _bin(x: Any, what: str) -> bytes:
+    if type(x) is not bytes:
+        raise InvalidRequestError(f"{what} must be msgpack-encoded bytes, not {type(x).__name__}")
+    return x
+
+
+def _same(stored: bytes, given: bytes) -> bool:
+    """Whether two encoded (and validated) values are equal as Python
+    values (1 == 1.0)."""
+    return stored == given or bool(decode_value(stored) == decode_value(given))

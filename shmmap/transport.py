@@ -1,0 +1,281 @@
+"""The daemon's transport: its listening Unix socket, who may connect
+(SO_PEERCRED), the connections, their msgpack framing, and epoll.
+
+It knows nothing of the map: each decoded request goes to the callback it
+was given, and replies come back through ``reply()``."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import msgpack
+
+from . import protocol
+from .protocol import Err
+
+log = logging.getLogger("shmmap.daemon")
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_LISTEN_BACKLOG = 128
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection, as the kernel says."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class Connection:
+    """One client: its socket, its undecoded input, its pending replies."""
+
+    def __init__(self, sock: socket.socket, peer: Peer) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.unpacker = msgpack.Unpacker(max_buffer_size=protocol.MAX_REQUEST, raw=False)
+        self.out = bytearray()
+        self.slot = -1                        # its reader slot, once it said hello
+        self.closing = False                  # send what is queued, then drop
+        self.events = _IN                     # what epoll waits for on it
+
+
+class BadRequest(Exception):
+    """Raised by a request handler for bytes that are no request: the
+    transport answers PROTOCOL and closes the connection."""
+
+
+class Transport:
+    """Accepts, authenticates, reads requests, queues and sends replies.
+
+    ``authorize(peer)`` returns None to admit a peer, else why not;
+    ``on_request(conn, request)`` returns the reply of every decoded
+    request; ``on_drop(conn)`` is called when a connection ends."""
+
+    def __init__(self, path: Path, *, mode: int, group: Optional[int], max_connections: int,
+                 authorize: Callable[[Peer], Optional[str]],
+                 on_request: Callable[[Connection, Any], list[Any]],
+                 on_drop: Callable[[Connection], None]) -> None:
+        self.path = path
+        self.max_connections = max_connections
+        self.authorize = authorize
+        self.on_request = on_request
+        self.on_drop = on_drop
+        self.connections: dict[int, Connection] = {}
+        self._pending: set[Connection] = set()   # connections with replies to send
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self.epoll = select.epoll()
+        try:
+            self.listener = _listen(path, mode, group)
+        except BaseException:
+            self.epoll.close()
+            raise
+        self._listen_fd = self.listener.fileno()
+        self._wake_fd = -1
+        self.epoll.register(self._listen_fd, _IN)
+
+    def watch_wakeup(self, fd: int) -> None:
+        """Also wakes poll() when fd (a signal wake-up pipe) is readable."""
+        self._wake_fd = fd
+        self.epoll.register(fd, _IN)
+
+    # -- the loop's one step -------------------------------------------------
+
+    def poll(self, timeout: float) -> bool:
+        """Waits up to timeout for events and handles them; True if any."""
+        events = self.epoll.poll(timeout)
+        for fd, mask in events:
+            conn = self.connections.get(fd)
+            if conn is not None:
+                if mask & _READABLE:
+                    self._read(conn)
+                if mask & _OUT and self.connections.get(fd) is conn:   # not dropped
+                    self._flush(conn)
+            elif fd == self._listen_fd:
+                self._accept()
+            elif fd == self._wake_fd:
+                _drain(fd)
+        return bool(events)
+
+    def flush(self) -> None:
+        """Sends every queued reply (as much as each socket takes)."""
+        while self._pending:
+            self._flush(self._pending.pop())
+
+    # -- connections ---------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    log.error("cannot accept a client: out of file descriptors (%s)", exc,
+                              extra={"event": "error"})
+                    return
+                raise
+            pid, uid, gid = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            peer = Peer(pid, uid, gid)
+            denied = self.authorize(peer)
+            if denied is not None:
+                self._refuse(sock, peer, Err.DENIED, denied)
+            elif len(self.connections) >= self.max_connections:
+                self._refuse(sock, peer, Err.LIMIT,
+                             f"daemon at its limit of {self.max_connections} connections")
+            else:
+                self._admit(sock, peer)
+
+    def _admit(self, sock: socket.socket, peer: Peer) -> None:
+        sock.setblocking(False)
+        conn = Connection(sock, peer)
+        self.connections[conn.fd] = conn
+        self.epoll.register(conn.fd, _IN)
+        log.info("client connected: pid %d uid %d (%d clients)", peer.pid, peer.uid,
+                 len(self.connections),
+                 extra={"event": "connect", "pid": peer.pid, "uid": peer.uid,
+                        "clients": len(self.connections)})
+
+    def _refuse(self, sock: socket.socket, peer: Peer, code: Err, message: str) -> None:
+        log.warning("refused client pid %d uid %d: %s", peer.pid, peer.uid, message,
+                    extra={"event": "refuse", "pid": peer.pid, "uid": peer.uid,
+                           "reason": code.name.lower()})
+        try:
+            sock.sendall(msgpack.packb([None, code, message]))
+        except OSError:
+            pass            # it left already: nothing more to tell it
+        sock.close()
+
+    def drop(self, conn: Connection, why: str = "closed") -> None:
+        if self.connections.get(conn.fd) is not conn:
+            return          # dropped already
+        del self.connections[conn.fd]
+        self._pending.discard(conn)
+        self.epoll.unregister(conn.fd)
+        conn.sock.close()
+        self.on_drop(conn)
+        log.info("client disconnected: pid %d uid %d (%s; %d clients)", conn.peer.pid,
+                 conn.peer.uid, why, len(self.connections),
+                 extra={"event": "disconnect", "pid": conn.peer.pid, "uid": conn.peer.uid,
+                        "reason": why, "clients": len(self.connections)})
+
+    # -- input ---------------------------------------------------------------
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(protocol.RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.drop(conn, f"receive failed: {exc.strerror}")
+            return
+        if not data:
+            self.drop(conn)
+            return
+        try:
+            conn.unpacker.feed(data)
+        except msgpack.BufferFull:
+            self.protocol_error(conn, f"request over {protocol.MAX_REQUEST} bytes")
+            return
+        while not conn.closing:
+            try:
+                req = next(conn.unpacker)
+            except StopIteration:
+                return
+            except Exception as exc:   # msgpack's errors: bytes that are no request
+                self.protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
+                return
+            try:
+                self.reply(conn, self.on_request(conn, req))
+            except BadRequest as exc:
+                self.protocol_error(conn, str(exc))
+
+    def protocol_error(self, conn: Connection, message: str) -> None:
+        """Answers bytes that are no request, then closes the connection."""
+        log.warning("protocol error from pid %d uid %d: %s", conn.peer.pid, conn.peer.uid,
+                    message, extra={"event": "protocol_error", "pid": conn.peer.pid,
+                                    "uid": conn.peer.uid})
+        self.reply(conn, [None, Err.PROTOCOL, message])
+        conn.closing = True
+
+    # -- output --------------------------------------------------------------
+
+    def reply(self, conn: Connection, reply: list[Any]) -> None:
+        """Queues reply; flush() sends it."""
+        conn.out += self._packer.pack(reply)
+        self._pending.add(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.drop(conn, f"send failed: {exc.strerror}")
+            return
+        del conn.out[:sent]
+        if conn.closing and not conn.out:
+            self.drop(conn, "protocol error")
+            return
+        want = _OUT if conn.closing else _IN
+        if conn.out:
+            want |= _OUT
+        if want != conn.events:
+            conn.events = want
+            self.epoll.modify(conn.fd, want)
+
+    # -- the end -------------------------------------------------------------
+
+    def close(self, *, unlink: bool) -> None:
+        """Drops every connection and stops listening; with unlink, also
+        removes the socket's path (a clean stop)."""
+        for conn in list(self.connections.values()):
+            self.drop(conn, "daemon stopping")
+        self.epoll.close()
+        self.listener.close()
+        if unlink:
+            self.path.unlink(missing_ok=True)
+
+
+def _listen(path: Path, mode: int, group: Optional[int]) -> socket.socket:
+    """A non-blocking socket listening at path with exactly mode and group."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()   # stale: the caller checked that no live daemon holds the map
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        if group is not None:
+            os.chown(path, -1, group)
+        os.chmod(path, mode)
+        sock.listen(_LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.read(fd, 512)
+    except BlockingIOError:
+        pass
