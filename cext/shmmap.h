@@ -103,6 +103,23 @@
                                           has odds below 2^-250 (Chernoff),
                                           and it keeps validation linear */
 
+/* ---- promotion beside the live generation (shmmap/promotion.py) -------- */
+#define SHM_PROMOTE_RUNWAY   4         /* the daemon starts building the next
+                                          generation in the background once
+                                          less than 1/RUNWAY of the dirty
+                                          entries or arena bytes a generation
+                                          started with is left: the rest is
+                                          the room writes take while the
+                                          build runs (a write that finds it
+                                          gone waits for the build) */
+#define SHM_REPLAY_RESERVE   4         /* a background build sizes the next
+                                          generation for live(S) plus at most
+                                          1/RESERVE of the current one's room
+                                          for the writes replayed into it */
+#define SHM_CANCEL_EVERY     4096      /* entries a build copies between two
+                                          looks at its cancel flag */
+#define SHM_REPLAY_MIN       65536     /* first allocation of a replay log */
+
 /* ---- lookup results (packed into one int64, see shm_lookup) ------------ */
 #define SHM_FOUND_LEN_BITS   24
 #define SHM_FOUND_LEN_LONG   0xffffff  /* length did not fit: read the record */
@@ -120,7 +137,8 @@
 #define SHM_ECORRUPT         -16       /* segment failed validation */
 #define SHM_ELIMIT           -17       /* over the map's live-bytes limit */
 #define SHM_ENOMEM           -18       /* the core could not allocate */
-#define SHM_STATUS_MIN       -18       /* lowest code of this table */
+#define SHM_ECANCELED        -19       /* a build stopped by its cancel flag */
+#define SHM_STATUS_MIN       -19       /* lowest code of this table */
 
 /* ---- batch operations (the first msgpack object of each blob item) ----- */
 #define SHM_OP_STORE         0         /* op, key, value */
@@ -247,6 +265,17 @@ struct shm_geometry {
     uint64_t segment_size;
 };
 
+/* The writes applied to a generation since a build's snapshot: each blob
+ * with its seq, in order, to be replayed into the generation being built.
+ * Private memory of the daemon, malloc'd by the core; shm_replay_free. */
+struct shm_replay {
+    uint8_t *buf;                   /* records: seq, len, blob, padding */
+    uint64_t used;
+    uint64_t cap;
+    uint64_t blobs;                 /* blobs logged */
+    uint64_t bytes;                 /* their bytes */
+};
+
 /* A process's private handle on one mapped generation. Geometry is copied
  * from the header once it validated, so a reader never trusts a header word
  * again; every offset read from shared memory is checked against it. */
@@ -277,7 +306,11 @@ struct shm_view {
     uint64_t max_key;
     uint64_t max_value;
     uint64_t max_live_bytes;
+    /* Writer only: while a background build copies this generation, every
+     * blob shm_apply applies is also logged here (NULL: none is). */
+    struct shm_replay *replay;
 };
+
 
 /* One batch of an export: the caller owns both buffers. */
 struct shm_export {
@@ -385,7 +418,9 @@ int      shm_gen_init(void *base, const struct shm_geometry *g, uint64_t gen,
  * max_live_bytes; SHM_ENOSPACE when the generation cannot take it
  * (promote with info's needs as reserve, call again with the same info);
  * SHM_EINVAL for seq 0 or above SHM_MAX_SEQ. SHM_ECORRUPT only if another
- * process wrote the segment meanwhile. */
+ * process wrote the segment meanwhile. With v->replay set, an applied blob
+ * is also logged there (SHM_ENOMEM, nothing applied, if the log cannot
+ * grow). */
 int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
                    uint64_t seq, struct shm_apply_info *info, char *err,
                    size_t errlen);
@@ -393,13 +428,28 @@ int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
 void     shm_commit(struct shm_view *v, uint64_t seq);
 /* superseded = 1 (release): after current_gen names the newer one. */
 void     shm_mark_superseded(struct shm_view *v);
-/* Counts the live keys at snap and the arena bytes they take. SHM_OK. */
-int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
-                     uint64_t *bytes);
+/* Counts the live keys at snap and the arena bytes they take. SHM_OK, or
+ * SHM_ECANCELED once *cancel is non-zero (cancel may be NULL). It reads v
+ * as a reader does, so it may run in another thread while the daemon
+ * appends to v (snap must be committed before it starts). */
+int      shm_measure(struct shm_view *v, uint64_t snap, const uint64_t *cancel,
+                     uint64_t *keys, uint64_t *bytes);
 /* Copies the entries of src live at snap into the empty, unpublished dst
  * as its read table. The number copied, or SHM_EINVAL (dst not empty, other
- * seeds) or SHM_ENOSPACE (dst too small) or SHM_ECORRUPT. */
-int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst);
+ * seeds) or SHM_ENOSPACE (dst too small) or SHM_ECORRUPT, or SHM_ECANCELED
+ * once *cancel is non-zero. Reads src as shm_measure does. */
+int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst,
+                   const uint64_t *cancel);
+/* Stores 1 in a cancel flag (relaxed) that a build in another thread
+ * polls. */
+void     shm_cancel(uint64_t *flag);
+/* Applies every blob of log, in order and with its own seq, to dst (the
+ * built generation, not yet published): the number applied, or the status
+ * of the first that failed (SHM_ENOSPACE: dst cannot take them). */
+int64_t  shm_replay(struct shm_view *dst, const struct shm_replay *log,
+                    char *err, size_t errlen);
+/* Frees log's buffer and empties it. */
+void     shm_replay_free(struct shm_replay *log);
 
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */

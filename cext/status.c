@@ -18,6 +18,7 @@ static const char *const TEXT[-SHM_STATUS_MIN + 1] = {
     [-SHM_ECORRUPT] = "a segment failed validation",
     [-SHM_ELIMIT] = "over the map's live-bytes limit",
     [-SHM_ENOMEM] = "out of memory",
+    [-SHM_ECANCELED] = "the build was cancelled",
 };
 
 const char *shm_strerror(int code)

@@ -7,6 +7,7 @@
  * store of the word that makes them reachable (a slot, dirty_count, a head,
  * committed_seq). Nothing a reader can reach is written again.
  */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -305,6 +306,77 @@ static int apply_item(struct shm_view *v, const struct item *it,
     return SHM_OK;
 }
 
+/* ---- the replay log of a background build ----------------------------- */
+
+/* A logged blob: this header, its bytes, padding to SHM_ALIGN. */
+struct replay_rec {
+    uint64_t seq;
+    uint64_t len;
+};
+
+static uint64_t replay_cost(uint64_t len)
+{
+    return sizeof(struct replay_rec) + align_up(len, SHM_ALIGN);
+}
+
+/* Makes room in log for a blob of len bytes: SHM_OK or SHM_ENOMEM. */
+static int replay_reserve(struct shm_replay *log, uint64_t len)
+{
+    uint64_t need = replay_cost(len);
+    if (need <= log->cap - log->used)
+        return SHM_OK;
+    if (need > SHM_MAX_SEGMENT || log->used > SHM_MAX_SEGMENT)
+        return SHM_ENOMEM;          /* and the doubling cannot overflow */
+    uint64_t cap = log->cap > SHM_REPLAY_MIN ? log->cap : SHM_REPLAY_MIN;
+    while (cap - log->used < need)
+        cap *= 2;
+    uint8_t *buf = realloc(log->buf, cap);
+    if (buf == NULL)
+        return SHM_ENOMEM;
+    log->buf = buf;
+    log->cap = cap;
+    return SHM_OK;
+}
+
+/* Appends a blob to log, which replay_reserve made room in. */
+static void replay_append(struct shm_replay *log, uint64_t seq,
+                          const char *blob, uint64_t len)
+{
+    struct replay_rec h = {seq, len};
+    memcpy(log->buf + log->used, &h, sizeof h);
+    memcpy(log->buf + log->used + sizeof h, blob, len);
+    log->used += replay_cost(len);
+    log->blobs++;
+    log->bytes += len;
+}
+
+int64_t shm_replay(struct shm_view *dst, const struct shm_replay *log,
+                   char *err, size_t errlen)
+{
+    struct shm_apply_info info;
+    uint64_t at = 0, n = 0;
+    /* The log is the daemon's private memory, written by replay_append
+     * alone: its records are whole and in seq order. */
+    while (at < log->used) {
+        struct replay_rec h;
+        memcpy(&h, log->buf + at, sizeof h);
+        info.validated = 1;         /* validated when first applied */
+        int rc = shm_apply(dst, (const char *)log->buf + at + sizeof h,
+                           h.len, h.seq, &info, err, errlen);
+        if (rc != SHM_OK)
+            return rc;
+        at += replay_cost(h.len);
+        n++;
+    }
+    return (int64_t)n;
+}
+
+void shm_replay_free(struct shm_replay *log)
+{
+    free(log->buf);
+    memset(log, 0, sizeof *log);
+}
+
 int shm_apply(struct shm_view *v, const char *blob, uint64_t len,
               uint64_t seq, struct shm_apply_info *info, char *err,
               size_t errlen)
@@ -329,6 +401,12 @@ int shm_apply(struct shm_view *v, const char *blob, uint64_t len,
         info->arena_need > v->arena_hi - v->arena_lo - v->arena_used)
         return shm_fail(err, errlen, SHM_ENOSPACE, "generation full: "
                         "promote before applying");
+    /* Room in the replay log first, so that a blob is applied only if it
+     * is also logged: the build it is for must see every write. */
+    if (v->replay != NULL && replay_reserve(v->replay, len) != SHM_OK)
+        return shm_fail(err, errlen, SHM_ENOMEM, "no memory to log a write "
+                        "of %llu bytes for the promotion under way",
+                        (unsigned long long)len);
     while (pos < len) {
         rc = next_item(v, blob, len, &pos, n++, 1, &it, err, errlen);
         if (rc == SHM_OK)
@@ -337,6 +415,8 @@ int shm_apply(struct shm_view *v, const char *blob, uint64_t len,
             return shm_fail(err, errlen, rc, "item %llu: %s",
                             (unsigned long long)n - 1, shm_strerror(rc));
     }
+    if (v->replay != NULL)
+        replay_append(v->replay, seq, blob, len);
     return SHM_OK;
 }
 
@@ -362,15 +442,58 @@ void shm_mark_superseded(struct shm_view *v)
 
 /* ---- promotion ---------------------------------------------------------- */
 
-int shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
-                uint64_t *bytes)
+/* A build may run in a thread of the daemon while the daemon's own thread
+ * appends to src. It reads src exactly as a reader does at snapshot snap,
+ * which the daemon committed before the build started (the thread's start
+ * orders that commit before the build's first load):
+ *  - the read table [0, read_count) never changes;
+ *  - the dirty entries below built_end()'s acquire load of dirty_count are
+ *    complete; entries appended later hold only records with seq > snap
+ *    (a new entry's first record carries the write that created it), so
+ *    stopping there misses nothing live at snap;
+ *  - shm_visible_entry acquire-loads each head, which the daemon
+ *    release-stores after the record is complete, and skips records newer
+ *    than snap by their seq: the chain it walks never changes below them.
+ * It never loads the view's writer counters (src->dirty_count and the
+ * others), which the daemon's thread updates as it appends. */
+static uint64_t built_end(const struct shm_view *src)
 {
-    uint64_t end = v->read_count + v->dirty_count;
+    /* Acquire: pairs with new_entry's release store of dirty_count, made
+     * after the entry and its slot were complete. Clamped like a
+     * reader's, so the scan stays inside the entries array. */
+    uint64_t dirty = __atomic_load_n(&src->hdr->dirty_count,
+                                     __ATOMIC_ACQUIRE);
+    return src->read_count + (dirty < src->dirty_cap ? dirty
+                                                     : src->dirty_cap);
+}
+
+/* Whether the daemon asked the build to stop; looked at every
+ * SHM_CANCEL_EVERY entries. */
+static int cancelled(const uint64_t *cancel, uint64_t i)
+{
+    /* Relaxed: the flag orders nothing (a cancelled build's output is
+     * thrown away); being atomic, the load is made each time. */
+    return cancel != NULL && i % SHM_CANCEL_EVERY == 0 &&
+           __atomic_load_n(cancel, __ATOMIC_RELAXED) != 0;
+}
+
+void shm_cancel(uint64_t *flag)
+{
+    /* Relaxed: see cancelled(). */
+    __atomic_store_n(flag, 1, __ATOMIC_RELAXED);
+}
+
+int shm_measure(struct shm_view *v, uint64_t snap, const uint64_t *cancel,
+                uint64_t *keys, uint64_t *bytes)
+{
+    uint64_t end = built_end(v);
     *keys = 0;
     *bytes = 0;
     for (uint64_t i = 0; i < end; i++) {
         struct rec r;
         struct key_ref k;
+        if (cancelled(cancel, i))
+            return SHM_ECANCELED;
         if (!shm_visible_entry(v, i, snap, &r) ||
             !key_load(v, i, v->arena_hi, &k))
             continue;
@@ -411,9 +534,10 @@ static int copy_entry(struct shm_view *dst, uint64_t n,
     return SHM_OK;
 }
 
-int64_t shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst)
+int64_t shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst,
+                  const uint64_t *cancel)
 {
-    uint64_t end = src->read_count + src->dirty_count;
+    uint64_t end = built_end(src);
     uint64_t n = 0, live_bytes = 0;
     uint64_t read_max = (dst->read_mask + 1) / SHM_LOAD_INVERSE;
 
@@ -423,6 +547,8 @@ int64_t shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst)
     for (uint64_t i = 0; i < end; i++) {
         struct rec r;
         struct key_ref k;
+        if (cancelled(cancel, i))
+            return SHM_ECANCELED;
         if (!shm_visible_entry(src, i, snap, &r) ||
             !key_load(src, i, src->arena_hi, &k))
             continue;

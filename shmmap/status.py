@@ -21,6 +21,7 @@ EXCEPTIONS: dict[int, type[ShmmapError]] = {
     lib.SHM_EBUFSMALL: ShmmapError,
     lib.SHM_ECORRUPT: CorruptSegmentError,
     lib.SHM_ENOMEM: ShmmapError,
+    lib.SHM_ECANCELED: ShmmapError,
 }
 
 

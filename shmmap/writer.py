@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,6 +19,24 @@ _LATEST = (1 << 64) - 1
 # Only the readers' segment (the daemon creates it) needs group or other
 # write: the header and generations are the daemon's alone.
 _NOT_SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
+RECENT_PROMOTIONS = 64       # PromotionRecords the stats keep
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    """One promotion: why, what it copied, and how long each phase took.
+    measure and build ran beside the live generation when background is
+    True (writes went on meanwhile); replay and publish ran in the
+    daemon's loop, which is all the time a write could wait for it."""
+
+    reason: str
+    generation: int                      # the generation it published
+    entries: int                         # live entries copied (read table)
+    bytes: int                           # arena bytes of the new generation
+    replayed: int                        # writes made during the build, replayed
+    background: bool
+    ms: float                            # from its start to its publication
+    phases_ms: dict[str, float]          # measure, build, replay, publish
 
 
 @dataclass
@@ -28,6 +48,24 @@ class WriterStats:
     bytes_copied: int = 0
     promotions_by_reason: dict[str, int] = field(default_factory=dict)
     last_promotion_ms: float = 0.0
+    background_promotions: int = 0       # built beside the live generation
+    builds_cancelled: int = 0            # background builds thrown away (clear, stop)
+    builds_failed: int = 0               # background builds that hit an error
+    writes_waited_for_build: int = 0     # writes that found the generation full mid-build
+    replay_fallbacks: int = 0            # replays that did not fit: promoted in the loop
+    last_promotion: Optional[PromotionRecord] = None
+    recent_promotions: deque[PromotionRecord] = field(
+        default_factory=lambda: deque(maxlen=RECENT_PROMOTIONS))
+
+    def record(self, rec: PromotionRecord, dead_bytes: int) -> None:
+        self.promotions += 1
+        self.compactions += dead_bytes > 0
+        self.bytes_copied += rec.bytes
+        self.promotions_by_reason[rec.reason] = self.promotions_by_reason.get(rec.reason, 0) + 1
+        self.background_promotions += rec.background
+        self.last_promotion_ms = rec.ms
+        self.last_promotion = rec
+        self.recent_promotions.append(rec)
 
 
 @dataclass
@@ -72,6 +110,7 @@ class MapWriter:
             h.created_ns = time.time_ns()
             self.set_socket_path(socket_path)
             self.generation = self._new_generation(1, 0, 0, 0, 0, base_seq=0)
+            self._note_room()
             lib.shm_map_publish_gen(self.header, 1)
         except BaseException:
             self._remove_all()
@@ -86,6 +125,8 @@ class MapWriter:
         self.limits = limits or Limits()
         self.stats = WriterStats()
         self._info = ffi.new("struct shm_apply_info *")   # apply()'s, reused
+        self.building: Optional[Build] = None             # a promotion under way
+        self._room_at_start = (0, 0)     # the current generation's room when it became current
         self._err = status.err_buffer()
 
     @classmethod
@@ -230,6 +271,18 @@ class MapWriter:
         info.validated = 0                  # a new blob
         rc = lib.shm_apply(self.generation.view, blob, len(blob), seq, info, self._err,
                            status.ERR_LEN)
+        if rc == lib.SHM_ENOSPACE and self.building is not None:
+            # The runway ran out before the build did: this write waits
+            # for it, then goes to the new generation if it fits there.
+            self.stats.writes_waited_for_build += 1
+            build = self.building
+            build.done.wait()
+            try:
+                self.finish_build(build)
+            except Exception:               # noqa: BLE001 -- counted in builds_failed
+                pass                        # promoted synchronously below, or raises there
+            rc = lib.shm_apply(self.generation.view, blob, len(blob), seq, info, self._err,
+                               status.ERR_LEN)
         if rc == lib.SHM_ENOSPACE:
             self.promote("full", reserve_keys=info.new_keys_max,
                          reserve_bytes=info.arena_need)
@@ -251,35 +304,106 @@ class MapWriter:
         return self.generation.lookup_raw(key, _LATEST)
 
     # -- promotion --------------------------------------------------------
+    #
+    # A promotion has four phases: measure and build copy the entries live
+    # at a committed snapshot S of generation g into a new, unpublished
+    # g+1; replay applies to g+1 the writes g took since S (with their
+    # seqs); publish commits g+1 and makes it current. begin_build and
+    # finish_build run in the daemon's thread; Build.run may run in another
+    # thread while the daemon goes on applying writes to g: the core reads
+    # g as a reader does, and logs every blob shm_apply applies to g in the
+    # build's replay log (so the daemon's C request path logs too).
+
+    def begin_build(self, reason: str, *, background: bool = False, reserve_keys: int = 0,
+                    reserve_bytes: int = 0) -> "Build":
+        """Commits and starts a promotion at that snapshot: returns the Build
+        whose run() does the copying. With background, g+1 gets room for
+        the writes that may arrive while it is built (at most
+        1/SHM_REPLAY_RESERVE of g's room: more waits, see apply)."""
+        if self.building is not None:
+            raise RuntimeError(f"map {self.name!r}: a promotion is being built already")
+        self.commit()
+        view = self.generation.view
+        if background:
+            arena = int(view.arena_hi) - int(view.arena_lo)
+            reserve_keys += min(int(view.dirty_cap) - int(view.dirty_count),
+                                int(view.dirty_cap) // lib.SHM_REPLAY_RESERVE)
+            reserve_bytes += min(arena - int(view.arena_used), arena // lib.SHM_REPLAY_RESERVE)
+        build = Build(self, reason, background, reserve_keys, reserve_bytes)
+        view.replay = build.log             # from here on, shm_apply logs
+        self.building = build
+        return build
+
+    def finish_build(self, build: "Build") -> Generation:
+        """Replays the writes the build missed into g+1, commits it at the
+        writer's seq and publishes it. Raises what run() raised (g stays
+        current, nothing lost). If the writes do not fit g+1, promotes
+        again from g here, synchronously (correctness first)."""
+        assert build is self.building and build.done.is_set()
+        self._detach(build)
+        if build.error is not None:
+            self.stats.builds_failed += build.background
+            build.discard()
+            raise build.error
+        new = build.new
+        assert new is not None
+        t = time.perf_counter()
+        replayed = lib.shm_replay(new.view, build.log, self._err, status.ERR_LEN)
+        if replayed < 0:
+            build.discard()
+            self.stats.replay_fallbacks += 1
+            return self.promote(build.reason)
+        lib.shm_commit(new.view, self.seq)
+        t_replay = time.perf_counter()
+        dead = build.arena_at_snap - build.measured_bytes
+        self._publish(new)
+        done = time.perf_counter()
+        build.free_log()
+        phases = dict(build.phases_ms, replay=_ms(t_replay - t), publish=_ms(done - t_replay))
+        self.stats.record(PromotionRecord(
+            reason=build.reason, generation=new.gen, entries=int(new.view.read_count),
+            bytes=build.copied_bytes, replayed=replayed, background=build.background,
+            ms=_ms(done - build.started), phases_ms=phases), dead)
+        return new
+
+    def abort_build(self, build: "Build") -> None:
+        """Stops a build and throws its generation away (g stays current
+        and whole). Waits for run() to notice: at most one
+        SHM_CANCEL_EVERY entries, or the creation of the segment."""
+        build.cancel()
+        build.done.wait()
+        self._detach(build)
+        build.discard()
+        self.stats.builds_cancelled += 1
+
+    def _detach(self, build: "Build") -> None:
+        # shm_apply stops logging into the build's replay log.
+        build.source.view.replay = ffi.NULL
+        self.building = None
 
     def promote(self, reason: str = "requested", *, reserve_keys: int = 0,
                 reserve_bytes: int = 0) -> Generation:
         """Commits, builds the next generation from the live entries,
-        publishes it, marks the old one superseded and unlinks its name."""
-        started = time.perf_counter()
-        self.commit()
-        old = self.generation
-        snap = self.seq
-        keys, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        status.check(lib.shm_measure(old.view, snap, keys, nbytes), context=old.segment)
-        new = self._new_generation(old.gen + 1, keys[0], nbytes[0], reserve_keys,
-                                   reserve_bytes, base_seq=snap)
-        try:
-            status.check(lib.shm_build(old.view, snap, new.view),
-                         context=f"{new.segment}: building from {old.segment}")
-        except BaseException:
-            new.close()
-            segments.unlink(new.segment)
-            raise
-        dead = int(old.view.arena_used) - nbytes[0]
-        self._publish(new)
-        st = self.stats
-        st.promotions += 1
-        st.compactions += dead > 0
-        st.bytes_copied += int(new.view.arena_used)
-        st.promotions_by_reason[reason] = st.promotions_by_reason.get(reason, 0) + 1
-        st.last_promotion_ms = (time.perf_counter() - started) * 1000
-        return new
+        publishes it, marks the old one superseded and unlinks its name --
+        all now, in this thread. A background build under way is
+        cancelled first (this promotion covers what it would have)."""
+        if self.building is not None:
+            self.abort_build(self.building)
+        build = self.begin_build(reason, reserve_keys=reserve_keys, reserve_bytes=reserve_bytes)
+        build.run()
+        return self.finish_build(build)
+
+    def room_left(self) -> bool:
+        """Whether the current generation still has more than
+        1/SHM_PROMOTE_RUNWAY of the dirty entries and of the arena bytes it
+        started with: below that, a background build should start, so that
+        the writes made while it runs still fit."""
+        view = self.generation.view
+        keys, nbytes = self._room_at_start
+        runway = lib.SHM_PROMOTE_RUNWAY
+        return ((int(view.dirty_cap) - int(view.dirty_count)) * runway > keys
+                and (int(view.arena_hi) - int(view.arena_lo) - int(view.arena_used)) * runway
+                > nbytes)
 
     def _publish(self, new: Generation) -> None:
         """Makes new current: publish its number, mark the old generation
@@ -290,11 +414,20 @@ class MapWriter:
         lib.shm_mark_superseded(old.view)
         segments.unlink(old.segment)
         self.generation = new
+        self._note_room()
         old.close()
+
+    def _note_room(self) -> None:
+        view = self.generation.view
+        self._room_at_start = (int(view.dirty_cap) - int(view.dirty_count),
+                               int(view.arena_hi) - int(view.arena_lo) - int(view.arena_used))
 
     def clear(self) -> int:
         """Removes every key as one write: an empty generation whose
-        committed_seq is the clear's seq. Returns that seq."""
+        committed_seq is the clear's seq. Returns that seq. A build under
+        way is cancelled: it copies what the clear removes."""
+        if self.building is not None:
+            self.abort_build(self.building)
         self.commit()
         self.seq += 1
         self._publish(self._new_generation(self.generation.gen + 1, 0, 0, 0, 0,
@@ -313,8 +446,86 @@ class MapWriter:
     # -- teardown ---------------------------------------------------------
 
     def close(self, *, remove: bool = True) -> None:
-        """Unmaps; with remove, also unlinks every segment of the map."""
+        """Unmaps; with remove, also unlinks every segment of the map. A
+        build under way is cancelled first."""
+        if self.building is not None:
+            self.abort_build(self.building)
         self.generation.close()
         self._release_header()
         if remove:
             self._remove_all()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class Build:
+    """A promotion under way (MapWriter.begin_build): the snapshot it
+    copies, its replay log, and, once run() returns, the new generation or
+    the error. run() may be called in another thread; every other method
+    belongs to the daemon's thread."""
+
+    def __init__(self, writer: MapWriter, reason: str, background: bool, reserve_keys: int,
+                 reserve_bytes: int) -> None:
+        self.writer = writer
+        self.reason = reason
+        self.background = background
+        self.source = writer.generation
+        self.snap = writer.seq
+        self.reserve = (reserve_keys, reserve_bytes)
+        self.log: Any = ffi.new("struct shm_replay *")
+        self._cancel = ffi.new("uint64_t *")
+        self.done = threading.Event()
+        self.new: Optional[Generation] = None
+        self.error: Optional[BaseException] = None
+        self.measured_bytes = 0
+        self.copied_bytes = 0
+        self.arena_at_snap = int(self.source.view.arena_used)
+        self.phases_ms: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def run(self) -> None:
+        """Measures and builds g+1 from the snapshot; never raises (the
+        error is kept for finish_build). Sets done when it returns."""
+        try:
+            self._run()
+        except BaseException as exc:        # reported by finish_build, in the daemon
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def _run(self) -> None:
+        src, w = self.source, self.writer
+        t0 = time.perf_counter()
+        keys, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        rc = lib.shm_measure(src.view, self.snap, self._cancel, keys, nbytes)
+        if rc == lib.SHM_ECANCELED:
+            return
+        status.check(rc, context=src.segment)
+        self.measured_bytes = int(nbytes[0])
+        t1 = time.perf_counter()
+        new = w._new_generation(src.gen + 1, keys[0], nbytes[0], *self.reserve,
+                                base_seq=self.snap)
+        self.new = new
+        rc = lib.shm_build(src.view, self.snap, new.view, self._cancel)
+        if rc == lib.SHM_ECANCELED:
+            return
+        status.check(rc, context=f"{new.segment}: building from {src.segment}")
+        self.copied_bytes = int(new.view.arena_used)
+        self.phases_ms = {"measure": _ms(t1 - t0), "build": _ms(time.perf_counter() - t1)}
+
+    def cancel(self) -> None:
+        """Asks run() to stop (it looks every SHM_CANCEL_EVERY entries)."""
+        lib.shm_cancel(self._cancel)
+
+    def discard(self) -> None:
+        """Removes the unpublished generation and frees the log."""
+        if self.new is not None:
+            self.new.close()
+            segments.unlink(self.new.segment)
+            self.new = None
+        self.free_log()
+
+    def free_log(self) -> None:
+        lib.shm_replay_free(self.log)
