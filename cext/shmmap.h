@@ -112,6 +112,10 @@
                                           the room writes take while the
                                           build runs (a write that finds it
                                           gone waits for the build) */
+#define SHM_BACKGROUND_MIN_LIVE 16384 /* ... once it holds this many live
+                                          keys: a smaller map promotes when
+                                          full, in the loop, in about as
+                                          long as a write's round trip */
 #define SHM_REPLAY_RESERVE   4         /* a background build sizes the next
                                           generation for live(S) plus at most
                                           1/RESERVE of the current one's room

@@ -22,6 +22,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,9 @@ from typing import Any, Iterator, Optional
 from . import protocol, segments
 from ._core import ffi, lib
 from .dispatch import Dispatcher
-from .errors import DaemonRunningError, LimitError, MapFullError
+from .errors import DaemonRunningError, LimitError
 from .ops import MapOps
+from .promotion import BackgroundPromoter
 from .slots import ReaderSlots
 from .stats import PromotionLog, Statistics, reader_totals
 from .transport import Connection, Peer, Transport
@@ -70,12 +72,18 @@ class Server:
         self.name = segments.check_map_name(config.name)
         self.socket_path = Path(config.socket_path or protocol.default_socket_path(self.name))
         self.stopping = False
+        # The write end of the loop's wake-up pipe while run() has one; a
+        # promotion's thread writes to it (under the lock, so never to a
+        # descriptor closed and reused meanwhile).
+        self._wake_w = -1
+        self._wake_lock = threading.Lock()
         self.writer, self.adopted, self._lock = self._open_map()
         slots: Optional[ReaderSlots] = None
         try:
             slots = ReaderSlots(self.name, config.mode, config.group)
             self.slots = slots
-            self.ops = MapOps(self.writer, slots, self.stats)
+            self.promoter = BackgroundPromoter(self.writer, self._wake)
+            self.ops = MapOps(self.writer, slots, self.stats, self.promoter)
             self.dispatcher = Dispatcher(self.ops.handlers())
             self.transport = Transport(
                 self.socket_path, mode=config.mode, group=config.group,
@@ -152,6 +160,15 @@ class Server:
         """Asks the loop to end by the stop path (safe in a signal handler)."""
         self.stopping = True
 
+    def _wake(self) -> None:
+        """Makes the loop's poll return (any thread)."""
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:
+                    pass            # a full pipe wakes the loop as well
+
     # -- running -------------------------------------------------------------
 
     def run(self) -> int:
@@ -162,7 +179,13 @@ class Server:
             _announce(self.config.ready_fd, READY)
             log.info("serving map %r on %s", self.name, self.socket_path,
                      extra={"event": "serving", "socket": str(self.socket_path)})
-            self._loop()
+            try:
+                self._loop()
+            finally:
+                # The stop path and the crash path alike: the build's thread
+                # lets go of g (which stays current and whole) before the
+                # wake-up pipe goes; only the unpublished g+1 is removed.
+                self.promoter.stop()
         self._remove()
         return 0
 
@@ -183,6 +206,9 @@ class Server:
                 os.sched_yield()
             if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
                 busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
+            # A background build that is done is replayed and published
+            # before this round's replies go out (see promotion.py).
+            self.promoter.check()
             # Commit this round's writes with one release store, then send
             # every reply: no write is acknowledged before it is visible.
             self.ops.commit()
@@ -199,15 +225,11 @@ class Server:
         if not self.writer.should_promote_for_misses(misses - self._misses_at_promotion):
             return
         # Counted before trying: a failed promotion is not retried until
-        # readers have missed as much again.
+        # readers have missed as much again. A failure is logged when the
+        # build finishes; the map stays as it is (dirty lookups cost readers
+        # a second probe) and writes that fit go on.
         self._misses_at_promotion = misses
-        try:
-            self.writer.promote("misses")
-        except MapFullError as exc:
-            # The map stays as it is (dirty lookups cost readers a second
-            # probe); writes that fit still go on.
-            log.error("promotion for readers' misses failed, serving on: %s", exc,
-                      extra={"event": "promotion_failed", "reason": "misses"})
+        self.promoter.start("misses")
 
     def _remove(self) -> None:
         """The end of the stop path: close, and remove the map and socket."""
@@ -230,8 +252,11 @@ def _stop_signals(server: Server) -> Iterator[None]:
                     for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.transport.watch_wakeup(wake_r)
+        server._wake_w = wake_w
         yield
     finally:
+        with server._wake_lock:
+            server._wake_w = -1
         for s, h in old_handlers.items():
             signal.signal(s, h)
         signal.set_wakeup_fd(old_wakeup)

@@ -11,7 +11,7 @@ from . import protocol
 from .errors import InvalidRequestError, LimitError, MapFullError
 from .ops import Handler
 from .protocol import Err, Op
-from .transport import BadRequest, Connection
+from .transport import BadRequest, Connection, Later
 
 log = logging.getLogger("shmmap.daemon")
 
@@ -34,7 +34,7 @@ class Dispatcher:
         self.requests = 0
         self.errors = 0
 
-    def handle(self, conn: Connection, req: Any) -> list[Any]:
+    def handle(self, conn: Connection, req: Any) -> "list[Any] | Later":
         """The reply to req; BadRequest if req is not a request at all."""
         self.requests += 1
         if (not isinstance(req, list) or len(req) < 2 or type(req[0]) is not int
@@ -59,6 +59,9 @@ class Dispatcher:
                                                 "pid": conn.peer.pid})
             return self._error(rid, Err.INTERNAL,
                                f"daemon error in {Op(op).name}: {type(exc).__name__}: {exc}")
+        if isinstance(result, Later):   # its handler answers it later
+            result.rid = rid
+            return result
         return [rid, protocol.OK, result, seq]
 
     def _error(self, rid: int, code: Err, message: str) -> list[Any]:

@@ -14,8 +14,9 @@ from . import protocol
 from .codec import decode_value
 from .errors import InvalidRequestError
 from .protocol import Op, delete_item, store_item
+from .promotion import BackgroundPromoter
 from .slots import ReaderSlots
-from .transport import Connection
+from .transport import Connection, Later
 from .writer import MapWriter
 
 Result = tuple[Any, int]
@@ -26,10 +27,12 @@ class MapOps:
     """Applies requests to the map; tracks whether a commit is due."""
 
     def __init__(self, writer: MapWriter, slots: ReaderSlots,
-                 stats: Callable[[], dict[str, Any]]) -> None:
+                 stats: Callable[[], dict[str, Any]],
+                 promoter: Optional[BackgroundPromoter] = None) -> None:
         self.writer = writer
         self.slots = slots
         self._stats = stats
+        self.promoter = promoter            # None: promotions run in the handler
         self.writes = 0
         self.uncommitted = False
 
@@ -116,12 +119,20 @@ class MapOps:
         return True, self._write(delete_item(key))
 
     def op_clear(self, conn: Connection) -> Result:
-        seq = self.writer.clear()          # commits what came before it
+        # Commits what came before it; cancels a build under way (it would
+        # copy what the clear removes).
+        seq = self.writer.clear()
         self.writes += 1
         self.uncommitted = False
         return None, seq
 
     def op_promote(self, conn: Connection) -> Result:
+        if self.promoter is not None:
+            # Built beside the map while writes go on; answered once
+            # published (the daemon's loop finishes it).
+            later = Later()
+            self.promoter.request(later)
+            return later, 0
         self.writer.promote("requested")   # commits what came before it
         self.uncommitted = False
         return self.writer.generation.gen, self.writer.seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 from .dispatch import Dispatcher
@@ -66,35 +67,38 @@ class Statistics:
             "compactions": st.compactions,
             "bytes_copied": st.bytes_copied,
             "last_promotion_ms": round(st.last_promotion_ms, 3),
+            "last_promotion": None if st.last_promotion is None else asdict(st.last_promotion),
+            "promotion_building": self.writer.building is not None,
+            "background_promotions": st.background_promotions,
+            "builds_cancelled": st.builds_cancelled,
+            "builds_failed": st.builds_failed,
+            "writes_waited_for_build": st.writes_waited_for_build,
+            "replay_fallbacks": st.replay_fallbacks,
         }
 
 
 class PromotionLog:
-    """Logs the promotions the writer made since the last look: the writer
-    promotes on its own (a full generation, adoption), so the daemon
-    compares its counters once per loop round, which costs one int compare."""
+    """Logs the promotions the writer made since the last look, one line
+    each with its phases: the writer promotes on its own (a full
+    generation, adoption) and the daemon finishes background builds, so
+    the daemon compares one counter once per loop round."""
 
     def __init__(self, writer: MapWriter) -> None:
         self.writer = writer
         self._seen = 0
-        self._by_reason: dict[str, int] = {}
-        self._bytes = 0
 
     def check(self) -> None:
         st = self.writer.stats
         if st.promotions == self._seen:
             return
-        reasons = [r for r, n in st.promotions_by_reason.items() if n != self._by_reason.get(r, 0)]
-        copied = st.bytes_copied - self._bytes
-        h = self.writer.generation.header
-        count = st.promotions - self._seen
-        log.info("promoted (%s) to generation %d: %d entries, %d bytes copied, %.1f ms%s",
-                 ",".join(reasons), int(h.gen), int(h.read_count), copied,
-                 st.last_promotion_ms, f" ({count} promotions)" if count > 1 else "",
-                 extra={"event": "promotion", "reason": ",".join(reasons),
-                        "generation": int(h.gen), "entries": int(h.read_count),
-                        "bytes": copied, "ms": round(st.last_promotion_ms, 3),
-                        "promotions": count})
+        new = min(st.promotions - self._seen, len(st.recent_promotions))
+        for rec in list(st.recent_promotions)[-new:]:
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in rec.phases_ms.items())
+            log.info("promoted (%s) to generation %d%s: %d entries, %d bytes copied, %d writes "
+                     "replayed, %.1f ms (%s ms)", rec.reason, rec.generation,
+                     " in the background" if rec.background else "", rec.entries, rec.bytes, rec.replayed, rec.ms, phases,
+                     extra={"event": "promotion", "reason": rec.reason,
+                            "generation": rec.generation, "entries": rec.entries,
+                            "bytes": rec.bytes, "ms": rec.ms, "replayed": rec.replayed,
+                            "background": rec.background, "phases_ms": dict(rec.phases_ms)})
         self._seen = st.promotions
-        self._by_reason = dict(st.promotions_by_reason)
-        self._bytes = st.bytes_copied

@@ -50,6 +50,31 @@ class Connection:
         self.slot = -1                        # its reader slot, once it said hello
         self.closing = False                  # send what is queued, then drop
         self.events = _IN                     # what epoll waits for on it
+        # Replies given later (Later), each with its place in out: nothing
+        # queued after the first of them is sent before it is filled in.
+        self.held: list[tuple[int, Later]] = []
+
+
+class Later:
+    """The reply to a request that its handler answers later (a promotion
+    request, once the promotion is published). The handler returns it as
+    its result; the transport keeps its place in the connection's output,
+    so that the client still reads its replies in request order."""
+
+    def __init__(self) -> None:
+        self.rid: Any = None                  # set by the dispatcher
+        self._deliver: Optional[Callable[[list[Any]], None]] = None
+
+    def ok(self, result: Any, seq: int) -> None:
+        self._give([self.rid, protocol.OK, result, seq])
+
+    def error(self, code: Err, message: str) -> None:
+        self._give([self.rid, code, message])
+
+    def _give(self, reply: list[Any]) -> None:
+        if self._deliver is not None:
+            self._deliver(reply)
+            self._deliver = None
 
 
 class BadRequest(Exception):
@@ -66,7 +91,7 @@ class Transport:
 
     def __init__(self, path: Path, *, mode: int, group: Optional[int], max_connections: int,
                  authorize: Callable[[Peer], Optional[str]],
-                 on_request: Callable[[Connection, Any], list[Any]],
+                 on_request: Callable[[Connection, Any], "list[Any] | Later"],
                  on_drop: Callable[[Connection], None]) -> None:
         self.path = path
         self.max_connections = max_connections
@@ -214,20 +239,39 @@ class Transport:
 
     # -- output --------------------------------------------------------------
 
-    def reply(self, conn: Connection, reply: list[Any]) -> None:
-        """Queues reply; flush() sends it."""
+    def reply(self, conn: Connection, reply: "list[Any] | Later") -> None:
+        """Queues reply; flush() sends it. A Later keeps its place until
+        it is given."""
+        if isinstance(reply, Later):
+            conn.held.append((len(conn.out), reply))
+            reply._deliver = lambda r: self._fill(conn, reply, r)
+            return
         conn.out += self._packer.pack(reply)
         self._pending.add(conn)
 
+    def _fill(self, conn: Connection, later: Later, reply: list[Any]) -> None:
+        """Puts a Later's reply in its place (on a connection still open)."""
+        if self.connections.get(conn.fd) is not conn:
+            return
+        i = next(i for i, (_, held) in enumerate(conn.held) if held is later)
+        data = self._packer.pack(reply)
+        at = conn.held.pop(i)[0]
+        conn.out[at:at] = data
+        conn.held[i:] = [(pos + len(data), held) for pos, held in conn.held[i:]]
+        self._pending.add(conn)
+
     def _flush(self, conn: Connection) -> None:
+        ready = conn.out if not conn.held else conn.out[:conn.held[0][0]]
         try:
-            sent = conn.sock.send(conn.out)
+            sent = conn.sock.send(ready) if ready else 0
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
             self.drop(conn, f"send failed: {exc.strerror}")
             return
         del conn.out[:sent]
+        if conn.held and sent:
+            conn.held = [(pos - sent, held) for pos, held in conn.held]
         if conn.closing and not conn.out:
             self.drop(conn, "protocol error")
             return

@@ -393,17 +393,20 @@ class MapWriter:
         build.run()
         return self.finish_build(build)
 
-    def room_left(self) -> bool:
-        """Whether the current generation still has more than
-        1/SHM_PROMOTE_RUNWAY of the dirty entries and of the arena bytes it
-        started with: below that, a background build should start, so that
-        the writes made while it runs still fit."""
+    def runway_short(self) -> bool:
+        """Whether a background build should start now: the current
+        generation holds SHM_BACKGROUND_MIN_LIVE live keys or more, and has
+        less than 1/SHM_PROMOTE_RUNWAY left of the dirty entries or of the
+        arena bytes it started with -- the rest is for the writes made
+        while the build runs."""
         view = self.generation.view
+        if int(view.live_count) < lib.SHM_BACKGROUND_MIN_LIVE:
+            return False
         keys, nbytes = self._room_at_start
         runway = lib.SHM_PROMOTE_RUNWAY
-        return ((int(view.dirty_cap) - int(view.dirty_count)) * runway > keys
-                and (int(view.arena_hi) - int(view.arena_lo) - int(view.arena_used)) * runway
-                > nbytes)
+        return ((int(view.dirty_cap) - int(view.dirty_count)) * runway <= keys
+                or (int(view.arena_hi) - int(view.arena_lo) - int(view.arena_used)) * runway
+                <= nbytes)
 
     def _publish(self, new: Generation) -> None:
         """Makes new current: publish its number, mark the old generation
