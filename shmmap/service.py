@@ -16,7 +16,7 @@ from typing import IO, Any, Optional
 from . import protocol, segments
 from .client import SharedMap, connect
 from .daemon import READY
-from .errors import DaemonRunningError, DaemonUnavailableError
+from .errors import DaemonRunningError, DaemonStartError
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -25,10 +25,6 @@ STOP_TIMEOUT = 10.0
 # would import the source tree (which has no compiled core) instead of the
 # installed package. A daemon holds no directory busy either.
 CHILD_CWD = "/"
-
-
-class DaemonStartError(DaemonUnavailableError):
-    """The daemon did not start; the message says why, in its own words."""
 
 
 class Daemon:
