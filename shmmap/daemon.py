@@ -354,6 +354,39 @@ def _claim(name: str) -> Optional[int]:
     return fd
 
 
+def is_served(name: str) -> bool:
+    """Whether a daemon holds map name's lock (see _claim): the kernel drops
+    the lock when the daemon exits, however it exits, so unlike a pid this
+    cannot name another process. False if the map has no header.
+    PermissionError if this user may not open the header."""
+    path = segments.SHM_DIR / segments.header_name(name)[1:]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)                      # releases a lock taken here
+    return False
+
+
+@contextlib.contextmanager
+def unserved(name: str) -> Iterator[bool]:
+    """Holds map name as a starting daemon would, so that no daemon can
+    start on it meanwhile: for removing a dead daemon's map. Yields whether
+    the map has a header; DaemonRunningError if a daemon serves it."""
+    with _shm_dir_locked():
+        fd = _claim(name)
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
 def _daemon_pid(name: str) -> int:
     """The pid a live daemon of name wrote in its header, or 0."""
     try:

@@ -15,7 +15,7 @@ from typing import IO, Any, Optional
 
 from . import protocol, segments
 from .client import SharedMap, connect
-from .daemon import READY
+from .daemon import READY, unserved
 from .errors import DaemonRunningError, DaemonStartError
 
 START_TIMEOUT = 30.0
@@ -180,9 +180,11 @@ def _check_options(options: dict[str, Any]) -> None:
 
 
 def cleanup(name: str, socket_path: Optional[Path] = None) -> list[str]:
-    """Removes map name's segments and socket; returns what it removed.
-    For maps whose daemon is dead: the caller checks (shmmap cleanup does)."""
-    removed = [seg for seg in segments.map_segments(name) if segments.unlink(seg)]
+    """Removes the map a dead daemon left: its segments and socket; returns
+    what it removed. DaemonRunningError if a daemon serves the map: the
+    map's lock is held throughout, so none can start on it meanwhile."""
+    with unserved(name):
+        removed = [seg for seg in segments.map_segments(name) if segments.unlink(seg)]
     path = socket_path or protocol.default_socket_path(name)
     try:
         path.unlink()
