@@ -9,8 +9,8 @@
 """
 from .client import Batch, SharedMap, connect
 from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonStartError,
-                     DaemonUnavailableError,                      InvalidNameError, InvalidRequestError, LimitError, MapClosedError, MapFullError,
-                     MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
+                     DaemonUnavailableError, InvalidNameError, InvalidRequestError, LimitError,
+                     MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
 from .service import Daemon
 
 __version__ = "0.1.0"

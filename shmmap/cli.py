@@ -14,7 +14,8 @@ from . import __version__, jsontags, logs, segments
 from ._core import ffi, lib
 from .client import connect
 from .codec import encode_key, encode_value
-from .daemon import DaemonConfig, is_served, serve
+from .daemon import DaemonConfig, serve
+from .maplock import is_served
 from .errors import AccessDeniedError, CorruptSegmentError, DaemonRunningError, MapNotFoundError, ShmmapError
 from .reader import MapReader
 from .service import cleanup
@@ -337,7 +338,7 @@ def map_status(name: str) -> dict[str, Any]:
         pid = int(lib.shm_map_daemon_pid(h))
         alive = is_served(name)
         row.update(state="live" if alive else "stale", daemon_pid=pid, daemon_alive=alive,
-                   generation=reader.generation.gen, live_keys=len(reader),
+                   generation=reader.refresh().gen, live_keys=len(reader),
                    socket=ffi.string(h.socket_path).decode())
     finally:
         reader.close()

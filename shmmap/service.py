@@ -15,7 +15,8 @@ from typing import IO, Any, Optional
 
 from . import protocol, segments
 from .client import SharedMap, connect
-from .daemon import READY, unserved
+from .daemon import READY
+from .maplock import unserved
 from .errors import DaemonRunningError, DaemonStartError
 
 START_TIMEOUT = 30.0

@@ -11,7 +11,7 @@ import pytest
 
 import shmmap
 from shmmap import segments
-from shmmap.daemon import is_served
+from shmmap.maplock import is_served
 from shmmap.service import cleanup
 
 
