@@ -6,50 +6,21 @@ over the same interval."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import random
-import resource
 import statistics
 import threading
 import time
 from array import array
 from typing import Any, Callable, Optional
 
+from .cpu import own_cpu, processes_cpu, summary, us_per
 from .peers import Peer, Store
 from .scenarios import CTX, WORKER_START_TIMEOUT, CheckFailed, Result, check_keys, full_iteration
 
 WRITE_BURST = 16        # writes between two looks at the stop flag
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Job = Callable[..., tuple[int, Any]]
-
-
-# -- CPU time ------------------------------------------------------------------------
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) process pid has used, from
-    /proc/<pid>/stat; 0.0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(b")") + 2:].split()     # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK   # utime, stime
-
-
-def servers_cpu(peer: Peer) -> float:
-    return sum(process_cpu(pid) for pid in peer.server_pids())
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _us(seconds: float, per: int) -> Optional[float]:
-    return round(seconds * 1e6 / per, 2) if per else None
 
 
 # -- jobs: what each worker does between go and stop -------------------------------
@@ -116,7 +87,7 @@ def _worker_process(peer_cls: type[Peer], spec: Any, job: Job, args: tuple[Any, 
         return
     ready.put("ready")
     try:
-        _run_job(store, job, args, go, stop, out, _own_cpu)
+        _run_job(store, job, args, go, stop, out, own_cpu)
     except Exception as exc:
         out.put(("error", repr(exc), 0.0, 0.0, None))
     finally:
@@ -233,11 +204,11 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
         workers = Workers(peer, mixed_writes, [(n, 1)])
         try:
             workers.start()
-            server0 = servers_cpu(peer)
+            server0 = processes_cpu(peer.server_pids())
             loaded = _iterate_for(store, n, duration, growing=True)
         finally:
             (writes, seconds, cpu, _), = workers.finish()
-            server = servers_cpu(peer) - server0
+            server = processes_cpu(peer.server_pids()) - server0
     except (CheckFailed, RuntimeError) as exc:
         failed = f"FAILED: {exc}"
         return [Result(it_name, peer.name, n, None, "ms", failed),
@@ -253,18 +224,11 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
         "summary": f"idle {idle_ms:.2f} ms, {ratio:.2f}x idle under load"})
     rate = writes / seconds if seconds else 0.0
     writer = Result(w_name, peer.name, n, round(rate), "writes/s", extra={
-        "writes": writes, "cpu_us_per_write": _us(cpu + server, writes),
-        "writer_cpu_us_per_write": _us(cpu, writes),
-        "server_cpu_us_per_write": _us(server, writes),
-        "summary": _cpu_summary(cpu, server, writes)})
+        "writes": writes, "cpu_us_per_write": us_per(cpu + server, writes),
+        "writer_cpu_us_per_write": us_per(cpu, writes),
+        "server_cpu_us_per_write": us_per(server, writes),
+        "summary": summary(cpu, server, writes)})
     return [iteration, writer]
-
-
-def _cpu_summary(cpu: float, server: float, writes: int) -> str:
-    if not writes:
-        return "no writes"
-    text = f"CPU {_us(cpu + server, writes)} us/write"
-    return text + (f" (server {_us(server, writes)})" if server else "")
 
 
 # -- several writers at once ---------------------------------------------------------
@@ -276,18 +240,19 @@ def writers_together(peer: Peer, n: int, duration: float, counts: list[int]) -> 
     for k in counts:
         name = f"{k} writer{'s' if k > 1 else ''} together"
         if not (peer.processes and peer.multi_writer):
-            rows.append(Result(name, peer.name, n, None, "writes/s",
-                               f"n/a: {peer.why_single_writer or 'no other process can write'}"))
+            why = peer.why_single_writer or ("shared by threads of one process only"
+                                             if peer.shared else "nothing else can write to it")
+            rows.append(Result(name, peer.name, n, None, "writes/s", f"n/a: {why}"))
             continue
         try:
             workers = Workers(peer, overwrites, [(n, seed) for seed in range(k)])
             try:
                 workers.start()
-                server0 = servers_cpu(peer)
+                server0 = processes_cpu(peer.server_pids())
                 time.sleep(duration)    # the measurement window
             finally:
                 done = workers.finish()
-                server = servers_cpu(peer) - server0
+                server = processes_cpu(peer.server_pids()) - server0
             store = peer.open()
             try:
                 full_iteration(store, n)    # still n keys summing to n
@@ -301,9 +266,9 @@ def writers_together(peer: Peer, n: int, duration: float, counts: list[int]) -> 
         total = sum(d[0] / d[1] for d in done if d[1])
         rows.append(Result(name, peer.name, n, round(total), "writes/s", extra={
             "writers": k, "writes": writes, "per_writer": [round(d[0] / d[1]) for d in done],
-            "cpu_us_per_write": _us(cpu + server, writes),
-            "server_cpu_us_per_write": _us(server, writes),
-            "summary": _cpu_summary(cpu, server, writes)}))
+            "cpu_us_per_write": us_per(cpu + server, writes),
+            "server_cpu_us_per_write": us_per(server, writes),
+            "summary": summary(cpu, server, writes)}))
     return rows
 
 
@@ -360,7 +325,7 @@ def write_latency_during_promotion(peer: Peer, n: int, duration: float,
     extra: dict[str, Any] = {
         "during_promotion": stats, "outside_promotion": _latency_stats(outside),
         "promotion_ms": promotion_ms, "writes_per_s": round(writes / seconds) if seconds else 0,
-        "cpu_us_per_write": _us(cpu, writes),
+        "cpu_us_per_write": us_per(cpu, writes),
         "max_vs_promotion": round(worst / longest, 2) if worst is not None and longest else None}
     extra["summary"] = (f"promotion {statistics.median(promotion_ms):.1f} ms; during it p50 "
                         f"{stats.get('p50_us')} us, p99 {stats.get('p99_us')} us over "
