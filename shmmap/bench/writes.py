@@ -162,25 +162,26 @@ class Workers:
 
 # -- a writer while another process iterates ---------------------------------------
 
-def _iterate_for(store: Store, n: int, duration: float, growing: bool) -> list[float]:
-    """Full iterations for duration (at least 3); their wall times. When the
-    map grows meanwhile, each must see at least the keys the one before saw,
-    every value 1."""
-    times: list[float] = []
+def _iterate_for(store: Store, n: int, duration: float, growing: bool
+                 ) -> list[tuple[float, float]]:
+    """Full iterations for duration (at least 3); the wall and CPU seconds
+    of each. When the map grows meanwhile, each must see at least the keys
+    the one before saw, every value 1."""
+    samples: list[tuple[float, float]] = []
     seen = n
     deadline = time.monotonic() + duration
-    while time.monotonic() < deadline or len(times) < 3:
-        t = time.perf_counter()
+    while time.monotonic() < deadline or len(samples) < 3:
+        t, c = time.perf_counter(), time.thread_time()
         count = total = 0
         for _, v in store.items():
             count += 1
             total += v
-        times.append(time.perf_counter() - t)
+        samples.append((time.perf_counter() - t, time.thread_time() - c))
         if total != count or count < seen or (count != n and not growing):
             raise CheckFailed(f"an iteration saw {count} keys summing to {total}, after one "
                               f"that saw {seen} (keys are only added, every value is 1)")
         seen = count
-    return times
+    return samples
 
 
 def _p(times: list[float], q: float) -> float:
@@ -215,13 +216,17 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
                 Result(w_name, peer.name, n, None, "writes/s", failed)]
     finally:
         store.close()
-    idle_ms, load_ms = statistics.median(idle) * 1e3, statistics.median(loaded) * 1e3
-    ratio = load_ms / idle_ms
+    idle_ms, load_ms = (statistics.median(w for w, _ in s) * 1e3 for s in (idle, loaded))
+    idle_cpu, load_cpu = (statistics.median(c for _, c in s) * 1e3 for s in (idle, loaded))
+    ratio, cpu_ratio = load_ms / idle_ms, load_cpu / idle_cpu if idle_cpu else None
     iteration = Result(it_name, peer.name, n, round(load_ms, 3), "ms", extra={
-        "p50_ms": round(load_ms, 3), "p99_ms": round(_p(loaded, 0.99) * 1e3, 3),
+        "p50_ms": round(load_ms, 3), "p99_ms": round(_p([w for w, _ in loaded], 0.99) * 1e3, 3),
         "idle_p50_ms": round(idle_ms, 3), "under_load_vs_idle": round(ratio, 2),
+        "cpu_p50_ms": round(load_cpu, 3), "idle_cpu_p50_ms": round(idle_cpu, 3),
+        "cpu_under_load_vs_idle": None if cpu_ratio is None else round(cpu_ratio, 2),
         "iterations": len(loaded),
-        "summary": f"idle {idle_ms:.2f} ms, {ratio:.2f}x idle under load"})
+        "summary": f"idle {idle_ms:.2f} ms, {ratio:.2f}x idle under load; CPU "
+                   f"{cpu_ratio or 0:.2f}x idle's"})
     rate = writes / seconds if seconds else 0.0
     writer = Result(w_name, peer.name, n, round(rate), "writes/s", extra={
         "writes": writes, "cpu_us_per_write": us_per(cpu + server, writes),
