@@ -84,6 +84,7 @@ def _worker_process(peer_cls: type[Peer], spec: Any, job: Job, args: tuple[Any, 
         store = peer_cls.attach(spec)
     except Exception as exc:            # reported, not raised: the parent decides
         ready.put(f"attach failed: {exc!r}")
+        out.put(("error", f"attach failed: {exc!r}", 0.0, 0.0, None))
         return
     ready.put("ready")
     try:
