@@ -145,7 +145,8 @@ class Workers:
         """Stops the workers; their results. Raises if one failed."""
         self.stop.set()
         self.go.set()                   # never leave one waiting for go
-        results, failures = [], []
+        results: list[list[Any]] = []
+        failures: list[list[Any]] = []
         try:
             for _ in range(self.k):
                 status, *rest = self.out.get(timeout=WORKER_START_TIMEOUT)
@@ -320,7 +321,8 @@ def write_latency_during_promotion(peer: Peer, n: int, duration: float,
     starts, took = array("q"), array("q")
     starts.frombytes(starts_b)
     took.frombytes(took_b)
-    during, outside = [], []
+    during: list[int] = []
+    outside: list[int] = []
     for s, d in zip(starts, took):
         overlaps = any(s < end and s + d > begin for begin, end in windows)
         (during if overlaps else outside).append(d)
