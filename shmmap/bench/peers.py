@@ -329,6 +329,8 @@ class UltraStore(DictStore):
 class SharedMemoryDictPeer(Peer):
     name = "shared-memory-dict"
     multi_writer = False
+    # Its optional lock (SHARED_MEMORY_USE_LOCK=1) is made at import, so
+    # spawned processes do not share it.
     why_single_writer = ("no lock between processes: writers at once lose each other's "
                          "writes")
 
