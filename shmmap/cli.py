@@ -620,8 +620,10 @@ def _add_workload_commands(sub: Any) -> None:
              "Run the same workloads on shmmap and on what users pick instead: a local "
              "dict (the floor), a dict under a lock shared by threads, Manager().dict(), "
              "and, when installed (pip install 'shmmap[bench]'), UltraDict, "
-             "shared-memory-dict, LMDB and Redis (which needs a redis-server binary). "
-             "Prints a table and PASS/MISS lines for the targets.")
+             "shared-memory-dict, LMDB on /dev/shm and Redis (which needs a redis-server "
+             "binary); and Go's sync.Map in a Go process when a Go toolchain is installed. "
+             "Rates come with the CPU time per write. Prints a table and PASS/MISS lines "
+             "for the targets.")
     add_bench_arguments(p)
 
 
