@@ -447,11 +447,14 @@ int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst,
 /* Stores 1 in a cancel flag (relaxed) that a build in another thread
  * polls. */
 void     shm_cancel(uint64_t *flag);
-/* Applies every blob of log, in order and with its own seq, to dst (the
- * built generation, not yet published): the number applied, or the status
- * of the first that failed (SHM_ENOSPACE: dst cannot take them). */
+/* Applies the blobs of log from byte *cursor on (0: the first), at most
+ * max_blobs, in order and each with its own seq, to dst (the built
+ * generation, not yet published), advancing *cursor past each: the number
+ * applied (0 once *cursor reaches log->used), or the status of the first
+ * that failed (SHM_ENOSPACE: dst cannot take them). */
 int64_t  shm_replay(struct shm_view *dst, const struct shm_replay *log,
-                    char *err, size_t errlen);
+                    uint64_t *cursor, uint64_t max_blobs, char *err,
+                    size_t errlen);
 /* Frees log's buffer and empties it. */
 void     shm_replay_free(struct shm_replay *log);
 

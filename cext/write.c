@@ -351,13 +351,15 @@ static void replay_append(struct shm_replay *log, uint64_t seq,
 }
 
 int64_t shm_replay(struct shm_view *dst, const struct shm_replay *log,
-                   char *err, size_t errlen)
+                   uint64_t *cursor, uint64_t max_blobs, char *err,
+                   size_t errlen)
 {
     struct shm_apply_info info;
-    uint64_t at = 0, n = 0;
+    uint64_t at = *cursor, n = 0;
     /* The log is the daemon's private memory, written by replay_append
-     * alone: its records are whole and in seq order. */
-    while (at < log->used) {
+     * alone: its records are whole and in seq order, and *cursor is the
+     * start of one (0 or where the last call stopped). */
+    while (at < log->used && n < max_blobs) {
         struct replay_rec h;
         memcpy(&h, log->buf + at, sizeof h);
         info.validated = 1;         /* validated when first applied */
@@ -366,6 +368,7 @@ int64_t shm_replay(struct shm_view *dst, const struct shm_replay *log,
         if (rc != SHM_OK)
             return rc;
         at += replay_cost(h.len);
+        *cursor = at;
         n++;
     }
     return (int64_t)n;

@@ -14,16 +14,29 @@ request is answered once the promotion is published.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
-from typing import Callable, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Optional
 
 from .errors import MapFullError
+from .generation import Generation
 from .protocol import Err
 from .transport import Later
 from .writer import Build, MapWriter
 
 log = logging.getLogger("shmmap.daemon")
+
+# The build thread's nice value, above the daemon's: on a busy machine the
+# loop and its clients get the CPU first, so a write waits less for a core
+# while a build runs; the build takes longer (the runway covers that).
+BUILD_NICE = int(os.environ.get("SHMMAP_BUILD_NICE", "10"))
+
+# Logged writes replayed into a built generation per loop round (a few
+# microseconds each): the most a write waits for the catching up.
+REPLAY_SLICE = 256
 
 # What each reason of a background build means, for log lines.
 _WHY = {"misses": "readers' misses", "requested": "a request",
@@ -38,6 +51,10 @@ class BackgroundPromoter:
     def __init__(self, writer: MapWriter, wake: Callable[[], None]) -> None:
         self.writer = writer
         self.wake = wake
+        # One long-lived thread builds, then unmaps the generation a build
+        # superseded: submitting costs the loop no thread start.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shmmap-promotion")
+        writer.unmap = self._unmap_later
         self._build: Optional[Build] = None       # the build this promoter started
         self._waiting: list[Later] = []           # requests the build under way answers
         self._queued: list[Later] = []            # requests for the build after it
@@ -53,13 +70,18 @@ class BackgroundPromoter:
             return False
         build = self.writer.begin_build(reason, background=True)
         self._build = build
-        threading.Thread(target=self._run, args=(build,), name="shmmap-promotion",
-                         daemon=True).start()
+        self._worker.submit(self._run, build)
         return True
 
     def _run(self, build: Build) -> None:
-        build.run()             # the copying, with the GIL released
+        build.run(_niced)       # the copying, with the GIL released
         self.wake()
+
+    def _unmap_later(self, gen: Generation) -> None:
+        # Unmapping a big generation takes tens of milliseconds (its page
+        # tables go, and its pages with them if no reader maps it); no
+        # write waits for that. munmap releases the GIL.
+        self._worker.submit(gen.close)
 
     def request(self, later: Later) -> None:
         """A client's promotion request: answered (later) with the new
@@ -80,7 +102,9 @@ class BackgroundPromoter:
         build = self._build
         if build is not None:
             if self.writer.building is build:
-                if not build.done.is_set():
+                # Done: catch up with the writes made meanwhile a slice per
+                # round, then replay the rest and publish in one.
+                if not build.done.is_set() or not self.writer.catch_up(build, REPLAY_SLICE):
                     return
                 self._finish(build)
             else:
@@ -123,10 +147,32 @@ class BackgroundPromoter:
 
     def stop(self) -> None:
         """Cancels a build under way and waits for its thread to let go of
-        the generation (at most SHM_CANCEL_EVERY entries). Removes only the
-        unpublished generation; g stays current and whole."""
+        the generation (at most SHM_CANCEL_EVERY entries) and for pending
+        unmaps. Removes only the unpublished generation; g stays current
+        and whole."""
         if self.writer.building is not None:
             self.writer.abort_build(self.writer.building)
+        self._worker.shutdown(wait=True)
+        self.writer.unmap = Generation.close
         self._build = None
         self._waiting = []
         self._queued = []
+
+
+@contextlib.contextmanager
+def _niced() -> Iterator[None]:
+    """Runs the copying at BUILD_NICE more than the daemon's priority (on
+    Linux, nice is per thread). Only there: a thread holding the GIL must
+    not wait for a core behind the very loop that waits for the GIL."""
+    tid = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, before + BUILD_NICE)
+    except OSError:
+        yield                   # the build runs at the daemon's priority
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):      # an unprivileged thread cannot go back
+            os.setpriority(os.PRIO_PROCESS, tid, before)

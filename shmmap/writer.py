@@ -2,13 +2,14 @@
 segments, applies batches of writes, commits them and promotes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from . import segments, status
 from ._core import ffi, lib
@@ -20,6 +21,7 @@ _LATEST = (1 << 64) - 1
 # write: the header and generations are the daemon's alone.
 _NOT_SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
 RECENT_PROMOTIONS = 64       # PromotionRecords the stats keep
+_ALL = (1 << 64) - 1         # shm_replay: no bound on the blobs
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class MapWriter:
         self.stats = WriterStats()
         self._info = ffi.new("struct shm_apply_info *")   # apply()'s, reused
         self.building: Optional[Build] = None             # a promotion under way
+        # Unmaps a superseded generation: the daemon hands that to a thread
+        # (tens of milliseconds for a big one, see promotion.py).
+        self.unmap: Callable[[Generation], None] = Generation.close
         self._room_at_start = (0, 0)     # the current generation's room when it became current
         self._err = status.err_buffer()
 
@@ -334,35 +339,55 @@ class MapWriter:
         self.building = build
         return build
 
+    def catch_up(self, build: "Build", max_blobs: int) -> bool:
+        """Replays at most max_blobs more of the writes logged since the
+        build's snapshot into the built g+1 (run() must be done): the
+        daemon's loop does this a slice per round while writes go on, so
+        that finish_build has little left. True when none is left (or the
+        replay failed: finish_build falls back)."""
+        if build.error is not None or build.replay_failed:
+            return True
+        assert build.new is not None
+        t = time.perf_counter()
+        n = lib.shm_replay(build.new.view, build.log, build.cursor, max_blobs, self._err,
+                           status.ERR_LEN)
+        build.replay_s += time.perf_counter() - t
+        if n < 0:
+            build.replay_failed = True
+            return True
+        build.replayed += n
+        return n < max_blobs
+
     def finish_build(self, build: "Build") -> Generation:
-        """Replays the writes the build missed into g+1, commits it at the
-        writer's seq and publishes it. Raises what run() raised (g stays
-        current, nothing lost). If the writes do not fit g+1, promotes
-        again from g here, synchronously (correctness first)."""
+        """Replays the writes the build has not yet caught up with into
+        g+1, commits it at the writer's seq and publishes it. Raises what
+        run() raised (g stays current, nothing lost). If the writes do not
+        fit g+1, promotes again from g here, synchronously (correctness
+        first)."""
         assert build is self.building and build.done.is_set()
+        if build.error is None:
+            self.catch_up(build, _ALL)
         self._detach(build)
         if build.error is not None:
             self.stats.builds_failed += build.background
             build.discard()
             raise build.error
-        new = build.new
-        assert new is not None
-        t = time.perf_counter()
-        replayed = lib.shm_replay(new.view, build.log, self._err, status.ERR_LEN)
-        if replayed < 0:
+        if build.replay_failed:
             build.discard()
             self.stats.replay_fallbacks += 1
             return self.promote(build.reason)
+        new = build.new
+        assert new is not None
+        t = time.perf_counter()
         lib.shm_commit(new.view, self.seq)
-        t_replay = time.perf_counter()
         dead = build.arena_at_snap - build.measured_bytes
         self._publish(new)
         done = time.perf_counter()
         build.free_log()
-        phases = dict(build.phases_ms, replay=_ms(t_replay - t), publish=_ms(done - t_replay))
+        phases = dict(build.phases_ms, replay=_ms(build.replay_s), publish=_ms(done - t))
         self.stats.record(PromotionRecord(
             reason=build.reason, generation=new.gen, entries=int(new.view.read_count),
-            bytes=build.copied_bytes, replayed=replayed, background=build.background,
+            bytes=build.copied_bytes, replayed=build.replayed, background=build.background,
             ms=_ms(done - build.started), phases_ms=phases), dead)
         return new
 
@@ -418,7 +443,7 @@ class MapWriter:
         segments.unlink(old.segment)
         self.generation = new
         self._note_room()
-        old.close()
+        self.unmap(old)
 
     def _note_room(self) -> None:
         view = self.generation.view
@@ -478,6 +503,10 @@ class Build:
         self.snap = writer.seq
         self.reserve = (reserve_keys, reserve_bytes)
         self.log: Any = ffi.new("struct shm_replay *")
+        self.cursor: Any = ffi.new("uint64_t *")  # how far the log is replayed
+        self.replayed = 0
+        self.replay_s = 0.0                       # time spent replaying, in all rounds
+        self.replay_failed = False
         self._cancel = ffi.new("uint64_t *")
         self.done = threading.Event()
         self.new: Optional[Generation] = None
@@ -486,11 +515,14 @@ class Build:
         self.copied_bytes = 0
         self.arena_at_snap = int(self.source.view.arena_used)
         self.phases_ms: dict[str, float] = {}
+        self._copying: Callable[[], ContextManager[Any]] = contextlib.nullcontext
         self.started = time.perf_counter()
 
-    def run(self) -> None:
+    def run(self, copying: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
         """Measures and builds g+1 from the snapshot; never raises (the
-        error is kept for finish_build). Sets done when it returns."""
+        error is kept for finish_build). Sets done when it returns. The two
+        copying calls into the core (no GIL held) run inside copying()."""
+        self._copying = copying
         try:
             self._run()
         except BaseException as exc:        # reported by finish_build, in the daemon
@@ -502,7 +534,8 @@ class Build:
         src, w = self.source, self.writer
         t0 = time.perf_counter()
         keys, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        rc = lib.shm_measure(src.view, self.snap, self._cancel, keys, nbytes)
+        with self._copying():
+            rc = lib.shm_measure(src.view, self.snap, self._cancel, keys, nbytes)
         if rc == lib.SHM_ECANCELED:
             return
         status.check(rc, context=src.segment)
@@ -511,12 +544,15 @@ class Build:
         new = w._new_generation(src.gen + 1, keys[0], nbytes[0], *self.reserve,
                                 base_seq=self.snap)
         self.new = new
-        rc = lib.shm_build(src.view, self.snap, new.view, self._cancel)
+        t2 = time.perf_counter()
+        with self._copying():
+            rc = lib.shm_build(src.view, self.snap, new.view, self._cancel)
         if rc == lib.SHM_ECANCELED:
             return
         status.check(rc, context=f"{new.segment}: building from {src.segment}")
         self.copied_bytes = int(new.view.arena_used)
-        self.phases_ms = {"measure": _ms(t1 - t0), "build": _ms(time.perf_counter() - t1)}
+        self.phases_ms = {"measure": _ms(t1 - t0), "create": _ms(t2 - t1),
+                          "build": _ms(time.perf_counter() - t2)}
 
     def cancel(self) -> None:
         """Asks run() to stop (it looks every SHM_CANCEL_EVERY entries)."""
