@@ -27,12 +27,11 @@ class MapOps:
     """Applies requests to the map; tracks whether a commit is due."""
 
     def __init__(self, writer: MapWriter, slots: ReaderSlots,
-                 stats: Callable[[], dict[str, Any]],
-                 promoter: Optional[BackgroundPromoter] = None) -> None:
+                 stats: Callable[[], dict[str, Any]], promoter: BackgroundPromoter) -> None:
         self.writer = writer
         self.slots = slots
         self._stats = stats
-        self.promoter = promoter            # None: promotions run in the handler
+        self.promoter = promoter
         self.writes = 0
         self.uncommitted = False
 
@@ -127,15 +126,12 @@ class MapOps:
         return None, seq
 
     def op_promote(self, conn: Connection) -> Result:
-        if self.promoter is not None:
-            # Built beside the map while writes go on; answered once
-            # published (the daemon's loop finishes it).
-            later = Later()
-            self.promoter.request(later)
-            return later, 0
-        self.writer.promote("requested")   # commits what came before it
-        self.uncommitted = False
-        return self.writer.generation.gen, self.writer.seq
+        # Built beside the map while writes go on (the build commits what
+        # came before it); answered once published, with the generation
+        # and seq (see promotion.py).
+        later = Later()
+        self.promoter.request(later)
+        return later, 0
 
     def op_stats(self, conn: Connection) -> Result:
         return self._stats(), 0

@@ -27,9 +27,10 @@ _ALL = (1 << 64) - 1         # shm_replay: no bound on the blobs
 @dataclass(frozen=True)
 class PromotionRecord:
     """One promotion: why, what it copied, and how long each phase took.
-    measure and build ran beside the live generation when background is
-    True (writes went on meanwhile); replay and publish ran in the
-    daemon's loop, which is all the time a write could wait for it."""
+    measure, create (the segment) and build ran beside the live generation
+    when background is True (writes went on meanwhile); replay (summed over
+    the loop rounds it took) and publish ran in the daemon's loop, which is
+    all the time a write could wait for it."""
 
     reason: str
     generation: int                      # the generation it published
@@ -38,7 +39,7 @@ class PromotionRecord:
     replayed: int                        # writes made during the build, replayed
     background: bool
     ms: float                            # from its start to its publication
-    phases_ms: dict[str, float]          # measure, build, replay, publish
+    phases_ms: dict[str, float]          # measure, create, build, replay, publish
 
 
 @dataclass
@@ -282,10 +283,10 @@ class MapWriter:
             self.stats.writes_waited_for_build += 1
             build = self.building
             build.done.wait()
-            try:
+            with contextlib.suppress(Exception):
+                # A failed build (counted in builds_failed) leaves g current:
+                # the promotion below raises what still stands in the way.
                 self.finish_build(build)
-            except Exception:               # noqa: BLE001 -- counted in builds_failed
-                pass                        # promoted synchronously below, or raises there
             rc = lib.shm_apply(self.generation.view, blob, len(blob), seq, info, self._err,
                                status.ERR_LEN)
         if rc == lib.SHM_ENOSPACE:

@@ -16,6 +16,8 @@ import pytest
 import shmmap
 from shmmap import segments
 from shmmap._core import lib
+from shmmap.codec import encode_key, encode_value
+from shmmap.protocol import Op, batch_blob
 
 BIG = 400_000           # keys of a map whose build takes long enough to catch
 POLL_SECONDS = 60.0
@@ -185,3 +187,17 @@ def _ignore_errors(call: Any) -> None:
         call()
     except shmmap.ShmmapError:
         pass                    # the daemon was killed before it answered
+
+
+def test_replies_after_a_promotion_request_keep_their_order(map_name: str) -> None:
+    """A promotion request is answered once published; the requests the
+    same connection sent after it are applied meanwhile, but their replies
+    come after its reply, in request order."""
+    with shmmap.Daemon(map_name) as d, d.connect() as m:
+        _load(m, 50_000)
+        gen = m.promote()               # after it, the map has room: no build of its own
+        blob = batch_blob([(encode_key("during"), encode_value(1))])
+        promoted, written, stats = m._pipeline([[Op.PROMOTE], [Op.BATCH, blob], [Op.STATS]])
+        assert promoted == gen + 1 and written is None
+        assert stats["generation"] in (gen, gen + 1)
+        assert m["during"] == 1 and len(m) == 50_001
