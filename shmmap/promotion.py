@@ -14,12 +14,9 @@ request is answered once the promotion is published.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from .errors import MapFullError
 from .generation import Generation
@@ -28,11 +25,6 @@ from .transport import Later
 from .writer import Build, MapWriter
 
 log = logging.getLogger("shmmap.daemon")
-
-# The build thread's nice value, above the daemon's: on a busy machine the
-# loop and its clients get the CPU first, so a write waits less for a core
-# while a build runs; the build takes longer (the runway covers that).
-BUILD_NICE = int(os.environ.get("SHMMAP_BUILD_NICE", "10"))
 
 # Logged writes replayed into a built generation per loop round (a few
 # microseconds each): the most a write waits for the catching up.
@@ -74,7 +66,7 @@ class BackgroundPromoter:
         return True
 
     def _run(self, build: Build) -> None:
-        build.run(_niced)       # the copying, with the GIL released
+        build.run()             # the copying, with the GIL released
         self.wake()
 
     def _unmap_later(self, gen: Generation) -> None:
@@ -147,7 +139,7 @@ class BackgroundPromoter:
 
     def stop(self) -> None:
         """Cancels a build under way and waits for its thread to let go of
-        the generation (at most SHM_CANCEL_EVERY entries) and for pending
+        the generation (at most SHM_BUILD_PAUSE_EVERY entries) and for pending
         unmaps. Removes only the unpublished generation; g stays current
         and whole."""
         if self.writer.building is not None:
@@ -157,22 +149,3 @@ class BackgroundPromoter:
         self._build = None
         self._waiting = []
         self._queued = []
-
-
-@contextlib.contextmanager
-def _niced() -> Iterator[None]:
-    """Runs the copying at BUILD_NICE more than the daemon's priority (on
-    Linux, nice is per thread). Only there: a thread holding the GIL must
-    not wait for a core behind the very loop that waits for the GIL."""
-    tid = threading.get_native_id()
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, before + BUILD_NICE)
-    except OSError:
-        yield                   # the build runs at the daemon's priority
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):      # an unprivileged thread cannot go back
-            os.setpriority(os.PRIO_PROCESS, tid, before)

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, Optional
 
 from . import segments, status
 from ._core import ffi, lib
@@ -395,7 +395,7 @@ class MapWriter:
     def abort_build(self, build: "Build") -> None:
         """Stops a build and throws its generation away (g stays current
         and whole). Waits for run() to notice: at most one
-        SHM_CANCEL_EVERY entries, or the creation of the segment."""
+        SHM_BUILD_PAUSE_EVERY entries, or the creation of the segment."""
         build.cancel()
         build.done.wait()
         self._detach(build)
@@ -516,14 +516,11 @@ class Build:
         self.copied_bytes = 0
         self.arena_at_snap = int(self.source.view.arena_used)
         self.phases_ms: dict[str, float] = {}
-        self._copying: Callable[[], ContextManager[Any]] = contextlib.nullcontext
         self.started = time.perf_counter()
 
-    def run(self, copying: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
+    def run(self) -> None:
         """Measures and builds g+1 from the snapshot; never raises (the
-        error is kept for finish_build). Sets done when it returns. The two
-        copying calls into the core (no GIL held) run inside copying()."""
-        self._copying = copying
+        error is kept for finish_build). Sets done when it returns."""
         try:
             self._run()
         except BaseException as exc:        # reported by finish_build, in the daemon
@@ -535,8 +532,7 @@ class Build:
         src, w = self.source, self.writer
         t0 = time.perf_counter()
         keys, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        with self._copying():
-            rc = lib.shm_measure(src.view, self.snap, self._cancel, keys, nbytes)
+        rc = lib.shm_measure(src.view, self.snap, self._cancel, keys, nbytes)
         if rc == lib.SHM_ECANCELED:
             return
         status.check(rc, context=src.segment)
@@ -546,8 +542,7 @@ class Build:
                                 base_seq=self.snap)
         self.new = new
         t2 = time.perf_counter()
-        with self._copying():
-            rc = lib.shm_build(src.view, self.snap, new.view, self._cancel)
+        rc = lib.shm_build(src.view, self.snap, new.view, self._cancel)
         if rc == lib.SHM_ECANCELED:
             return
         status.check(rc, context=f"{new.segment}: building from {src.segment}")
@@ -556,7 +551,7 @@ class Build:
                           "build": _ms(time.perf_counter() - t2)}
 
     def cancel(self) -> None:
-        """Asks run() to stop (it looks every SHM_CANCEL_EVERY entries)."""
+        """Asks run() to stop (it looks every SHM_BUILD_PAUSE_EVERY entries)."""
         lib.shm_cancel(self._cancel)
 
     def discard(self) -> None:
