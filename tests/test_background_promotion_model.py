@@ -54,13 +54,7 @@ class BackgroundMachine(MapMachine):
             self.committed_seq = seq
         if building and not self._building():
             assert w.stats.writes_waited_for_build >= 1
-        for k, v in ops:
-            if v is ABSENT:
-                if self.pending.pop(k, ABSENT) is not ABSENT:
-                    self.gone.append(k)
-            else:
-                self.pending[k] = v
-        del self.gone[:-20]
+        self._model_apply(ops)
 
     def _promoted_for_room(self, write: Any) -> None:
         """Runs write (which cannot fit g); it promoted for room, or, with a

@@ -99,6 +99,10 @@ class MapMachine(RuleBasedStateMachine):
             assert w.stats.promotions == promotions + 1
             self.committed = before
             self.committed_seq = self.seq - 1
+        self._model_apply(ops)
+
+    def _model_apply(self, ops: list[tuple[Any, Any]]) -> None:
+        """The writer's state after the batch ops."""
         for k, v in ops:
             if v is ABSENT:
                 if self.pending.pop(k, ABSENT) is not ABSENT:
