@@ -50,6 +50,10 @@ class BackgroundPromoter:
         self._build: Optional[Build] = None       # the build this promoter started
         self._waiting: list[Later] = []           # requests the build under way answers
         self._queued: list[Later] = []            # requests for the build after it
+        # A runway build that failed (/dev/shm full, say) is not tried again
+        # for the same generation: when it fills, the write that finds it
+        # full promotes, or gets the error.
+        self._runway_failed_gen = 0
 
     @property
     def building(self) -> bool:
@@ -109,20 +113,25 @@ class BackgroundPromoter:
             if self._queued:
                 self._waiting, self._queued = self._queued, []
                 self.start("requested")
-            elif self.writer.runway_short():
+            elif (self.writer.generation.gen != self._runway_failed_gen
+                  and self.writer.runway_short()):
                 self.start("runway")
 
     def _finish(self, build: Build) -> None:
         self._build = None
+        if build.error is not None and build.reason == "runway":
+            self._runway_failed_gen = self.writer.generation.gen
         try:
             self.writer.finish_build(build)
         except MapFullError as exc:
-            log.error("promotion for %s failed, serving on: %s", _WHY.get(build.reason, build.reason),
-                      exc, extra={"event": "promotion_failed", "reason": build.reason})
+            log.error("promotion for %s failed, serving on: %s",
+                      _WHY.get(build.reason, build.reason), exc,
+                      extra={"event": "promotion_failed", "reason": build.reason})
             self._answer(Err.FULL, str(exc))
             return
         except Exception as exc:
-            log.exception("promotion for %s failed, serving on", _WHY.get(build.reason, build.reason),
+            log.exception("promotion for %s failed, serving on",
+                          _WHY.get(build.reason, build.reason),
                           extra={"event": "promotion_failed", "reason": build.reason})
             self._answer(Err.INTERNAL, f"promotion failed: {type(exc).__name__}: {exc}")
             return

@@ -96,7 +96,8 @@ class PromotionLog:
             phases = ", ".join(f"{k} {v:.1f}" for k, v in rec.phases_ms.items())
             log.info("promoted (%s) to generation %d%s: %d entries, %d bytes copied, %d writes "
                      "replayed, %.1f ms (%s ms)", rec.reason, rec.generation,
-                     " in the background" if rec.background else "", rec.entries, rec.bytes, rec.replayed, rec.ms, phases,
+                     " in the background" if rec.background else "", rec.entries, rec.bytes,
+                     rec.replayed, rec.ms, phases,
                      extra={"event": "promotion", "reason": rec.reason,
                             "generation": rec.generation, "entries": rec.entries,
                             "bytes": rec.bytes, "ms": rec.ms, "replayed": rec.replayed,
