@@ -123,10 +123,10 @@
 #define SHM_BUILD_PAUSE_EVERY 1024     /* entries a build copies between two
                                           looks at its cancel flag, each with
                                           a sched_yield: a thread that spins
-                                          and yields (the daemon's loop, a
-                                          client waiting for its reply) gets
-                                          its core back within ~0.3 ms
-                                          instead of at the next tick */
+                                          and yields on its core (a client
+                                          waiting for its reply) gets it back
+                                          within ~0.3 ms instead of at the
+                                          next tick */
 #define SHM_REPLAY_MIN       65536     /* first allocation of a replay log */
 
 /* ---- lookup results (packed into one int64, see shm_lookup) ------------ */

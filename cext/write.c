@@ -472,10 +472,10 @@ static uint64_t built_end(const struct shm_view *src)
 }
 
 /* A pause of a build every SHM_BUILD_PAUSE_EVERY entries: it offers its
- * core to whoever waits for one (the build may run beside the daemon's
- * loop; a thread that spins with sched_yield while a build runs on its
- * core would otherwise wait for the scheduler's next tick), then says
- * whether the daemon asked it to stop. */
+ * core to whoever waits for one (the build runs beside the daemon's loop
+ * and its clients; one that spins with sched_yield while the build runs
+ * on its core would otherwise wait for the scheduler's next tick), then
+ * says whether the daemon asked it to stop. */
 static int pause_and_cancelled(const uint64_t *cancel, uint64_t i)
 {
     if (i % SHM_BUILD_PAUSE_EVERY != 0 || i == 0)
