@@ -120,13 +120,8 @@
                                           generation for live(S) plus at most
                                           1/RESERVE of the current one's room
                                           for the writes replayed into it */
-#define SHM_BUILD_PAUSE_EVERY 1024     /* entries a build copies between two
-                                          looks at its cancel flag, each with
-                                          a sched_yield: a thread that spins
-                                          and yields on its core (a client
-                                          waiting for its reply) gets it back
-                                          within ~0.3 ms instead of at the
-                                          next tick */
+#define SHM_CANCEL_EVERY     4096      /* entries a build copies between two
+                                          looks at its cancel flag */
 #define SHM_REPLAY_MIN       65536     /* first allocation of a replay log */
 
 /* ---- lookup results (packed into one int64, see shm_lookup) ------------ */

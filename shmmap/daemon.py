@@ -196,9 +196,9 @@ class Server:
             # next request of a synchronous client comes sooner than a
             # wake-up from epoll would (see protocol.py).
             # Not while a promotion is built: the build's thread takes a
-            # core, and a loop that yields it on each turn waits for the
-            # scheduler's tick to get it back (p99 3 ms); one that sleeps
-            # in epoll is woken by the request and preempts the build.
+            # core, and a loop that yields it on each turn may wait for the
+            # scheduler's tick to get it back (p99 3 ms); one that sleeps in
+            # epoll is woken by the request and preempts the build.
             spinning = time.perf_counter() < busy_until and not self.promoter.building
             if spinning:
                 # Give the core away on each turn: when processes outnumber

@@ -148,7 +148,7 @@ class BackgroundPromoter:
 
     def stop(self) -> None:
         """Cancels a build under way and waits for its thread to let go of
-        the generation (at most SHM_BUILD_PAUSE_EVERY entries) and for pending
+        the generation (at most SHM_CANCEL_EVERY entries) and for pending
         unmaps. Removes only the unpublished generation; g stays current
         and whole."""
         if self.writer.building is not None:

@@ -395,7 +395,7 @@ class MapWriter:
     def abort_build(self, build: "Build") -> None:
         """Stops a build and throws its generation away (g stays current
         and whole). Waits for run() to notice: at most one
-        SHM_BUILD_PAUSE_EVERY entries, or the creation of the segment."""
+        SHM_CANCEL_EVERY entries, or the creation of the segment."""
         build.cancel()
         build.done.wait()
         self._detach(build)
@@ -551,7 +551,7 @@ class Build:
                           "build": _ms(time.perf_counter() - t2)}
 
     def cancel(self) -> None:
-        """Asks run() to stop (it looks every SHM_BUILD_PAUSE_EVERY entries)."""
+        """Asks run() to stop (it looks every SHM_CANCEL_EVERY entries)."""
         lib.shm_cancel(self._cancel)
 
     def discard(self) -> None:
