@@ -30,3 +30,18 @@ void shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid)
      * its socket listens, so a client that sees the pid can connect. */
     __atomic_store_n(&h->daemon_pid, pid, __ATOMIC_RELEASE);
 }
+
+uint64_t shm_map_version(struct shm_map_header *h)
+{
+    /* Acquire: pairs with shm_map_set_version; what the daemon committed
+     * or published before it stored this value is visible after. */
+    return __atomic_load_n(&h->version, __ATOMIC_ACQUIRE);
+}
+
+void shm_map_set_version(struct shm_map_header *h, uint64_t version)
+{
+    /* Release: stored after the commit's committed_seq, or after the old
+     * generation's superseded flag, so a reader that loads the new value
+     * and then refreshes finds what changed. */
+    __atomic_store_n(&h->version, version, __ATOMIC_RELEASE);
+}
