@@ -447,12 +447,14 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         seen, word, data = self._cache.hot
         if seen == word[0]:
             return data.get(key, default)
+        del data                # a refresh may change it in place if no one holds it
         return self._open_cache().lookup(key, default)
 
     def __getitem__(self, key: Any) -> Any:
         seen, word, data = self._cache.hot
         if seen == word[0]:
             return data[key]
+        del data
         value = self._open_cache().lookup(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
@@ -462,6 +464,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         seen, word, data = self._cache.hot
         if seen == word[0]:
             return key in data
+        del data
         return self._open_cache().lookup(key, _MISSING) is not _MISSING
 
     def __len__(self) -> int:
