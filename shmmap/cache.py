@@ -107,13 +107,14 @@ class ReadCache:
     the header mapping, the Changes scan its Generation.
     """
 
-    __slots__ = ("hot", "limits", "_reader", "_header", "_word", "_lock", "_changes",
-                 "_closed", "_lookups", "_over_limit", "loads", "refreshes", "changed_keys",
+    __slots__ = ("hot", "name", "limits", "_reader", "_header", "_word", "_lock", "_changes",
+                 "_closed", "_lookups", "_load_after", "_over_limit", "loads", "refreshes", "changed_keys",
                  "copies", "drops")
 
     def __init__(self, reader: Any, limits: CacheLimits) -> None:
         """An empty cache of reader's map (a MapReader); it loads on first
         iteration, or after enough lookups."""
+        self.name: str = reader.name
         self.limits = limits
         self._reader = reader
         self._header = reader.header            # owns the header mapping
@@ -124,6 +125,8 @@ class ReadCache:
         self._changes: Optional[Changes] = None     # None: not loaded
         self._closed = False
         self._lookups = 0
+        # Lookups before the next try to load: none ever with the cache off.
+        self._load_after = LOAD_AFTER_LOOKUPS if limits.max_keys > 0 else float("inf")
         self._over_limit = False
         self.loads = self.refreshes = self.changed_keys = self.copies = self.drops = 0
 
@@ -148,7 +151,7 @@ class ReadCache:
     def _check_open(self) -> Any:
         reader = self._reader
         if self._closed or reader is None:
-            raise MapClosedError("map is closed")
+            raise MapClosedError(f"map {self.name!r} is closed")
         return reader
 
     def stats(self) -> dict[str, Any]:
@@ -190,25 +193,29 @@ class ReadCache:
         """The value of key now, or default: from the dict if the map is
         cached (refreshing it first), else from shared memory (loading the
         cache once enough lookups went there)."""
-        reader = self._check_open()
         if self._changes is not None:
             data = self.current()
             if data is not None:
                 return data.get(key, default)
-            reader = self._check_open()
+        reader = self._reader
+        if reader is None:
+            raise MapClosedError(f"map {self.name!r} is closed")
         self._lookups += 1      # racy between threads: a count, not a bound
-        if self._lookups >= LOAD_AFTER_LOOKUPS and self._maybe_load_for_lookups():
+        if self._lookups >= self._load_after and self._load_for_lookups():
             return self.lookup(key, default)
         return reader.lookup(key, default)
 
-    def _maybe_load_for_lookups(self) -> bool:
+    def _load_for_lookups(self) -> bool:
+        """Loads the map if it fits and enough lookups went uncached since
+        the last try: one per LOOKUPS_PER_LOAD_KEY keys of the map."""
         with self._lock:
             self._check_open()
             if self._changes is not None:
                 return True
             gen = self._reader.refresh()
-            threshold = max(LOAD_AFTER_LOOKUPS, int(gen.header.live_count) // LOOKUPS_PER_LOAD_KEY)
-            if self._lookups < threshold:
+            due = max(LOAD_AFTER_LOOKUPS, int(gen.header.live_count) // LOOKUPS_PER_LOAD_KEY)
+            if self._lookups < due:
+                self._load_after = due
                 return False
             self._lookups = 0
             return self._load()

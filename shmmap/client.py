@@ -448,14 +448,20 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if seen == word[0]:
             return data.get(key, default)
         del data                # a refresh may change it in place if no one holds it
-        return self._open_cache().lookup(key, default)
+        cache = self._cache
+        if type(cache) is NoCache:
+            cache = self._open_cache()
+        return cache.lookup(key, default)
 
     def __getitem__(self, key: Any) -> Any:
         seen, word, data = self._cache.hot
         if seen == word[0]:
             return data[key]
         del data
-        value = self._open_cache().lookup(key, _MISSING)
+        cache = self._cache
+        if type(cache) is NoCache:
+            cache = self._open_cache()
+        value = cache.lookup(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
@@ -465,7 +471,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if seen == word[0]:
             return key in data
         del data
-        return self._open_cache().lookup(key, _MISSING) is not _MISSING
+        cache = self._cache
+        if type(cache) is NoCache:
+            cache = self._open_cache()
+        return cache.lookup(key, _MISSING) is not _MISSING
 
     def __len__(self) -> int:
         reader = self._open()
