@@ -286,6 +286,13 @@ class ReadCache:
             found = self._scan(changes)
         except CorruptSegmentError:
             found = None                        # not what the daemon writes: reload
+        except BaseException:
+            # Cut short (an interrupt, no memory): the scans may have moved
+            # past changes the dict lacks. Load again on the next read.
+            self._changes = None
+            self._lookups = self._load_after
+            self.hot = (_NOT_CURRENT, word, {})
+            raise
         if found is None:
             self._changes = None
             if not self._load():
