@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterator, Optional
 import msgpack
 
 from . import protocol, segments
+from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .codec import decode_value, encode_key, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
                      WriteTimeoutError, reply_error)
-from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .generation import Generation
 from .protocol import Op, batch_blob, delete_item, store_item
 from .reader import MapReader

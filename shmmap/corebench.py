@@ -52,7 +52,7 @@ TARGETS = {   # (dataset, row): (limit, how) -- from the issues
     ("other process", "iterate str->dict, 100 keys changed"): (1.5, "ratio"),
 }
 CROSS_KEYS = 100_000
-CROSS_ROUNDS = 15         # iterations measured (medians are reported)
+CROSS_ROUNDS = 31         # iterations measured (medians are reported)
 CROSS_GETS = 1 << 18      # calls through the get harness
 CHANGED_PER_ROUND = 100   # str->dict keys the writer changes between iterations
 _SPAWN = mp.get_context("spawn")
