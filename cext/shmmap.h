@@ -301,6 +301,12 @@ struct shm_view {
     uint64_t max_key;
     uint64_t max_value;
     uint64_t max_live_bytes;
+    /* Writer only: the map header whose version word shm_commit and
+     * shm_mark_superseded move on (NULL: none, as for readers), and the
+     * last seq shm_commit published (a commit of the same seq changes
+     * nothing a reader sees, so it leaves the version alone). */
+    struct shm_map_header *map;
+    uint64_t committed;
 };
 
 /* One batch of an export: the caller owns both buffers. */
@@ -372,7 +378,7 @@ uint64_t shm_map_current_gen(struct shm_map_header *h);  /* acquire */
 void     shm_map_publish_gen(struct shm_map_header *h, uint64_t gen);
 uint64_t shm_map_daemon_pid(struct shm_map_header *h);   /* acquire */
 uint64_t shm_map_version(struct shm_map_header *h);      /* acquire */
-void     shm_map_set_version(struct shm_map_header *h, uint64_t version);
+void     shm_map_bump_version(struct shm_map_header *h);  /* the daemon */
 void     shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid);
 
 /* ---- reads: any process, on a PROT_READ mapping ---- */
@@ -453,9 +459,11 @@ int      shm_gen_init(void *base, const struct shm_geometry *g, uint64_t gen,
 int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
                    uint64_t seq, struct shm_apply_info *info, char *err,
                    size_t errlen);
-/* Publishes live_count/live_bytes, then committed_seq = seq (release). */
+/* Publishes live_count/live_bytes, then committed_seq = seq (release),
+ * then, if seq is new and v->map is set, the map's next version. */
 void     shm_commit(struct shm_view *v, uint64_t seq);
-/* superseded = 1 (release): after current_gen names the newer one. */
+/* superseded = 1 (release): after current_gen names the newer one; then,
+ * if v->map is set, the map's next version. */
 void     shm_mark_superseded(struct shm_view *v);
 /* Counts the live keys at snap and the arena bytes they take. SHM_OK. */
 int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,

@@ -356,6 +356,9 @@ void shm_commit(struct shm_view *v, uint64_t seq)
      * with seq <= this value was stored before it; a reader's acquire load
      * in shm_snapshot makes them all visible. */
     __atomic_store_n(&v->hdr->committed_seq, seq, __ATOMIC_RELEASE);
+    if (v->map != NULL && seq != v->committed)
+        shm_map_bump_version(v->map);
+    v->committed = seq;
 }
 
 void shm_mark_superseded(struct shm_view *v)
@@ -364,6 +367,8 @@ void shm_mark_superseded(struct shm_view *v)
      * before this; a reader that acquire-loads 1 here and then loads
      * current_gen finds the newer generation. */
     __atomic_store_n(&v->hdr->superseded, 1, __ATOMIC_RELEASE);
+    if (v->map != NULL)
+        shm_map_bump_version(v->map);
 }
 
 /* ---- promotion ---------------------------------------------------------- */

@@ -14,7 +14,6 @@ from .errors import CorruptSegmentError, LimitError, MapFullError
 from .generation import Generation
 
 _LATEST = (1 << 64) - 1
-_WORD_MASK = (1 << 64) - 1
 # Only the readers' segment (the daemon creates it) needs group or other
 # write: the header and generations are the daemon's alone.
 _NOT_SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
@@ -73,10 +72,7 @@ class MapWriter:
             h.created_ns = time.time_ns()
             self.set_socket_path(socket_path)
             self.generation = self._new_generation(1, 0, 0, 0, 0, base_seq=0)
-            self._version = 0
-            self._published_seq = 0
             lib.shm_map_publish_gen(self.header, 1)
-            self._bump_version()
         except BaseException:
             self._remove_all()
             raise
@@ -133,13 +129,9 @@ class MapWriter:
             g.close()
             self._release_header()
             raise
-        self._set_limits(g)
+        self._take(g)
         self.generation = g
         self.seq = int(g.header.committed_seq)
-        # Clients' caches may hold any value the dead daemon stored: go on
-        # from it (the publication below stores the next one), never back.
-        self._version = int(lib.shm_map_version(h))
-        self._published_seq = self.seq
         self.set_socket_path(socket_path)
         self.promote("adopted")
         return self
@@ -196,10 +188,14 @@ class MapWriter:
         except BaseException:
             segments.unlink(seg)
             raise
-        self._set_limits(g)
+        self._take(g)
         return g
 
-    def _set_limits(self, g: Generation) -> None:
+    def _take(self, g: Generation) -> None:
+        """Makes g one this writer writes: its limits, and the map header
+        whose version word its commits and its retirement move on (which
+        tells clients' caches to refresh: see shmmap.h)."""
+        g.view.map = self.header
         g.view.max_key = self.limits.max_key
         g.view.max_value = self.limits.max_value
         g.view.max_live_bytes = self.limits.max_live_bytes
@@ -251,18 +247,7 @@ class MapWriter:
     def commit(self) -> int:
         """Makes every applied write visible; returns committed_seq."""
         lib.shm_commit(self.generation.view, self.seq)
-        if self.seq != self._published_seq:
-            self._published_seq = self.seq
-            self._bump_version()
         return self.seq
-
-    def _bump_version(self) -> None:
-        """Tells clients' caches that what they read may have changed:
-        after a commit (its committed_seq stored) or a publication (the
-        old generation marked superseded). The map header's version word
-        (see shmmap.h) is stored with release, after those."""
-        self._version = (self._version + 1) & _WORD_MASK
-        lib.shm_map_set_version(self.header, self._version)
 
     def lookup_raw(self, key: bytes) -> Optional[bytes]:
         """The encoded latest value of key, committed or not (the writer's
@@ -307,7 +292,6 @@ class MapWriter:
         old = self.generation
         lib.shm_map_publish_gen(self.header, new.gen)
         lib.shm_mark_superseded(old.view)
-        self._bump_version()
         segments.unlink(old.segment)
         self.generation = new
         old.close()
