@@ -33,11 +33,14 @@ import sys
 import threading
 from array import array
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from ._core import ffi, lib
 from .errors import CorruptSegmentError, MapClosedError
 from .generation import Changes, Generation
+
+if TYPE_CHECKING:
+    from .reader import MapReader
 
 # Defaults of connect(): a map up to a million keys and 256 MiB of encoded
 # bytes is cached (a million int->int pairs take about 100 MB decoded);
@@ -100,23 +103,24 @@ class ReadCache:
     ``hot`` is the one attribute the read fast path loads:
     (version seen, the header's version word, the dict). The tuple is
     replaced whole, so a reader that took it uses one consistent pair;
-    a dict that the cache changes in place is referenced by nothing else
-    (see _private), so no iteration sees it change.
+    a refresh changes the dict in place only when nothing else references
+    it (see _sync), so no iteration, and no read in another thread, sees
+    it change.
 
     Owns what its views point into: the version word's memoryview holds
     the header mapping, the Changes scan its Generation.
     """
 
     __slots__ = ("hot", "name", "limits", "_reader", "_header", "_word", "_lock", "_changes",
-                 "_closed", "_lookups", "_load_after", "_over_limit", "loads", "refreshes", "changed_keys",
-                 "copies", "drops")
+                 "_closed", "_lookups", "_load_after", "_over_limit", "loads", "refreshes",
+                 "changed_keys", "copies", "drops")
 
-    def __init__(self, reader: Any, limits: CacheLimits) -> None:
+    def __init__(self, reader: "MapReader", limits: CacheLimits) -> None:
         """An empty cache of reader's map (a MapReader); it loads on first
         iteration, or after enough lookups."""
         self.name: str = reader.name
         self.limits = limits
-        self._reader = reader
+        self._reader: Optional["MapReader"] = reader
         self._header = reader.header            # owns the header mapping
         self._word = memoryview(ffi.buffer(self._header))[
             _VERSION_OFF:_VERSION_OFF + 8].cast("Q")
@@ -140,6 +144,7 @@ class ReadCache:
             self._closed = True
             self._changes = None
             self.hot = (_NOT_CURRENT, _NO_WORD, {})
+            self._word = _NO_WORD
             self._reader = None
             self._header = None
 
@@ -212,7 +217,7 @@ class ReadCache:
             self._check_open()
             if self._changes is not None:
                 return True
-            gen = self._reader.refresh()
+            gen = self._check_open().refresh()
             due = max(LOAD_AFTER_LOOKUPS, int(gen.header.live_count) // LOOKUPS_PER_LOAD_KEY)
             if self._lookups < due:
                 self._load_after = due
@@ -251,7 +256,7 @@ class ReadCache:
     def _load(self) -> bool:
         """Decodes the whole map at one snapshot, if it fits the limits."""
         version = _version(self._header)      # before anything it covers
-        gen: Generation = self._reader.refresh()
+        gen: Generation = self._check_open().refresh()
         if not self.limits.fits(int(gen.header.live_count), int(gen.header.live_bytes)):
             self._over_limit = True
             return False
@@ -329,7 +334,7 @@ class ReadCache:
         gen = changes.gen
         phases = []
         if _superseded(gen.view):
-            new = self._reader.refresh()
+            new = self._check_open().refresh()
             # The old generation ended at the seq the new one was built at
             # (a promotion), or it did not (a clear): then load again.
             if new.gen != gen.gen + 1 or new.base_seq() != gen.snapshot():
