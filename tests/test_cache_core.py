@@ -5,9 +5,10 @@ past it -- and a scan of garbage that ends in an error, never in a read or
 a write out of bounds."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import random
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from shmmap._core import ffi, lib
 from shmmap.codec import encode_key, encode_value
@@ -15,8 +16,8 @@ from shmmap.generation import Changes
 from shmmap.protocol import batch_blob
 from shmmap.reader import MapReader
 from shmmap.writer import MapWriter
+from test_core_trust import _in_child
 
-CTX = mp.get_context("spawn")
 GUARD = 64                      # bytes past each buffer that must stay untouched
 
 
@@ -56,53 +57,56 @@ def test_the_version_word_moves_on_every_commit_and_publication(map_name: str) -
         w.close()
 
 
-def test_a_scan_reports_each_changed_key_once_as_of_its_snapshot(map_name: str) -> None:
+@pytest.fixture
+def writer_reader(map_name: str) -> Iterator[tuple[MapWriter, MapReader]]:
     w = MapWriter(map_name)
     r = MapReader(map_name)
     try:
-        w.apply(_blob({i: i for i in range(100)}))
-        w.commit()
-        gen = r.refresh()
-        changes = Changes(gen, gen.snapshot())
-        assert _flat(changes.scan(gen.snapshot())) == ({}, set())
-        w.apply(_blob({1: "a", 2: None, 200: "new"}))
-        w.apply(_blob({1: "b", 201: "gone"}))
-        w.apply(_blob({201: None, 3: [1, 2]}))
-        snap = gen.snapshot()                   # nothing committed yet
-        assert _flat(changes.scan(snap)) == ({}, set())
-        w.commit()
-        w.apply(_blob({4: "later"}))            # applied after: not in this scan
-        stored, dead = _flat(changes.scan(gen.snapshot()))
-        assert stored == {1: "b", 200: "new", 3: [1, 2]}
-        assert dead == {2, 201}
-        w.commit()
-        assert _flat(changes.scan(gen.snapshot())) == ({4: "later"}, set())
-        # Big values and many keys: the buffers grow, every key still once.
-        big = {i: "x" * (i % 120) for i in range(500)}      # over 16 KiB of values
-        w.apply(_blob(big))
-        w.commit()
-        assert not lib.shm_superseded(gen.view)             # the same generation took it
-        stored, dead = _flat(changes.scan(gen.snapshot()))
-        assert stored == big and dead == set()
+        yield w, r
     finally:
         r.close()
         w.close()
 
 
-def test_a_scan_from_a_promoted_generation_starts_past_its_build(map_name: str) -> None:
-    w = MapWriter(map_name)
-    r = MapReader(map_name)
-    try:
-        w.apply(_blob({i: i for i in range(50)}))
-        w.promote()
-        gen = r.refresh()
-        changes = Changes(gen, gen.base_seq())
-        w.apply(_blob({7: "seven", 60: "sixty", 8: None}))
-        w.commit()
-        assert _flat(changes.scan(gen.snapshot())) == ({7: "seven", 60: "sixty"}, {8})
-    finally:
-        r.close()
-        w.close()
+def test_a_scan_reports_each_changed_key_once_as_of_its_snapshot(
+        writer_reader: tuple[MapWriter, MapReader]) -> None:
+    w, r = writer_reader
+    w.apply(_blob({i: i for i in range(100)}))
+    w.commit()
+    gen = r.refresh()
+    changes = Changes(gen, gen.snapshot())
+    assert _flat(changes.scan(gen.snapshot())) == ({}, set())
+    w.apply(_blob({1: "a", 2: None, 200: "new"}))
+    w.apply(_blob({1: "b", 201: "gone"}))
+    w.apply(_blob({201: None, 3: [1, 2]}))
+    snap = gen.snapshot()                   # nothing committed yet
+    assert _flat(changes.scan(snap)) == ({}, set())
+    w.commit()
+    w.apply(_blob({4: "later"}))            # applied after: not in this scan
+    stored, dead = _flat(changes.scan(gen.snapshot()))
+    assert stored == {1: "b", 200: "new", 3: [1, 2]}
+    assert dead == {2, 201}
+    w.commit()
+    assert _flat(changes.scan(gen.snapshot())) == ({4: "later"}, set())
+    # Big values and many keys: the buffers grow, every key still once.
+    big = {i: "x" * (i % 120) for i in range(500)}      # over 16 KiB of values
+    w.apply(_blob(big))
+    w.commit()
+    assert not lib.shm_superseded(gen.view)             # the same generation took it
+    stored, dead = _flat(changes.scan(gen.snapshot()))
+    assert stored == big and dead == set()
+
+
+def test_a_scan_from_a_promoted_generation_starts_past_its_build(
+        writer_reader: tuple[MapWriter, MapReader]) -> None:
+    w, r = writer_reader
+    w.apply(_blob({i: i for i in range(50)}))
+    w.promote()
+    gen = r.refresh()
+    changes = Changes(gen, gen.base_seq())
+    w.apply(_blob({7: "seven", 60: "sixty", 8: None}))
+    w.commit()
+    assert _flat(changes.scan(gen.snapshot())) == ({7: "seven", 60: "sixty"}, {8})
 
 
 def _guarded(cap: int) -> Any:
@@ -160,10 +164,4 @@ def test_a_scan_of_garbage_ends_in_a_status_never_out_of_bounds(map_name: str) -
         data = bytes(w.generation.mm)
     finally:
         w.close()
-    child = CTX.Process(target=_scan_garbage, args=(data, 1, 300))
-    child.start()
-    child.join(300)
-    if child.is_alive():
-        child.kill()
-        child.join()
-    assert child.exitcode == 0, f"the scanning child ended with {child.exitcode}"
+    _in_child(_scan_garbage, data, 1, 300)
