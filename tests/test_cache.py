@@ -9,7 +9,10 @@ import gc
 import multiprocessing as mp
 import os
 import pickle
+import threading
+import time
 import tracemalloc
+from itertools import islice
 from typing import Any, Iterator
 
 import pytest
@@ -319,3 +322,50 @@ def test_batches_are_seen_whole_while_another_process_writes(daemon: shmmap.Daem
                 p.kill()
         assert p.exitcode == 0
         assert _cache(m)["loads"] <= 3      # promotions followed, not reloaded
+
+
+def test_threads_read_and_iterate_while_another_writes(daemon: shmmap.Daemon) -> None:
+    """Threads sharing one cache: each iteration sees every key of a batch
+    at one value, each read sees values that never go back, while another
+    thread writes batches (refreshes then copy the dict or change it in
+    place, whichever is safe)."""
+    width, batches = 50, 300
+    failures: list[str] = []
+    with daemon.connect() as m:
+        m.update({k: 0 for k in range(width)})
+        _load(m)
+        done = threading.Event()
+
+        def read() -> None:
+            last = 0
+            try:
+                while not done.is_set():
+                    it = iter(m.items())
+                    values = {v for _, v in islice(it, 5)}
+                    time.sleep(0.0002)      # lets the others run (and refresh) mid-iteration
+                    values |= {v for _, v in it}
+                    if len(values) != 1 or min(values) < last:
+                        failures.append(f"iteration saw {sorted(values)} after {last}")
+                        return
+                    last = values.pop()
+                    now = m[width // 2]
+                    if now < last:
+                        failures.append(f"m[k] went back from {last} to {now}")
+                        return
+            except BaseException as exc:           # reported by the main thread
+                failures.append(repr(exc))
+
+        readers = [threading.Thread(target=read) for _ in range(3)]
+        for t in readers:
+            t.start()
+        try:
+            for i in range(1, batches + 1):
+                with m.batch() as b:
+                    for k in range(width):
+                        b[k] = i
+        finally:
+            done.set()
+            for t in readers:
+                t.join(60)
+        assert failures == []
+        assert set(m.values()) == {batches}
