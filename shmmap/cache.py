@@ -21,7 +21,7 @@ Every snapshot guarantee of the uncached reads holds:
 
 Memory is bounded: a map with more than ``max_keys`` keys, or more than
 ``max_bytes`` bytes of encoded keys and values, is read uncached (the
-shared memory directly) until it fits again. Decoded objects take several
+shared memory directly) until an iteration finds that it fits again. Decoded objects take several
 times their encoded bytes (an int->int pair about 100 bytes in Python).
 
 Values are shared: every read of a key returns the same object until the
@@ -60,6 +60,11 @@ _version = lib.shm_map_version
 # A version word no cache ever matches: seen is -1, a word is unsigned.
 _NO_WORD = memoryview(array("Q", [0]))
 _NOT_CURRENT = -1
+# A word that always matches _ALWAYS_SEEN: the hot tuple of a map read
+# uncached, which is current by construction.
+_ALWAYS_WORD = memoryview(array("Q", [0]))
+_ALWAYS_SEEN = 0
+_MISSING = object()
 
 
 def _calibrate_refcount() -> int:
@@ -97,6 +102,28 @@ class NoCache:
         self.hot: tuple[int, memoryview, dict[Any, Any]] = (_NOT_CURRENT, _NO_WORD, {})
 
 
+class UncachedReads:
+    """What the read fast path finds in the hot tuple of a map read
+    uncached (over the limits, or the cache off): the dict operations it
+    makes, as lookups in shared memory (always current, so the tuple's
+    version check always passes). get is the reader's lookup itself."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, reader: "MapReader") -> None:
+        """Reads through reader (which raises MapClosedError once closed)."""
+        self.get = reader.lookup
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+
 class ReadCache:
     """The decoded map of one client, kept current by deltas.
 
@@ -124,7 +151,9 @@ class ReadCache:
         self._header = reader.header            # owns the header mapping
         self._word = memoryview(ffi.buffer(self._header))[
             _VERSION_OFF:_VERSION_OFF + 8].cast("Q")
-        self.hot: tuple[int, memoryview, dict[Any, Any]] = (_NOT_CURRENT, self._word, {})
+        self.hot: tuple[int, memoryview, Any] = (_NOT_CURRENT, self._word, {})
+        if limits.max_keys == 0:
+            self._serve_uncached(reader)
         self._lock = threading.Lock()
         self._changes: Optional[Changes] = None     # None: not loaded
         self._closed = False
@@ -259,6 +288,7 @@ class ReadCache:
         gen: Generation = self._check_open().refresh()
         if not self.limits.fits(int(gen.header.live_count), int(gen.header.live_bytes)):
             self._over_limit = True
+            self._serve_uncached(self._check_open())
             return False
         snap = gen.snapshot()
         data: dict[Any, Any] = {}
@@ -276,7 +306,12 @@ class ReadCache:
         self._over_limit = True
         self._lookups = 0
         self.drops += 1
-        self.hot = (_NOT_CURRENT, self._word, {})
+        self._serve_uncached(self._check_open())
+
+    def _serve_uncached(self, reader: "MapReader") -> None:
+        """Reads go straight to shared memory, at no cost but the version
+        check, until an iteration finds that the map fits the limits."""
+        self.hot = (_ALWAYS_SEEN, _ALWAYS_WORD, UncachedReads(reader))
 
     def _sync(self) -> Optional[dict[Any, Any]]:
         """Brings the dict to the map's state now (it is loaded); None if
