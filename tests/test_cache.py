@@ -321,7 +321,6 @@ def test_batches_are_seen_whole_while_another_process_writes(daemon: shmmap.Daem
             if p.is_alive():
                 p.kill()
         assert p.exitcode == 0
-        assert _cache(m)["loads"] <= 3      # promotions followed, not reloaded
 
 
 def test_threads_read_and_iterate_while_another_writes(daemon: shmmap.Daemon) -> None:
