@@ -134,7 +134,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         limits=Limits(max_key=args.max_key, max_value=args.max_value,
                       max_live_bytes=args.max_live_bytes),
         max_connections=args.max_connections, allow_uids=frozenset(args.allow_uid),
-        fresh=args.fresh, ready_fd=args.ready_fd))
+        fresh=args.fresh, ready_fd=args.ready_fd, metrics=args.metrics))
 
 
 def _run_get(args: argparse.Namespace) -> int:
@@ -496,6 +496,18 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
                    help="text (default; one line per event, for a terminal or journald) or "
                    "json (one object per line, with the event's fields, for log collectors)")
+    p.add_argument("--metrics", metavar="HOST:PORT", type=_metrics_address,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults "
+                   "to 127.0.0.1; PORT 0 picks a free port, shown by -v and in stats)")
+
+
+def _metrics_address(text: str) -> str:
+    from .metrics import parse_address
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def serve_options() -> frozenset[str]:
