@@ -32,6 +32,7 @@ commands:
   promote   make the daemon promote now
   ls        the maps on this host and whether their daemons live
   cleanup   remove the segments and socket a dead daemon left
+  top       a live view of a running map: rates, promotions, latency
   demo      a live demo: 100,000 keys, readers iterating under a 50/50 load
   soak      readers and writers for a long time, every iteration checked
   bench     shmmap against the alternatives, with a table, JSON and a plot
@@ -407,6 +408,12 @@ def _run_cleanup(args: argparse.Namespace) -> int:
     return status
 
 
+def _run_top(args: argparse.Namespace) -> int:
+    from .top import run
+    return run(args.name, interval=args.interval, once=args.once, as_json=args.json,
+               count=args.count)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
     out = open(args.json, "w") if args.json else None     # a bad path fails before the run
@@ -596,6 +603,33 @@ def _add_admin_commands(sub: Any) -> None:
                    help="print each map's state and what was removed as JSON")
 
 
+def _seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < x <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds are more than 0, at most 3600")
+    return x
+
+
+def _add_watch_commands(sub: Any) -> None:
+    p = _sub(sub, "top", _run_top, "a live view of a running map",
+             "Show map NAME's daemon live, like top: writes, lookups and misses per second, "
+             "promotions and how long the last took, live keys and bytes, clients, older "
+             "generations clients still map, and the daemon's request latency (p50, p99, by "
+             "operation) over each interval. Ctrl-C leaves it.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--interval", type=_seconds, default=1.0,
+                   help="seconds between frames (default 1)")
+    p.add_argument("--once", action="store_true",
+                   help="print one frame (after one interval) and exit")
+    p.add_argument("--count", type=_natural, default=0,
+                   help="exit after this many frames (default 0: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print each frame as one JSON object "
+                   "per line")
+
+
 def _add_workload_commands(sub: Any) -> None:
     for name, run, help, desc, defaults in (
         ("demo", _run_demo, "a live demo of shmmap under load",
@@ -642,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_data_commands(sub)
     _add_admin_commands(sub)
+    _add_watch_commands(sub)
     _add_workload_commands(sub)
     return parser
 
