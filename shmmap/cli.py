@@ -33,6 +33,7 @@ commands:
   ls        the maps on this host and whether their daemons live
   cleanup   remove the segments and socket a dead daemon left
   top       a live view of a running map: rates, promotions, latency
+  trace     record what the daemon does into a trace Perfetto opens
   demo      a live demo: 100,000 keys, readers iterating under a 50/50 load
   soak      readers and writers for a long time, every iteration checked
   bench     shmmap against the alternatives, with a table, JSON and a plot
@@ -414,6 +415,29 @@ def _run_top(args: argparse.Namespace) -> int:
                count=args.count)
 
 
+def _run_trace(args: argparse.Namespace) -> int:
+    from . import trace
+    from .progress import Progress
+    out = Path(args.output)
+    if not out.parent.is_dir():             # fails before recording, not after
+        raise ShmmapError(f"--output {args.output}: no directory {str(out.parent)!r}")
+    with Progress(plain_every=None) as progress:
+        summary = trace.record(
+            args.name, args.duration, out, slow_ms=args.slow_ms,
+            client_files=trace.trace_files(args.client_events),
+            progress=lambda left: progress.update(f"recording map {args.name!r}: "
+                                                  f"{left:.0f} s left"))
+    if args.json:
+        _print_json(summary, indent=2)
+    else:
+        print(f"wrote {summary['output']}: {summary['daemon_events']:,} daemon events, "
+              f"{summary['client_events']:,} client events"
+              + (f", {summary['dropped']:,} dropped (the daemon keeps "
+                 f"{trace.MAX_EVENTS:,})" if summary["dropped"] else "")
+              + "; open it in ui.perfetto.dev or chrome://tracing")
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
     out = open(args.json, "w") if args.json else None     # a bad path fails before the run
@@ -628,6 +652,31 @@ def _add_watch_commands(sub: Any) -> None:
                    help="exit after this many frames (default 0: until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="print each frame as one JSON object "
                    "per line")
+    _add_trace(sub)
+
+
+def _add_trace(sub: Any) -> None:
+    from .trace import DEFAULT_SLOW_MS, ENV
+    p = _sub(sub, "trace", _run_trace, "record what the daemon does, for Perfetto",
+             "Record what map NAME's daemon does for --duration seconds into FILE, in Chrome's "
+             "trace-event JSON that ui.perfetto.dev and chrome://tracing open: each round of "
+             "the loop (a group commit) with its request count, each promotion with its "
+             "reason, entries and bytes, client connects and disconnects, requests slower "
+             f"than --slow-ms, and the map's key and client counts. Clients that set {ENV}="
+             "EVENTS (or connect(name, trace=EVENTS)) append their iterations and waits for "
+             "the daemon to EVENTS; those of the recording's time span are merged in, each "
+             "process in its own lane.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--duration", type=_seconds, default=5.0,
+                   help="seconds to record (default 5)")
+    p.add_argument("--output", "-o", metavar="FILE", required=True,
+                   help="the trace file to write (JSON)")
+    p.add_argument("--slow-ms", type=float, default=DEFAULT_SLOW_MS,
+                   help=f"record requests that take longer (default {DEFAULT_SLOW_MS:g} ms)")
+    p.add_argument("--client-events", metavar="EVENTS", action="append", default=[],
+                   help=f"a file clients append events to (repeatable; default: ${ENV} "
+                   "if set)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _add_workload_commands(sub: Any) -> None:

@@ -29,6 +29,7 @@ from .generation import Generation
 from .protocol import Op, batch_blob, delete_item, store_item
 from .reader import MapReader
 from .slots import ClientSlot
+from .trace import client_tracer, now_us
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
@@ -88,16 +89,20 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     on first use; a fork()ed child reconnects by itself.
     """
 
-    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 trace: Optional[str] = None) -> None:
         """Maps map name and connects to its daemon (within timeout)."""
-        self._setup(name, timeout)
+        self._setup(name, timeout, trace)
         self._open()
 
-    def _setup(self, name: str, timeout: float) -> None:
+    def _setup(self, name: str, timeout: float, trace: Optional[str] = None) -> None:
         """The state of a map not yet opened (connect() opens it at once,
         unpickling on first use)."""
         self.name = segments.check_map_name(name)
         self.timeout = timeout
+        # Opt-in trace events (iterations, waits): see shmmap.trace.
+        self._trace_path = trace
+        self._trace = client_tracer(trace)
         # Serialises requests, connecting and closing; reads never take it.
         self._lock = threading.Lock()
         self._closed = False
@@ -170,7 +175,8 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         maps the map and connects on first use (as a Manager proxy does)."""
         if self._closed:
             raise MapClosedError(f"map {self.name!r} is closed")
-        return (_connect_on_first_use, (self.name, {"timeout": self.timeout}))
+        return (_connect_on_first_use, (self.name, {"timeout": self.timeout,
+                                                    "trace": self._trace_path}))
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
@@ -349,6 +355,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
           write raises WriteTimeoutError (an OutcomeUnknownError). The
           connection stays: late replies are skipped by request id.
         """
+        traced = now_us() if self._trace is not None else 0.0
         with self._lock:
             deadline = time.monotonic() + self.timeout
             reader = self._open_locked(deadline)
@@ -362,7 +369,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 try:
                     self._send_all(data, deadline)
                     sent = True
-                    return self._receive(first_id, len(requests), deadline)
+                    results = self._receive(first_id, len(requests), deadline)
+                    if self._trace is not None:
+                        self._trace.wait(self.name, [r[0] for r in requests], traced)
+                    return results
                 except ShmmapError:
                     raise       # the daemon's answer
                 except _NothingSent as exc:
@@ -446,7 +456,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         """(key, value) pairs of one snapshot, taken now; the iterator holds
         its generation, so it runs to its end, whatever happens meanwhile
         (writes, promotions, close())."""
-        return self._open().items()
+        pairs = self._open().items()
+        if self._trace is not None:
+            return self._trace.iterate(pairs, self.name)
+        return pairs
 
     def __iter__(self) -> Iterator[Any]:
         return map(itemgetter(0), self._pairs())
@@ -653,13 +666,18 @@ class Batch:
     __delitem__ = delete
 
 
-def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT) -> SharedMap:
+def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
+            trace: Optional[str] = None) -> SharedMap:
     """Opens map name, which a daemon (``shmmap serve name``) must serve.
 
     timeout bounds each operation that talks to the daemon: connecting,
     and each write with its reply (a write with no reply in time raises
-    WriteTimeoutError: it may or may not be applied)."""
-    return SharedMap(name, timeout=timeout)
+    WriteTimeoutError: it may or may not be applied).
+
+    trace (or the environment variable SHMMAP_TRACE) names a file this
+    process appends trace events to: each iteration and each wait for the
+    daemon, which ``shmmap trace`` merges into its trace."""
+    return SharedMap(name, timeout=timeout, trace=trace)
 
 
 def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:
