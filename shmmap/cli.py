@@ -34,6 +34,7 @@ commands:
   cleanup   remove the segments and socket a dead daemon left
   top       a live view of a running map: rates, promotions, latency
   trace     record what the daemon does into a trace Perfetto opens
+  doctor    find what is wrong with a map and say what to do
   demo      a live demo: 100,000 keys, readers iterating under a 50/50 load
   soak      readers and writers for a long time, every iteration checked
   bench     shmmap against the alternatives, with a table, JSON and a plot
@@ -438,6 +439,16 @@ def _run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, render
+    report = diagnose(args.name, args.interval)
+    if args.json:
+        _print_json(report.as_json(), indent=2)
+    else:
+        print(render(report))
+    return 0 if report.healthy else 1
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
     out = open(args.json, "w") if args.json else None     # a bad path fails before the run
@@ -653,6 +664,18 @@ def _add_watch_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print each frame as one JSON object "
                    "per line")
     _add_trace(sub)
+    p = _sub(sub, "doctor", _run_doctor, "find what is wrong with a map",
+             "Look at map NAME and its daemon for --interval seconds and say, with the "
+             "numbers, what is wrong and what to do: a daemon not running or not answering; "
+             "superseded generations pinned by an iteration (which pid, how many bytes); a "
+             "high miss rate and the promotion it will cause; promotions too frequent for "
+             "the writes; /dev/shm too small for the next generation; logind's RemoveIPC=yes "
+             "for the map's owner; the daemon waiting for a CPU more than it runs. Exit 0 "
+             "when it finds no problem (notes allowed), 1 when it does.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--interval", type=_seconds, default=1.0,
+                   help="seconds to watch the daemon's counters (default 1)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
 def _add_trace(sub: Any) -> None:
