@@ -35,6 +35,7 @@ from .errors import InvalidRequestError
 from .protocol import Op
 
 ENV = "SHMMAP_TRACE"
+_OP_NAMES = {int(op): op.name for op in Op}
 MAX_SECONDS = 3600.0
 MAX_EVENTS = 500_000            # the daemon's buffer; beyond it events are counted, not kept
 COUNTER_EVERY_US = 10_000       # counters (keys, clients) at most every 10 ms
@@ -138,7 +139,7 @@ class Recorder:
     def request(self, op: int, seconds: float) -> None:
         dur = seconds * 1e6
         if dur >= self.slow_us:
-            name = Op(op).name if op in Op._value2member_map_ else str(op)
+            name = _OP_NAMES.get(op, str(op))
             self.add("X", f"slow {name}", now_us() - dur, dur, {"op": name})
 
     def commit(self, requests: int, seconds: float) -> None:
@@ -287,21 +288,24 @@ class ClientTracer:
             self._pid = pid
             self._lines = []
             label = " ".join(os.path.basename(a) for a in sys.argv[:2]) or "python"
-            self._emit({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
-                        "args": {"name": f"shmmap client: {label} (pid {pid})"}})
-
-    def _emit(self, ev: dict[str, Any]) -> None:
-        if not self._lines:
             self._oldest = now_us()
-        self._lines.append(json.dumps(ev, default=str))
+            self._lines.append(json.dumps({"ph": "M", "name": "process_name", "pid": pid,
+                                           "tid": pid, "args": {"name": f"shmmap client: "
+                                                                f"{label} (pid {pid})"}}))
 
-    def span(self, name: str, start: float, end: float, args: dict[str, Any]) -> None:
-        """A slice [start, end] (microseconds) in this thread's lane."""
+    def span(self, name: str, start: float, end: float, args_json: str) -> None:
+        """A slice [start, end] (microseconds) in this thread's lane; name
+        a JSON-safe word or two, args a JSON object already encoded. The
+        line is formatted directly: json.dumps would cost more than the
+        wait it records."""
+        tid = threading.get_native_id()
         with self._lock:
             self._meta()
-            self._emit({"ph": "X", "name": name, "cat": name.split(" ")[0], "pid": self._pid,
-                        "tid": threading.get_native_id(), "ts": start, "dur": end - start,
-                        "args": args})
+            if not self._lines:
+                self._oldest = end
+            self._lines.append(
+                f'{{"ph":"X","name":"{name}","cat":"{name.split(" ")[0]}","pid":{self._pid},'
+                f'"tid":{tid},"ts":{start:.3f},"dur":{end - start:.3f},"args":{args_json}}}')
             if len(self._lines) >= CLIENT_FLUSH_EVENTS or end - self._oldest >= CLIENT_FLUSH_US:
                 self._flush_locked()
 
@@ -337,13 +341,13 @@ class ClientTracer:
                 yield pair
             finished = True
         finally:
-            self.span("iterate", start, now_us(),
-                      {"map": map_name, "items": count, "finished": finished})
+            self.span("iterate", start, now_us(), json.dumps(
+                {"map": map_name, "items": count, "finished": finished}))
 
     def wait(self, map_name: str, ops: list[Any], start: float) -> None:
         """A slice for a request (or pipeline) from sending to its reply."""
-        first = Op(ops[0]).name if ops[0] in Op._value2member_map_ else str(ops[0])
-        self.span(f"wait {first}", start, now_us(), {"map": map_name, "requests": len(ops)})
+        self.span(f"wait {_OP_NAMES.get(ops[0], 'OP')}", start, now_us(),
+                  f'{{"map":{json.dumps(map_name)},"requests":{len(ops)}}}')
 
 
 _tracers: dict[str, ClientTracer] = {}
