@@ -148,9 +148,17 @@ def miss_rate(a: dict[str, Any], b: dict[str, Any], seconds: float) -> list[Find
     lookups, misses = b["lookups"] - a["lookups"], b["misses"] - a["misses"]
     if lookups < MIN_LOOKUPS or misses < MISS_RATIO * lookups:
         return []
+    per_s = misses / seconds
+    if b["dirty_keys"] == 0:
+        return [Finding(
+            "absent_lookups", NOTE,
+            f"{misses / lookups:.0%} of lookups missed ({per_s:,.0f}/s) with nothing in the "
+            "dirty table: they are lookups of keys not in the map, which probe both tables. "
+            "No promotion comes for them, and none would help.",
+            "nothing, unless those keys should be there.",
+            {"miss_ratio": misses / lookups, "misses_per_s": per_s})]
     live = max(b["live_keys"], lib.SHM_MIN_DIRTY)
     threshold = live * lib.SHM_MISSES_PER_LIVE
-    per_s = misses / seconds
     return [Finding(
         "miss_rate", PROBLEM,
         f"readers missed the read table on {misses / lookups:.0%} of their lookups "

@@ -151,6 +151,18 @@ def test_doctor_explains_misses_and_the_promotion_they_cause(map_name: str) -> N
     assert "The daemon promotes for misses after" in f.problem
 
 
+def test_doctor_tells_lookups_of_absent_keys_from_misses_that_promote(map_name: str) -> None:
+    with shmmap.Daemon(map_name) as d, d.connect() as m:
+        m.update((i, i) for i in range(KEYS))
+        m.promote()
+        absent = [("absent", i) for i in range(200)]
+        report = _while(lambda: [m.get(k) for k in absent], map_name)
+    assert not [f for f in report.findings if f.check in ("miss_rate", "promotion_rate")]
+    (f,) = [f for f in report.findings if f.check == "absent_lookups"]
+    assert f.severity == "note" and f.data["miss_ratio"] == 1.0
+    assert "lookups of keys not in the map" in f.problem
+
+
 def test_doctor_finds_promotions_too_frequent_for_the_writes(map_name: str) -> None:
     with shmmap.Daemon(map_name) as d, d.connect() as m:
         m.update((i, i) for i in range(20 * KEYS))
