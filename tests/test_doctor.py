@@ -212,3 +212,17 @@ def test_host_checks_say_what_they_measured() -> None:
                                  runnable=7, cores=2, p99=2e-3)
     assert "waited 0.40 s for a CPU in 1.0 s and ran 0.20 s (7 processes runnable on 2 " \
            "cores; p99 request latency in the daemon 2.00 ms)" in f.problem
+
+
+def test_doctor_says_a_stopped_daemon_does_not_answer(map_name: str) -> None:
+    with shmmap.Daemon(map_name) as d:
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            status, out, err = doctor_cli(map_name, "--json")
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+    assert status == 1, err
+    (f,) = [f for f in json.loads(out)["findings"] if f["check"] == "daemon_not_answering"]
+    assert f["data"] == {"pid": d.pid, "state": "T"}
+    assert f"daemon pid {d.pid} runs (state: T) but does not answer" in f["problem"]
+    assert "kill -CONT" in f["advice"]
