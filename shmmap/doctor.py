@@ -25,6 +25,7 @@ from .protocol import Op
 from .reader import MapReader
 from .slots import slot_at
 from .stats import counts_between, quantile
+from .top import human_bytes
 
 PROBLEM, NOTE = "problem", "note"
 CONNECT_TIMEOUT = 5.0
@@ -273,8 +274,8 @@ def pinned_generations(name: str, current: int, proc: Path = PROC) -> list[Findi
                 "pinned_generation", PROBLEM,
                 f"{who} holds superseded generation{'s' * (len(old) > 1)} {listed} of map "
                 f"{name!r} while it reads generation {current}: an iteration that has not "
-                f"ended keeps its snapshot mapped, {_size(pinned)} of /dev/shm that cannot "
-                "be freed until it ends.",
+                f"ended keeps its snapshot mapped, {human_bytes(pinned)} of /dev/shm that "
+                "cannot be freed until it ends.",
                 "let the iteration end: run it to its end, or break out and drop the "
                 "iterator (del it); for long work on a snapshot, copy it first "
                 "(m.snapshot()).", data))
@@ -282,8 +283,8 @@ def pinned_generations(name: str, current: int, proc: Path = PROC) -> list[Findi
             out.append(Finding(
                 "idle_generation", NOTE,
                 f"{who} still maps superseded generation{'s' * (len(old) > 1)} {listed} "
-                f"({_size(pinned)}): it is iterating since before the promotion, or has not "
-                "read since; its next lookup lets an idle one go.",
+                f"({human_bytes(pinned)}): it is iterating since before the promotion, or has "
+                "not read since; its next lookup lets an idle one go.",
                 "nothing if it is idle and small; otherwise see whether that process "
                 "iterates for long.", data))
     return out
@@ -296,14 +297,6 @@ def _cmdline(pid: int, proc: Path) -> str:
         return "?"
     text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 # -- the host ---------------------------------------------------------------------
@@ -321,9 +314,10 @@ def shm_space(live_keys: int, live_bytes: int, shm_dir: Path = segments.SHM_DIR
         return []
     return [Finding(
         "shm_space", PROBLEM,
-        f"{shm_dir} has {_size(free)} free of {_size(st.f_blocks * st.f_frsize)}, and the next "
-        f"generation of this map needs {_size(need)} ({live_keys:,} keys): the next promotion "
-        "will fail, and the map stops taking new keys once its generation is full.",
+        f"{shm_dir} has {human_bytes(free)} free of {human_bytes(st.f_blocks * st.f_frsize)}, "
+        f"and the next generation of this map needs {human_bytes(need)} ({live_keys:,} keys): "
+        "the next promotion will fail, and the map stops taking new keys once its generation "
+        "is full.",
         f"free room in {shm_dir} (other maps: `shmmap ls`; stale ones: `shmmap cleanup`; "
         "iterations that pin old generations: see above), or make it larger (a tmpfs: "
         f"`mount -o remount,size=... {shm_dir}`).", {"free": free, "needed": need})]

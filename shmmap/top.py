@@ -46,7 +46,8 @@ def frame(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         total = [x + y for x, y in zip(total, counts)]
         if sum(counts):
             ops.append({"op": op, "per_s": sum(counts) / seconds,
-                        "p50_us": _us(quantile(counts, 0.5)), "p99_us": _us(quantile(counts, 0.99))})
+                        "p50_us": _us(quantile(counts, 0.5)),
+                        "p99_us": _us(quantile(counts, 0.99))})
     ops.sort(key=lambda o: -o["per_s"])
     return {
         "map": b["name"], "pid": b["pid"], "uptime_s": b["uptime_s"],
@@ -77,10 +78,12 @@ def render(f: dict[str, Any]) -> str:
         f"{f['time']:>12}",
         "",
         f"writes/s   {_n(f['writes_per_s']):>12}    live keys  {f['live_keys']:>14,}",
-        f"lookups/s  {_n(f['lookups_per_s']):>12}    live bytes {_bytes(f['live_bytes']):>14}",
+        f"lookups/s  {_n(f['lookups_per_s']):>12}    "
+        f"live bytes {human_bytes(f['live_bytes']):>14}",
         f"misses/s   {_n(f['misses_per_s']):>12}    dirty keys {f['dirty_keys']:>14,}"
         f"   ({f['miss_ratio']:.1%} of lookups missed)",
-        f"requests/s {_n(f['requests_per_s']):>12}    segment    {_bytes(f['segment_bytes']):>14}"
+        f"requests/s {_n(f['requests_per_s']):>12}    "
+        f"segment    {human_bytes(f['segment_bytes']):>14}"
         f"   (generation {f['generation']})",
         "",
         f"clients {f['clients']}    older generations still mapped {f['older_generations_mapped']}",
@@ -106,7 +109,8 @@ def _lat(us: Optional[float]) -> str:
     return f"{us:,.0f} us" if us < 10_000 else f"{us / 1000:,.1f} ms"
 
 
-def _bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """n bytes as B, KiB, MiB or GiB with one decimal."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

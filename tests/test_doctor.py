@@ -145,7 +145,7 @@ def test_doctor_explains_misses_and_the_promotion_they_cause(map_name: str) -> N
         report = _while(lookups, map_name)
         assert m.stats()["promotions_by_reason"].get("misses", 0) == 0
     (f,) = [f for f in report.findings if f.check == "miss_rate"]
-    assert f.data["miss_ratio"] == 1.0
+    assert f.data["miss_ratio"] > 0.99
     assert f.data["promotion_after_misses"] == (live + 200) * doctor.lib.SHM_MISSES_PER_LIVE
     assert "readers missed the read table on" in f.problem
     assert "The daemon promotes for misses after" in f.problem
@@ -159,7 +159,7 @@ def test_doctor_tells_lookups_of_absent_keys_from_misses_that_promote(map_name: 
         report = _while(lambda: [m.get(k) for k in absent], map_name)
     assert not [f for f in report.findings if f.check in ("miss_rate", "promotion_rate")]
     (f,) = [f for f in report.findings if f.check == "absent_lookups"]
-    assert f.severity == "note" and f.data["miss_ratio"] == 1.0
+    assert f.severity == "note" and f.data["miss_ratio"] > 0.99
     assert "lookups of keys not in the map" in f.problem
 
 

@@ -14,10 +14,11 @@ import shmmap
 from shmmap.stats import BUCKET_BOUNDS, quantile
 
 KEYS = 1000
+Busy = tuple[shmmap.Daemon, shmmap.SharedMap]
 
 
 @pytest.fixture
-def busy_map(map_name: str) -> Iterator[tuple[shmmap.Daemon, shmmap.SharedMap]]:
+def busy_map(map_name: str) -> Iterator[Busy]:
     """A daemon of KEYS keys with a thread writing and reading them until
     the test ends."""
     with shmmap.Daemon(map_name) as d, d.connect() as m:
@@ -49,7 +50,7 @@ def top(*args: str) -> str:
     return done.stdout
 
 
-def test_top_once_prints_one_frame_that_matches_stats(busy_map) -> None:  # type: ignore[no-untyped-def]
+def test_top_once_prints_one_frame_that_matches_stats(busy_map: Busy) -> None:
     d, m = busy_map
     before = m.stats()
     text = top(d.name, "--once", "--interval", "0.3")
@@ -74,7 +75,7 @@ def test_top_once_prints_one_frame_that_matches_stats(busy_map) -> None:  # type
     assert not text.startswith("\x1b")          # not a terminal: no redrawing
 
 
-def test_top_json_frames_hold_the_numbers(busy_map) -> None:  # type: ignore[no-untyped-def]
+def test_top_json_frames_hold_the_numbers(busy_map: Busy) -> None:
     d, m = busy_map
     before = m.stats()
     frames = [json.loads(line) for line in
