@@ -24,7 +24,7 @@ from .daemon import process_alive
 from .protocol import Op
 from .reader import MapReader
 from .slots import slot_at
-from .stats import counts_between, quantile
+from .stats import quantile, requests_between, summed
 from .top import human_bytes
 
 PROBLEM, NOTE = "problem", "note"
@@ -131,18 +131,10 @@ def _daemon_checks(name: str, pid: int, interval: float) -> list[Finding]:
     out = miss_rate(before["stats"], after["stats"], seconds)
     out += promotion_rate(before["stats"], after["stats"], seconds)
     if cpu0 is not None and cpu1 is not None:
+        p99 = quantile(summed(requests_between(before, after)), 0.99)
         out += cpu_contention(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], seconds, _runnable(),
-                              len(os.sched_getaffinity(0)), _p99(before, after))
+                              len(os.sched_getaffinity(0)), p99)
     return out
-
-
-def _p99(before: dict[str, Any], after: dict[str, Any]) -> Optional[float]:
-    total: Optional[list[int]] = None
-    for op, hist in after["request_seconds"].items():
-        old = before["request_seconds"].get(op, {"counts": [0] * len(hist["counts"])})
-        counts = counts_between(old, hist)
-        total = counts if total is None else [a + b for a, b in zip(total, counts)]
-    return quantile(total, 0.99) if total else None
 
 
 def miss_rate(a: dict[str, Any], b: dict[str, Any], seconds: float) -> list[Finding]:

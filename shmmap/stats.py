@@ -172,6 +172,23 @@ def counts_between(before: dict[str, Any], after: dict[str, Any]) -> list[int]:
     return [b - a for a, b in zip(before["counts"], after["counts"])]
 
 
+def requests_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[int]]:
+    """{op: per-bucket counts} of the requests timed between two
+    Timings.snapshot()s (ops with none left out)."""
+    out = {}
+    for op, hist in after["request_seconds"].items():
+        old = before["request_seconds"].get(op, {"counts": [0] * len(hist["counts"])})
+        counts = counts_between(old, hist)
+        if sum(counts):
+            out[op] = counts
+    return out
+
+
+def summed(per_op: dict[str, list[int]]) -> list[int]:
+    """The bucket counts of every operation together."""
+    return [sum(c) for c in zip(*per_op.values())] if per_op else []
+
+
 class Timings:
     """How long the daemon takes: each request by operation, each round's
     commit, each promotion. The loop calls the observe_* methods; these

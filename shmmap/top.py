@@ -16,7 +16,7 @@ from typing import Any, Optional, TextIO
 
 from .client import SharedMap, connect
 from .protocol import Op
-from .stats import counts_between, quantile
+from .stats import quantile, requests_between, summed
 
 CLEAR = "\x1b[H\x1b[J"          # cursor home, clear to the end of the screen
 TOP_OPS = 4                     # operations listed by request rate
@@ -38,17 +38,11 @@ def frame(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         return (b[key] - a[key]) / seconds
 
     lookups, misses = b["lookups"] - a["lookups"], b["misses"] - a["misses"]
-    total = [0] * len(after["commit_seconds"]["counts"])
-    ops = []
-    for op, hist in after["request_seconds"].items():
-        old = before["request_seconds"].get(op, {"counts": [0] * len(hist["counts"])})
-        counts = counts_between(old, hist)
-        total = [x + y for x, y in zip(total, counts)]
-        if sum(counts):
-            ops.append({"op": op, "per_s": sum(counts) / seconds,
-                        "p50_us": _us(quantile(counts, 0.5)),
-                        "p99_us": _us(quantile(counts, 0.99))})
-    ops.sort(key=lambda o: -o["per_s"])
+    per_op = requests_between(before, after)
+    total = summed(per_op)
+    ops = sorted(({"op": op, "per_s": sum(counts) / seconds,
+                   "p50_us": _us(quantile(counts, 0.5)), "p99_us": _us(quantile(counts, 0.99))}
+                  for op, counts in per_op.items()), key=lambda o: -o["per_s"])
     return {
         "map": b["name"], "pid": b["pid"], "uptime_s": b["uptime_s"],
         "time": datetime.now().strftime("%H:%M:%S"), "interval_s": round(seconds, 3),
