@@ -136,3 +136,30 @@ def test_trace_command_writes_the_file_and_says_so(map_name: str, tmp_path: Path
                               str(tmp_path / "no" / "t.json")], capture_output=True, text=True,
                              timeout=60)
     assert missing.returncode == 1 and "no directory" in missing.stderr
+
+
+def test_promotion_phases_become_slices_inside_the_promotion() -> None:
+    """When the writer reports a promotion's phases (a "phases" field of its
+    log record, in order), the trace nests one slice per phase in it."""
+    from shmmap.stats import Timings
+
+    class Conn:
+        peer = None
+
+    conn = Conn()
+    recorder = trace.Recorder(Timings(), lambda: {})
+    recorder.op_trace(conn, 10, 0.001)
+    try:
+        trace.daemon_log.info("promoted", extra={
+            "event": "promotion", "reason": "full", "entries": 5, "bytes": 80, "ms": 3.0,
+            "phases": {"measure": 1.0, "build": 1.5, "publish": 0.5}})
+    finally:
+        got, _ = recorder.op_trace(conn, 0, 0)
+    promotion, *phases = got["events"]
+    assert promotion[:2] == ["X", "promotion (full)"] and promotion[3] == pytest.approx(3000)
+    assert promotion[4] == {"reason": "full", "entries": 5, "bytes": 80, "ms": 3.0}
+    assert [(p[1], p[3]) for p in phases] == [("measure", 1000), ("build", 1500),
+                                              ("publish", 500)]
+    assert phases[0][2] == promotion[2]
+    assert phases[-1][2] + phases[-1][3] == pytest.approx(promotion[2] + promotion[3])
+    assert trace.daemon_log.handlers == [] and not recorder.on
