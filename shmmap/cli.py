@@ -670,8 +670,8 @@ def _add_watch_commands(sub: Any) -> None:
              "superseded generations pinned by an iteration (which pid, how many bytes); a "
              "high miss rate and the promotion it will cause; promotions too frequent for "
              "the writes; /dev/shm too small for the next generation; logind's RemoveIPC=yes "
-             "for the map's owner; the daemon waiting for a CPU more than it runs. Exit 0 "
-             "when it finds no problem (notes allowed), 1 when it does.")
+             "for the map's owner; a busy daemon waiting for a CPU more than it runs. Exit "
+             "0 when it finds no problem (notes allowed), 1 when it does.")
     p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
     p.add_argument("--interval", type=_seconds, default=1.0,
                    help="seconds to watch the daemon's counters (default 1)")

@@ -35,9 +35,11 @@ MIN_LOOKUPS = 1000               # ... over at least this many lookups
 # Promotions stop the daemon's loop; taking over a tenth of its time they
 # are too frequent for the writes they serve.
 PROMOTION_SHARE = 0.10
-# The daemon waited for a CPU at least as long as it ran, and at least this
-# share of the interval: contention, not the map, sets the write latency.
-RUNQUEUE_SHARE = 0.05
+# The daemon was busy (running or waiting for a CPU) at least this share of
+# the interval, and waited at least as long as it ran: contention, not the
+# map, sets the write latency. (An idle daemon that waits 10 ms for a core
+# to wake up is no finding.)
+BUSY_SHARE = 0.2
 LOGIND_CONFIGS = (Path("/etc/systemd/logind.conf"), Path("/etc/systemd/logind.conf.d"),
                   Path("/run/systemd/logind.conf.d"), Path("/usr/local/lib/systemd/logind.conf.d"),
                   Path("/usr/lib/systemd/logind.conf.d"))
@@ -373,7 +375,7 @@ def cpu_contention(ran_ns: int, waited_ns: int, seconds: float, runnable: Option
                    cores: int, p99: Optional[float]) -> list[Finding]:
     """The daemon waited for a CPU (its run queue wait, from schedstat) at
     least as long as it ran: contention sets the write latency."""
-    if waited_ns < ran_ns or waited_ns < RUNQUEUE_SHARE * seconds * 1e9:
+    if waited_ns < ran_ns or ran_ns + waited_ns < BUSY_SHARE * seconds * 1e9:
         return []
     load = f"{runnable} processes runnable on {cores} cores" if runnable is not None \
         else f"{cores} cores"

@@ -208,6 +208,9 @@ def test_host_checks_say_what_they_measured() -> None:
     assert f.data["needed"] > f.data["free"] and "the next promotion will fail" in f.problem
     assert doctor.cpu_contention(ran_ns=500_000_000, waited_ns=100_000_000, seconds=1.0,
                                  runnable=3, cores=2, p99=1e-4) == []
+    # An idle daemon that waited for a core to wake up now and then.
+    assert doctor.cpu_contention(ran_ns=2_000_000, waited_ns=10_000_000, seconds=0.2,
+                                 runnable=7, cores=2, p99=2e-4) == []
     (f,) = doctor.cpu_contention(ran_ns=200_000_000, waited_ns=400_000_000, seconds=1.0,
                                  runnable=7, cores=2, p99=2e-3)
     assert "waited 0.40 s for a CPU in 1.0 s and ran 0.20 s (7 processes runnable on 2 " \
