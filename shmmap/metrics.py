@@ -11,6 +11,7 @@ formatting of its text, in its own thread.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Callable, Iterator, Optional
 
@@ -21,6 +22,12 @@ from prometheus_client.exposition import start_http_server
 from .errors import ShmmapError
 
 DEFAULT_HOST = "127.0.0.1"
+# How long the HTTP thread may hold the GIL while the loop waits for it
+# (Python's default is 5 ms). Formatting a scrape takes about 2 ms here; a
+# loop woken meanwhile gets the GIL back within this, so a scrape delays a
+# write by about this much at most. With one thread (no scrape running)
+# nothing switches, so it costs nothing between scrapes.
+GIL_SWITCH_SECONDS = 0.0002
 SCRAPE_TIMEOUT = 5.0     # seconds a scrape waits for the loop (it answers within a round)
 # Promotion reasons the writer uses: each is exported from the start, at 0,
 # so that rate() works before the first promotion of its kind.
@@ -202,6 +209,7 @@ class MetricsServer:
         """Binds address (HOST:PORT) now, so that a port in use fails the
         daemon's start; scrapes fail until attach()."""
         host, port = parse_address(address)
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self._collector = ShmmapCollector("", _not_attached)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self._collector)
