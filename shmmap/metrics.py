@@ -11,13 +11,16 @@ formatting of its text, in its own thread.
 """
 from __future__ import annotations
 
+import socket
 import sys
 import threading
-from typing import Any, Callable, Iterator, Optional
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable, Iterator, Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
-from prometheus_client.exposition import start_http_server
 
 from .errors import ShmmapError
 
@@ -201,23 +204,52 @@ def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
     return out
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True           # a slow scraper never holds up the daemon's exit
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass                        # no line per scrape in the daemon's log
+
+
+def _answering_errors(app: Any) -> Any:
+    """app, but a snapshot the daemon cannot give (stopping, not yet
+    serving, its loop stuck) is a one-line 503, not a traceback in the log."""
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            return app(environ, start_response)     # it starts the response last
+        except ShmmapError as exc:
+            start_response("503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"shmmap: {exc}\n".encode()]
+    return wrapped
+
+
 class MetricsServer:
-    """The HTTP endpoint: prometheus_client's server in a thread of its own,
-    with a registry that holds only this map's collector."""
+    """The HTTP endpoint: prometheus_client's WSGI app in a threading
+    server of its own, with a registry that holds only this map's
+    collector."""
 
     def __init__(self, address: str) -> None:
         """Binds address (HOST:PORT) now, so that a port in use fails the
-        daemon's start; scrapes fail until attach()."""
+        daemon's start; scrapes get a 503 until attach()."""
         host, port = parse_address(address)
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self._collector = ShmmapCollector("", _not_attached)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self._collector)
         try:
-            self._httpd, self._thread = start_http_server(port, host, registry=registry)
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server = type("MetricsHTTPServer", (_Server,), {"address_family": family})
+            self._httpd = make_server(host, port, _answering_errors(make_wsgi_app(registry)),
+                                      server, handler_class=_Quiet)
         except OSError as exc:
             raise ShmmapError(f"--metrics {address}: cannot listen: {exc.strerror or exc}") \
                 from None
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
         bound = self._httpd.server_address
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         self.url = f"http://{shown}:{bound[1]}/metrics"

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import shmmap
 from shmmap import segments
-from shmmap.metrics import parse_address
+from shmmap.metrics import MetricsServer, parse_address
 from shmmap.service import DaemonStartError
 
 from test_cli import fails
@@ -152,3 +152,16 @@ def test_metrics_stop_with_the_daemon(map_name: str) -> None:
         assert "shmmap_writes_total" in urllib.request.urlopen(url, timeout=30).read().decode()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=30)
+
+
+def test_a_scrape_the_daemon_cannot_answer_is_a_503_not_a_traceback() -> None:
+    """Before the loop serves (and once it stops) a scrape gets a one-line
+    503 from the endpoint."""
+    server = MetricsServer("127.0.0.1:0")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.url, timeout=30)
+        assert caught.value.code == 503
+        assert caught.value.read() == b"shmmap: the daemon is not serving yet\n"
+    finally:
+        server.close()
