@@ -150,7 +150,7 @@ def bench_dataset(n: int, label: str, keys: list[Any], value: Callable[[int], An
             reader.refresh()
             progress(f"{label} {n:,}: lookups")
             if label == "int->int":
-                view = reader.generation.view
+                view = reader.refresh().view
                 row("C lookup (no Python)",
                     _best(_per_item(lambda: lib.shm_bench_lookup_ints(view, 0, n), n)), 0)
             row("get from Python", _best(_per_item(lambda: _loop_get(reader.lookup, keys), n)),
