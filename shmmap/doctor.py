@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 
 from . import segments
 from ._core import ffi, lib
-from .daemon import process_alive
+from .maplock import is_served
 from .protocol import Op
 from .reader import MapReader
 from .slots import slot_at
@@ -84,7 +84,9 @@ def diagnose(name: str, interval: float = 1.0) -> Report:
         header = reader.header
         gen = reader.refresh()
         pid = int(lib.shm_map_daemon_pid(header))
-        report = Report(map=name, daemon_pid=pid, daemon_alive=bool(pid) and process_alive(pid),
+        # The daemon's lock on the header, not its pid (pids are reused),
+        # says whether the map is served.
+        report = Report(map=name, daemon_pid=pid, daemon_alive=is_served(name),
                         generation=int(gen.gen), live_keys=int(gen.header.live_count),
                         interval_s=interval)
         live_bytes = int(gen.header.live_bytes)

@@ -197,7 +197,8 @@ def families(name: str, observed: dict[str, Any]) -> list[Metric]:
 
 def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
     """Cumulative (le, count) pairs, +Inf last, from per-bucket counts."""
-    out, total = [], 0
+    out: list[tuple[str, float]] = []
+    total = 0
     for bound, n in zip(bounds + [float("inf")], counts):
         total += n
         out.append(("+Inf" if bound == float("inf") else repr(bound), total))
@@ -242,7 +243,7 @@ class MetricsServer:
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             server = type("MetricsHTTPServer", (_Server,), {"address_family": family})
-            self._httpd = make_server(host, port, _answering_errors(make_wsgi_app(registry)),
+            self._httpd: WSGIServer = make_server(host, port, _answering_errors(make_wsgi_app(registry)),
                                       server, handler_class=_Quiet)
         except OSError as exc:
             raise ShmmapError(f"--metrics {address}: cannot listen: {exc.strerror or exc}") \
@@ -250,9 +251,9 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics",
                                         daemon=True)
         self._thread.start()
-        bound = self._httpd.server_address
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        self.url = f"http://{shown}:{bound[1]}/metrics"
+        bound: tuple[Any, ...] = tuple(self._httpd.server_address)
+        host = str(bound[0])
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound[1]}/metrics"
 
     def attach(self, name: str, snapshots: LoopSnapshots) -> None:
         self._collector.name = name

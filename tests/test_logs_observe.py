@@ -14,7 +14,7 @@ def test_a_trace_records_events_without_printing_them(map_name: str, tmp_path: P
     makes it produce every event for the recording."""
     out = tmp_path / "t.json"
     with shmmap.Daemon(map_name) as d:
-        done = []
+        done: list[float] = []
         with d.connect() as m:
             def during(left: float) -> None:
                 if not done:            # once, while recording
