@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import shmmap
 from shmmap import segments
 from shmmap.metrics import MetricsServer, parse_address
-from shmmap.service import DaemonStartError
+from shmmap import DaemonStartError
 
 from test_cli import fails
 
