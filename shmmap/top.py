@@ -132,6 +132,9 @@ def run(name: str, *, interval: float = 1.0, once: bool = False, as_json: bool =
             while True:
                 time.sleep(interval)
                 after = sample(m)
+                if after["stats"]["pid"] != before["stats"]["pid"]:
+                    before = after      # a new daemon: its counters start again
+                    continue
                 f = frame(before, after)
                 before = after
                 if as_json:
