@@ -243,8 +243,8 @@ class Server:
         self.transport.flush()
         if served:
             end = time.perf_counter()
-            for op, started in served:
-                self.timings.observe_request(op, end - started)
+            for op, started, conn in served:
+                self.timings.observe_request(op, end - started, conn)
             self.timings.observe_commit(len(served), end - served[0][1])
             served.clear()
 

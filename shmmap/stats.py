@@ -207,7 +207,9 @@ class Timings:
         # each round and each request slower than its threshold.
         self.recorder: Optional[Any] = None
 
-    def observe_request(self, op: int, seconds: float) -> None:
+    def observe_request(self, op: int, seconds: float, conn: Any = None) -> None:
+        """One request of op took seconds; conn (a transport.Connection)
+        names its client in a trace."""
         hist = self.requests.get(op)
         if hist is None:
             hist = self.requests[op] = Histogram()
@@ -215,7 +217,7 @@ class Timings:
         hist.counts[bisect_left(BUCKET_BOUNDS, seconds)] += 1
         hist.sum += seconds
         if self.recorder is not None:
-            self.recorder.request(op, seconds)
+            self.recorder.request(op, seconds, conn)
 
     def observe_commit(self, requests: int, seconds: float) -> None:
         self.commits.observe(seconds)

@@ -136,11 +136,14 @@ class Recorder:
 
     # Called by stats.Timings while recording:
 
-    def request(self, op: int, seconds: float) -> None:
+    def request(self, op: int, seconds: float, conn: Any = None) -> None:
         dur = seconds * 1e6
         if dur >= self.slow_us:
             name = _OP_NAMES.get(op, str(op))
-            self.add("X", f"slow {name}", now_us() - dur, dur, {"op": name})
+            args: dict[str, Any] = {"op": name}
+            if conn is not None:
+                args["pid"] = conn.peer.pid
+            self.add("X", f"slow {name}", now_us() - dur, dur, args)
 
     def commit(self, requests: int, seconds: float) -> None:
         end = now_us()

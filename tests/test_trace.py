@@ -76,13 +76,16 @@ def test_trace_has_rounds_promotions_connects_and_client_lanes(map_name: str,
     rounds = [e for e in daemon if e["name"] == "round"]
     assert rounds and all(e["args"]["requests"] >= 1 and e["dur"] >= 0 for e in rounds)
     assert any(e["name"] == "slow PROMOTE" for e in daemon)
-    assert any(e["name"] == "slow BATCH" for e in daemon)
+    slow_batches = [e for e in daemon if e["name"] == "slow BATCH"]
+    assert slow_batches and all(e["args"]["op"] == "BATCH" for e in slow_batches)
     assert any(e["ph"] == "C" and e["args"]["live_keys"] >= KEYS for e in daemon)
     # The client's connect and disconnect, in the daemon's lane.
     connects = [e for e in daemon if e["name"] in ("connect", "disconnect")]
     pids = {e["args"]["pid"] for e in connects}
     assert len(pids) == 1 and {e["name"] for e in connects} == {"connect", "disconnect"}
     (child_pid,) = pids
+    # The client's one write, among the slow ones by pid.
+    assert [e["args"]["pid"] for e in slow_batches].count(child_pid) == 1
     # The client's own lane: its iterations and its wait for the daemon.
     lane = [e for e in evs if e["pid"] == child_pid]
     assert any(e["ph"] == "M" and f"(pid {child_pid})" in e["args"]["name"] for e in lane)
