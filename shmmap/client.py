@@ -30,6 +30,7 @@ from .generation import Generation
 from .protocol import Op, batch_blob, delete_item, store_item
 from .reader import MapReader
 from .slots import ClientSlot
+from .trace import client_tracer, now_us
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
@@ -93,13 +94,14 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
                  cache_keys: int = DEFAULT_CACHE_KEYS,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 trace: Optional[str] = None) -> None:
         """Maps map name and connects to its daemon (within timeout)."""
-        self._setup(name, timeout, cache_keys, cache_bytes)
+        self._setup(name, timeout, cache_keys, cache_bytes, trace)
         self._open()
 
     def _setup(self, name: str, timeout: float, cache_keys: int = DEFAULT_CACHE_KEYS,
-               cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+               cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None) -> None:
         """The state of a map not yet opened (connect() opens it at once,
         unpickling on first use)."""
         self.name = segments.check_map_name(name)
@@ -110,6 +112,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         # The read fast path loads self._cache.hot and nothing else; before
         # the map is opened it never matches, so the first read opens it.
         self._cache: "NoCache | ReadCache" = NoCache()
+        # Opt-in trace events (iterations, waits): see shmmap.trace.
+        self._trace_path = trace
+        self._trace = client_tracer(trace)
         # Serialises requests, connecting and closing; reads never take it.
         self._lock = threading.Lock()
         self._closed = False
@@ -191,7 +196,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise MapClosedError(f"map {self.name!r} is closed")
         return (_connect_on_first_use, (self.name, {
             "timeout": self.timeout, "cache_keys": self.cache_limits.max_keys,
-            "cache_bytes": self.cache_limits.max_bytes}))
+            "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path}))
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
@@ -372,6 +377,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
           write raises WriteTimeoutError (an OutcomeUnknownError). The
           connection stays: late replies are skipped by request id.
         """
+        traced = now_us() if self._trace is not None else 0.0
         with self._lock:
             deadline = time.monotonic() + self.timeout
             reader = self._open_locked(deadline)
@@ -385,7 +391,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 try:
                     self._send_all(data, deadline)
                     sent = True
-                    return self._receive(first_id, len(requests), deadline)
+                    results = self._receive(first_id, len(requests), deadline)
+                    if self._trace is not None:
+                        self._trace.wait(self.name, [r[0] for r in requests], traced)
+                    return results
                 except ShmmapError:
                     raise       # the daemon's answer
                 except _NothingSent as exc:
@@ -489,12 +498,12 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         close())."""
         reader = self._open()
         it = self._open_cache().iterate(what)
-        if it is not None:
-            return it
-        pairs = reader.items()
-        if what == "items":
-            return pairs
-        return map(itemgetter(0 if what == "keys" else 1), pairs)
+        if it is None:
+            pairs = reader.items()
+            it = pairs if what == "items" else map(itemgetter(0 if what == "keys" else 1), pairs)
+        if self._trace is not None:
+            return self._trace.iterate(it, self.name)
+        return it
 
     def _pairs(self) -> Iterator[tuple[Any, Any]]:
         """(key, value) pairs of one snapshot, taken now."""
@@ -712,7 +721,8 @@ class Batch:
 
 def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
             cache_keys: int = DEFAULT_CACHE_KEYS,
-            cache_bytes: int = DEFAULT_CACHE_BYTES) -> SharedMap:
+            cache_bytes: int = DEFAULT_CACHE_BYTES,
+            trace: Optional[str] = None) -> SharedMap:
     """Opens map name, which a daemon (``shmmap serve name``) must serve.
 
     timeout bounds each operation that talks to the daemon: connecting,
@@ -724,8 +734,13 @@ def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
     and cache_bytes bytes of encoded keys and values; a bigger map is read
     from shared memory directly. cache_keys=0 turns the cache off. Values
     read from the cache are shared by every read of this process: copy one
-    before changing it."""
-    return SharedMap(name, timeout=timeout, cache_keys=cache_keys, cache_bytes=cache_bytes)
+    before changing it.
+
+    trace (or the environment variable SHMMAP_TRACE) names a file this
+    process appends trace events to: each iteration and each wait for the
+    daemon, which ``shmmap trace`` merges into its trace."""
+    return SharedMap(name, timeout=timeout, cache_keys=cache_keys, cache_bytes=cache_bytes,
+                     trace=trace)
 
 
 def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:

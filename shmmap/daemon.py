@@ -30,9 +30,12 @@ from . import maplock, protocol, segments
 from ._core import lib
 from .dispatch import Dispatcher
 from .errors import DaemonRunningError, LimitError, MapFullError
+from .metrics import LoopSnapshots, MetricsServer
 from .ops import MapOps
+from .protocol import Op
 from .slots import ReaderSlots
-from .stats import PromotionLog, Statistics, reader_totals
+from .stats import PromotionLog, Statistics, Timings, reader_totals
+from .trace import Recorder
 from .transport import Connection, Peer, Transport
 from .writer import Limits, MapWriter
 
@@ -58,6 +61,7 @@ class DaemonConfig:
     allow_uids: frozenset[int] = frozenset()
     fresh: bool = False           # discard a dead daemon's segments instead of adopting
     ready_fd: Optional[int] = None
+    metrics: Optional[str] = None  # HOST:PORT to serve Prometheus metrics on
 
 
 class Server:
@@ -68,7 +72,14 @@ class Server:
         self.name = segments.check_map_name(config.name)
         self.socket_path = Path(config.socket_path or protocol.default_socket_path(self.name))
         self.stopping = False
-        self.writer, self.adopted, self._lock = self._open_map()
+        self.snapshots: Optional[LoopSnapshots] = None    # metrics scrapes, while serving
+        # Bound before the map is touched: a port in use refuses the start.
+        self.metrics = MetricsServer(config.metrics) if config.metrics else None
+        try:
+            self.writer, self.adopted, self._lock = self._open_map()
+        except BaseException:
+            self._close_metrics()
+            raise
         slots: Optional[ReaderSlots] = None
         try:
             slots = ReaderSlots(self.name, config.mode, config.group)
@@ -86,11 +97,34 @@ class Server:
                 slots.close()
             self.writer.close(remove=not self.adopted)
             os.close(self._lock)
+            self._close_metrics()
             raise
-        self.statistics = Statistics(self.name, self.writer, slots, self.transport,
-                                     self.dispatcher, self.ops)
-        self.promotions = PromotionLog(self.writer)
+        self._observe(slots)
         self._misses_at_promotion = 0
+
+    def _observe(self, slots: ReaderSlots) -> None:
+        """Statistics, timings, the trace recorder and their requests."""
+        self.timings = Timings()
+        self.statistics = Statistics(self.name, self.writer, slots, self.transport,
+                                     self.dispatcher, self.ops, self.timings)
+        self.promotions = PromotionLog(self.writer, self.timings)
+        self.recorder = Recorder(self.timings, self._trace_counters)
+        self.dispatcher.handlers[Op.TIMINGS] = (self.statistics.op_timings, 0)
+        self.dispatcher.handlers[Op.TRACE] = (self.recorder.op_trace, 2)
+        if self.metrics is not None:
+            self.statistics.metrics_url = self.metrics.url
+
+    def _trace_counters(self) -> dict[str, int]:
+        h = self.writer.generation.header
+        return {"live_keys": int(h.live_count), "dirty_keys": int(h.dirty_count),
+                "clients": len(self.transport.connections)}
+
+    def _close_metrics(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _open_map(self) -> tuple[MapWriter, bool, int]:
         """The map, created or adopted; whether it was adopted; and the
@@ -142,6 +176,7 @@ class Server:
     def _release_slot(self, conn: Connection) -> None:
         if conn.slot >= 0:
             self.slots.release(conn.slot)
+        self.recorder.forget(conn)
 
     def stats(self) -> dict[str, Any]:
         return self.statistics.snapshot()
@@ -155,12 +190,21 @@ class Server:
     def run(self) -> int:
         """Serves until stopped, then removes the map and returns 0. An
         exception propagates and removes nothing (see serve())."""
-        with _stop_signals(self):
-            lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
-            _announce(self.config.ready_fd, READY)
-            log.info("serving map %r on %s", self.name, self.socket_path,
-                     extra={"event": "serving", "socket": str(self.socket_path)})
-            self._loop()
+        with _stop_signals(self) as wake:
+            try:        # the metrics go before the wake-up pipe they use
+                if self.metrics is not None:
+                    self.snapshots = LoopSnapshots(self.statistics.observed, wake)
+                    self.metrics.attach(self.name, self.snapshots)
+                lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
+                _announce(self.config.ready_fd, READY)
+                log.info("serving map %r on %s", self.name, self.socket_path,
+                         extra={"event": "serving", "socket": str(self.socket_path)})
+                if self.metrics is not None:
+                    log.info("serving metrics on %s", self.metrics.url,
+                             extra={"event": "metrics", "url": self.metrics.url})
+                self._loop()
+            finally:
+                self._close_metrics()
         self._remove()
         return 0
 
@@ -181,16 +225,28 @@ class Server:
                 os.sched_yield()
             if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
                 busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
-            # Commit this round's writes with one release store, then send
-            # every reply: no write is acknowledged before it is visible.
-            self.ops.commit()
-            self.transport.flush()
+            self._commit_round()
             if time.monotonic() >= next_miss_check:
                 self._promote_for_misses()
                 next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
             self.promotions.check()
-        self.ops.commit()                       # answer what was read
+            if self.snapshots is not None and self.snapshots.pending:
+                self.snapshots.serve()          # a metrics scrape waits for this
+        self._commit_round()                    # answer what was read
+
+    def _commit_round(self) -> None:
+        """Commits this round's writes with one release store, then sends
+        every reply: no write is acknowledged before it is visible. Then
+        times the round's requests (stats.Timings)."""
+        served = self.dispatcher.round
+        self.ops.commit()
         self.transport.flush()
+        if served:
+            end = time.perf_counter()
+            for op, started, conn in served:
+                self.timings.observe_request(op, end - started, conn)
+            self.timings.observe_commit(len(served), end - served[0][1])
+            served.clear()
 
     def _promote_for_misses(self) -> None:
         misses = reader_totals(self.slots, self.transport)["misses"]
@@ -217,9 +273,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def _stop_signals(server: Server) -> Iterator[None]:
+def _stop_signals(server: Server) -> Iterator[Any]:
     """SIGTERM and SIGINT stop server by the stop path; a wake-up pipe makes
-    its poll return at once. Restores the previous handlers on leaving."""
+    its poll return at once. Restores the previous handlers on leaving.
+    Yields a function that wakes the loop from another thread."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -228,13 +285,20 @@ def _stop_signals(server: Server) -> Iterator[None]:
                     for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.transport.watch_wakeup(wake_r)
-        yield
+        yield lambda: _wake(wake_w)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         signal.set_wakeup_fd(old_wakeup)
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _wake(fd: int) -> None:
+    try:
+        os.write(fd, b"\0")
+    except BlockingIOError:
+        pass                    # the pipe is full: the loop wakes anyway
 
 
 def _announce(fd: Optional[int], message: bytes) -> None:

@@ -5,6 +5,7 @@ a reply. The error codes say whose fault a failure is: the client's
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any
 
 from . import protocol
@@ -33,6 +34,10 @@ class Dispatcher:
         self.handlers = handlers
         self.requests = 0
         self.errors = 0
+        # (op, when its handling started, connection) of each request of
+        # this round: the daemon times them once their replies are sent
+        # (stats.Timings).
+        self.round: list[tuple[int, float, Connection]] = []
 
     def handle(self, conn: Connection, req: Any) -> list[Any]:
         """The reply to req; BadRequest if req is not a request at all."""
@@ -42,6 +47,7 @@ class Dispatcher:
             self.errors += 1
             raise BadRequest("a request is an array [op, request_id, *args]")
         op, rid, args = req[0], req[1], req[2:]
+        self.round.append((op, perf_counter(), conn))
         entry = self.handlers.get(op)
         if entry is None:
             return self._error(rid, Err.UNKNOWN_OP, f"unknown operation {op}")

@@ -41,11 +41,13 @@ class Op(enum.IntEnum):
     CLEAR = 7             # []                      -> None (seq)
     PROMOTE = 8           # []                      -> generation
     STATS = 9             # []                      -> {stats}
+    TIMINGS = 10          # []                      -> {"stats": {stats}, histograms}
+    TRACE = 11            # [seconds, slow_seconds] -> start recording; [0, 0] -> events
 
 
 # Ops whose effect is the same if applied twice: a client may resend them
 # after the daemon restarts. The others report "outcome unknown" instead.
-IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS})
+IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS, Op.TIMINGS})
 
 OK = 0
 

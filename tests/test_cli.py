@@ -31,7 +31,7 @@ from shmmap.progress import Progress
 from conftest import remove_map, unique_map_name
 
 COMMANDS = ["serve", "get", "set", "del", "dump", "load", "stats", "promote", "ls", "cleanup",
-            "demo", "soak", "bench"]
+            "top", "trace", "doctor", "demo", "soak", "bench"]
 CLIENTS = Path(__file__).resolve().parent.parent / "clients"
 
 
