@@ -71,7 +71,7 @@ def _calibrate_refcount() -> int:
     """The references a dict held only by a cache's ``hot`` tuple has, as
     sys.getrefcount sees it from a local in a method (the tuple, the local,
     the argument): more means something else (an iterator) holds it."""
-    hot = (_NOT_CURRENT, _NO_WORD, {})
+    hot: tuple[Any, Any, dict[Any, Any]] = (_NOT_CURRENT, _NO_WORD, {})
     data = hot[2]
     return sys.getrefcount(data)
 
@@ -157,7 +157,7 @@ class ReadCache:
         self._lock = threading.Lock()
         self._changes: Optional[Changes] = None     # None: not loaded
         self._closed = False
-        self._lookups = 0
+        self._lookups: float = 0
         # Lookups before the next try to load: none ever with the cache off.
         self._load_after = LOAD_AFTER_LOOKUPS if limits.max_keys > 0 else float("inf")
         self._over_limit = False

@@ -458,7 +458,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             return data.get(key, default)
         del data                # a refresh may change it in place if no one holds it
         cache = self._cache
-        if type(cache) is NoCache:
+        if isinstance(cache, NoCache):          # not opened yet (or closed: it raises)
             cache = self._open_cache()
         return cache.lookup(key, default)
 
@@ -468,7 +468,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             return data[key]
         del data
         cache = self._cache
-        if type(cache) is NoCache:
+        if isinstance(cache, NoCache):          # not opened yet (or closed: it raises)
             cache = self._open_cache()
         value = cache.lookup(key, _MISSING)
         if value is _MISSING:
@@ -481,7 +481,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             return key in data
         del data
         cache = self._cache
-        if type(cache) is NoCache:
+        if isinstance(cache, NoCache):          # not opened yet (or closed: it raises)
             cache = self._open_cache()
         return cache.lookup(key, _MISSING) is not _MISSING
 
