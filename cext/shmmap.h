@@ -401,6 +401,58 @@ int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
  * seeds) or SHM_ENOSPACE (dst too small) or SHM_ECORRUPT. */
 int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst);
 
+/* ---- serving requests (serve.c): the daemon's hot path ----------------- */
+/* A connection carries msgpack requests [op, request_id, *args] (see
+ * shmmap/protocol.py). shm_serve takes a connection's received bytes and
+ * serves the simplest and most frequent request, [SHM_REQ_BATCH, id, bin],
+ * itself: it applies the blob (shm_apply) and writes the reply
+ * [id, SHM_REPLY_OK, nil, seq]. Everything else it leaves to the caller at
+ * the byte where that request starts, after finding where it ends. */
+#define SHM_REQ_BATCH        1         /* op of a batch: protocol Op.BATCH */
+#define SHM_REPLY_OK         0         /* a reply's status: protocol OK */
+#define SHM_REPLY_MAX        21        /* bytes of the longest reply it
+                                          writes: array header, int64 id,
+                                          status, nil, uint64 seq */
+/* shm_serve's stop reasons (struct shm_serve.stop) */
+#define SHM_STOP_END         0         /* every byte consumed */
+#define SHM_STOP_MORE        1         /* the object at pos is incomplete:
+                                          keep the bytes from pos, call
+                                          again when more arrived */
+#define SHM_STOP_OBJECT      2         /* a complete object of next_len
+                                          bytes at pos for the caller */
+#define SHM_STOP_BAD         3         /* the bytes at pos never make a
+                                          request (err says why) */
+#define SHM_STOP_FULL        4         /* the reply buffer is full: take
+                                          out[0..out_len), call again */
+
+/* One connection's call of shm_serve. The caller owns it and its buffers;
+ * the scan fields carry a partial scan from one call to the next (both 0
+ * when the bytes at pos are new). */
+struct shm_serve {
+    struct shm_view *view;          /* in: the generation writes go to */
+    uint64_t seq;                   /* in/out: the last seq applied */
+    uint64_t max_request;           /* in: bytes one request may take */
+    uint8_t *out;                   /* in: where replies are appended */
+    uint64_t out_cap;
+    uint64_t out_len;               /* in/out */
+    uint64_t served;                /* out: requests this call served */
+    uint64_t stop;                  /* out: SHM_STOP_* */
+    uint64_t next_len;              /* out, SHM_STOP_OBJECT: its bytes */
+    uint64_t scan_at;               /* in/out: bytes of the object at pos */
+    uint64_t scan_pending;          /*   scanned, objects still to scan */
+    struct shm_apply_info info;     /* shm_apply's, reused */
+    char err[SHM_ERR_LEN];          /* SHM_STOP_BAD: why */
+};
+
+/* Serves the requests in in[pos..len) until one it leaves to the caller,
+ * the end of the bytes, or a full reply buffer; returns the position it
+ * stopped at (s->stop says why). Every write it applies gets the next seq;
+ * none is visible before the caller's shm_commit. A request whose apply
+ * fails in any way (a bad blob, SHM_ENOSPACE, the last seq) is left to the
+ * caller as SHM_STOP_OBJECT, nothing of it applied. */
+uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
+                   uint64_t pos);
+
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */
 uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,

@@ -5,7 +5,7 @@ a reply. The error codes say whose fault a failure is: the client's
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from . import protocol
 from .errors import InvalidRequestError, LimitError, MapFullError
@@ -29,10 +29,23 @@ class Dispatcher:
     """Turns requests into handler calls and their outcomes into replies;
     counts both."""
 
-    def __init__(self, handlers: dict[int, tuple[Handler, int]]) -> None:
+    def __init__(self, handlers: dict[int, tuple[Handler, int]],
+                 serve_fast: Callable[[Connection, "bytes | bytearray", int],
+                                      tuple[int, int, Any, int]]) -> None:
+        """handlers: op -> (handler, arity); serve_fast: the C hot path
+        (MapOps.serve_bytes), which serves batches and counts its writes."""
         self.handlers = handlers
+        self.serve_fast = serve_fast
         self.requests = 0
         self.errors = 0
+
+    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+                    pos: int) -> tuple[int, int, Any]:
+        """The transport's ServeBytes: the C hot path first; the requests
+        it leaves come back through handle()."""
+        pos, stop, arg, served = self.serve_fast(conn, buf, pos)
+        self.requests += served
+        return pos, stop, arg
 
     def handle(self, conn: Connection, req: Any) -> list[Any]:
         """The reply to req; BadRequest if req is not a request at all."""

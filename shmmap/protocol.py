@@ -32,7 +32,7 @@ RECV_SIZE = 64 * 1024      # bytes per recv: below malloc's mmap threshold
 
 class Op(enum.IntEnum):
     HELLO = 0             # [version]               -> {info}
-    BATCH = 1             # [blob]                  -> None (seq)
+    BATCH = lib.SHM_REQ_BATCH  # [blob]             -> None (seq); served in C
     LOAD_OR_STORE = 2     # [key, value]            -> [loaded, value]
     LOAD_AND_DELETE = 3   # [key]                   -> [loaded, value]
     SWAP = 4              # [key, value]            -> [loaded, previous]
@@ -47,7 +47,7 @@ class Op(enum.IntEnum):
 # after the daemon restarts. The others report "outcome unknown" instead.
 IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS})
 
-OK = 0
+OK = lib.SHM_REPLY_OK
 
 
 class Err(enum.IntEnum):

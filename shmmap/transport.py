@@ -1,10 +1,14 @@
 """The daemon's transport: its listening Unix socket, who may connect
 (SO_PEERCRED), the connections, their msgpack framing, and epoll.
 
-It knows nothing of the map: each decoded request goes to the callback it
-was given, and replies come back through ``reply()``."""
+It knows nothing of the map. The received bytes of a connection go first
+to ``serve_bytes`` (the C hot path, which serves the requests it can and
+queues their replies itself); each request it leaves is decoded here and
+goes to ``on_request``, whose reply comes back through ``reply()``. The
+daemon's loop commits a round's writes before ``flush()`` sends a reply."""
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
@@ -18,6 +22,7 @@ from typing import Any, Callable, Optional
 import msgpack
 
 from . import protocol
+from ._core import lib
 from .protocol import Err
 
 log = logging.getLogger("shmmap.daemon")
@@ -45,11 +50,31 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.unpacker = msgpack.Unpacker(max_buffer_size=protocol.MAX_REQUEST, raw=False)
+        # Received bytes not yet served: the start of a request still
+        # incomplete (usually nothing: a request arrives in one piece).
+        self.pending = bytearray()
+        # How far the scan of that request got (see struct shm_serve).
+        self.scan_at = 0
+        self.scan_pending = 0
         self.out = bytearray()
         self.slot = -1                        # its reader slot, once it said hello
         self.closing = False                  # send what is queued, then drop
         self.events = _IN                     # what epoll waits for on it
+
+
+class Stop(enum.IntEnum):
+    """Why serve_bytes stopped (SHM_STOP_* of cext/shmmap.h)."""
+
+    END = lib.SHM_STOP_END        # every byte served
+    MORE = lib.SHM_STOP_MORE      # an incomplete request: wait for more bytes
+    OBJECT = lib.SHM_STOP_OBJECT  # a request of arg bytes for on_request
+    BAD = lib.SHM_STOP_BAD        # bytes that are no request; arg says why
+
+
+# serve_bytes(conn, buf, pos) -> (where it stopped, why, arg): it serves the
+# requests of buf from pos on that it can, appending their replies to
+# conn.out, and stops at the first it leaves (see Stop).
+ServeBytes = Callable[[Connection, "bytes | bytearray", int], tuple[int, int, Any]]
 
 
 class BadRequest(Exception):
@@ -61,16 +86,20 @@ class Transport:
     """Accepts, authenticates, reads requests, queues and sends replies.
 
     ``authorize(peer)`` returns None to admit a peer, else why not;
-    ``on_request(conn, request)`` returns the reply of every decoded
-    request; ``on_drop(conn)`` is called when a connection ends."""
+    ``serve_bytes(conn, buf, pos)`` serves what it can of buf from pos on
+    (see ServeBytes); ``on_request(conn, request)`` returns the reply of
+    every request it left; ``on_drop(conn)`` is called when a connection
+    ends."""
 
     def __init__(self, path: Path, *, mode: int, group: Optional[int], max_connections: int,
                  authorize: Callable[[Peer], Optional[str]],
+                 serve_bytes: "ServeBytes",
                  on_request: Callable[[Connection, Any], list[Any]],
                  on_drop: Callable[[Connection], None]) -> None:
         self.path = path
         self.max_connections = max_connections
         self.authorize = authorize
+        self.serve_bytes = serve_bytes
         self.on_request = on_request
         self.on_drop = on_drop
         self.connections: dict[int, Connection] = {}
@@ -186,23 +215,45 @@ class Transport:
         if not data:
             self.drop(conn)
             return
+        if conn.pending:
+            conn.pending += data
+            self._serve(conn, conn.pending)
+        else:
+            self._serve(conn, data)
+
+    def _serve(self, conn: Connection, buf: "bytes | bytearray") -> None:
+        """Serves the requests in buf; keeps an incomplete last one in
+        conn.pending for the next read."""
+        pos, end = 0, len(buf)
+        while pos < end and not conn.closing:
+            pos, stop, arg = self.serve_bytes(conn, buf, pos)
+            if conn.out:
+                self._pending.add(conn)
+            if stop == Stop.MORE:
+                break
+            if stop == Stop.BAD:
+                self.protocol_error(conn, arg)
+            elif stop == Stop.OBJECT:
+                self._serve_object(conn, buf[pos:pos + arg])
+                pos += arg
+        if conn.closing:
+            conn.pending = bytearray()      # nothing more is read
+        elif buf is conn.pending:
+            del conn.pending[:pos]
+        elif pos < end:
+            conn.pending = bytearray(buf[pos:])
+
+    def _serve_object(self, conn: Connection, data: bytes) -> None:
+        """Decodes one request the fast path left, and answers it."""
         try:
-            conn.unpacker.feed(data)
-        except msgpack.BufferFull:
-            self.protocol_error(conn, f"request over {protocol.MAX_REQUEST} bytes")
+            req = msgpack.unpackb(data, raw=False)
+        except Exception as exc:   # msgpack's errors: bytes that are no request
+            self.protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
             return
-        while not conn.closing:
-            try:
-                req = next(conn.unpacker)
-            except StopIteration:
-                return
-            except Exception as exc:   # msgpack's errors: bytes that are no request
-                self.protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
-                return
-            try:
-                self.reply(conn, self.on_request(conn, req))
-            except BadRequest as exc:
-                self.protocol_error(conn, str(exc))
+        try:
+            self.reply(conn, self.on_request(conn, req))
+        except BadRequest as exc:
+            self.protocol_error(conn, str(exc))
 
     def protocol_error(self, conn: Connection, message: str) -> None:
         """Answers bytes that are no request, then closes the connection."""
