@@ -7,7 +7,7 @@
 ...     dict(m.items())
 {'a': 1}
 """
-from .client import Batch, SharedMap, connect
+from .client import Batch, Pipeline, SharedMap, connect
 from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonUnavailableError,
                      InvalidNameError, InvalidRequestError, LimitError, MapClosedError, MapFullError,
                      MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonUnavailableError",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
-    "MapNotFoundError", "OutcomeUnknownError", "SharedMap", "ShmmapError", "WriteTimeoutError",
+    "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError", "WriteTimeoutError",
     "connect",
 ]

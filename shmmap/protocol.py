@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -81,6 +82,42 @@ def delete_item(key: bytes) -> bytes:
 def batch_blob(ops: Iterable[tuple[bytes, Optional[bytes]]]) -> bytes:
     """A blob of (key, value) stores and (key, None) deletes."""
     return b"".join(STORE + k + v if v is not None else DELETE + k for k, v in ops)
+
+
+# ---- the lean path: one batch request, and its acknowledgement ----------------
+# A client's synchronous store frames its request without building a list:
+# [BATCH, id, blob] with the id as a msgpack uint64 and the blob as bin32.
+# The daemon echoes the id's bytes as they came, so the acknowledgement
+# [id, OK, nil, seq] is recognised by comparing bytes.
+_BATCH_REQUEST = struct.Struct(">BBBQBI")
+_FIXARRAY3, _FIXARRAY4, _UINT64, _BIN32, _NIL = 0x93, 0x94, 0xcf, 0xc6, 0xc0
+_REQUEST_ID = slice(2, 11)      # the id's bytes in a framed request
+_REQUEST_ID_VALUE = 3           # ... and where its value starts
+_ACK_ID = slice(1, 10)          # the id's bytes in the acknowledgement
+_ACK_STATUS = slice(10, 12)     # OK, nil
+_ACK_SEQ = 12                   # the seq: a msgpack uint
+_ACK_STATUS_BYTES = bytes([OK, _NIL])
+# Bytes a msgpack uint takes, by its first byte.
+_UINT_SIZE = {**{b: 1 for b in range(0x80)}, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9}
+
+
+def batch_request(rid: int, blob: bytes) -> bytes:
+    """The framed request [BATCH, rid, blob]."""
+    return _BATCH_REQUEST.pack(_FIXARRAY3, Op.BATCH, _UINT64, rid, _BIN32, len(blob)) + blob
+
+
+def batch_request_id(request: bytes) -> int:
+    """The id of a request framed by batch_request."""
+    return int.from_bytes(request[_REQUEST_ID_VALUE:_REQUEST_ID.stop], "big")
+
+
+def is_batch_ack(request: bytes, data: bytes) -> bool:
+    """Whether data is exactly the daemon's OK to the request framed by
+    batch_request, and nothing more."""
+    return (len(data) > _ACK_SEQ and data[0] == _FIXARRAY4
+            and data[_ACK_ID] == request[_REQUEST_ID]
+            and data[_ACK_STATUS] == _ACK_STATUS_BYTES
+            and len(data) == _ACK_SEQ + _UINT_SIZE.get(data[_ACK_SEQ], 0))
 
 
 def default_socket_dir() -> Path:
