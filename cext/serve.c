@@ -14,7 +14,10 @@
  * and sends the replies after that (a write is acknowledged only once it
  * is visible).
  */
+#include <errno.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include "internal.h"
 
 #define MP_FIXARRAY_3       (MP_FIXARRAY | 3)
@@ -253,4 +256,99 @@ uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
     }
     s->stop = SHM_STOP_END;
     return pos;
+}
+
+/* ---- a round of events ----------------------------------------------------- */
+
+static void leave(struct shm_round *r, int fd, uint32_t events,
+                  uint64_t in_at, uint64_t in_len, uint64_t out_at,
+                  uint64_t out_len)
+{
+    struct shm_round_event *e = &r->left[r->left_count++];
+    e->fd = fd;
+    e->events = events;
+    e->in_at = in_at;
+    e->in_len = in_len;
+    e->out_at = out_at;
+    e->out_len = out_len;
+}
+
+/* Receives from fast connection fd and serves it; 1 if it was served
+ * whole (its replies queued for shm_round_send), 0 if it is left. */
+static int serve_connection(struct shm_round *r, struct shm_serve *s,
+                            int fd, uint32_t events)
+{
+    uint8_t *buf = r->inbuf + r->in_used;
+    ssize_t got = recv(fd, buf, SHM_ROUND_RECV, MSG_DONTWAIT);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                    errno == EINTR))
+        return 1;                       /* nothing after all */
+    if (got <= 0) {
+        /* The end of the stream, or an error: the caller's receive meets
+         * it again and drops the connection. */
+        leave(r, fd, events, 0, 0, 0, 0);
+        return 0;
+    }
+    uint64_t out0 = s->out_len;
+    s->scan_at = s->scan_pending = 0;   /* a fast connection has no scan */
+    uint64_t pos = shm_serve(s, (const char *)buf, (uint64_t)got, 0);
+    r->served += s->served;
+    if (s->stop == SHM_STOP_END) {
+        if (s->out_len > out0) {
+            struct shm_round_reply *rep = &r->replies[r->reply_count++];
+            rep->fd = fd;
+            rep->at = out0;
+            rep->len = s->out_len - out0;
+        }
+        return 1;                       /* its bytes are no longer needed */
+    }
+    leave(r, fd, events, r->in_used + pos, (uint64_t)got - pos, out0,
+          s->out_len - out0);
+    r->in_used += (uint64_t)got;
+    return 0;
+}
+
+int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
+                        int timeout_ms)
+{
+    struct epoll_event ev[SHM_ROUND_EVENTS];
+    r->in_used = r->served = r->left_count = r->reply_count = 0;
+    s->out = r->outbuf;
+    s->out_cap = SHM_ROUND_OUT;
+    s->out_len = 0;
+    int n = epoll_wait(r->epfd, ev, SHM_ROUND_EVENTS, timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        int fd = ev[i].data.fd;
+        uint32_t events = ev[i].events;
+        /* Room for a whole receive, and for the replies of its requests
+         * (each at least 4 bytes, each reply at most SHM_REPLY_MAX). */
+        if (fd < 0 || fd >= r->fast_len || !r->fast[fd] ||
+            events != EPOLLIN || SHM_ROUND_IN - r->in_used < SHM_ROUND_RECV ||
+            SHM_ROUND_OUT - s->out_len < SHM_ROUND_RECV / 4 * SHM_REPLY_MAX) {
+            leave(r, fd, events, 0, 0, 0, 0);
+            continue;
+        }
+        serve_connection(r, s, fd, events);
+    }
+    return n;
+}
+
+int64_t shm_round_send(struct shm_round *r)
+{
+    r->left_count = 0;
+    for (uint64_t i = 0; i < r->reply_count; i++) {
+        const struct shm_round_reply *rep = &r->replies[i];
+        ssize_t sent = send(rep->fd, r->outbuf + rep->at, rep->len,
+                            MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (sent == (ssize_t)rep->len)
+            continue;
+        /* A full socket buffer or an error: the caller queues the rest,
+         * and its own send meets the error and drops the connection. */
+        uint64_t done = sent > 0 ? (uint64_t)sent : 0;
+        leave(r, rep->fd, 0, 0, 0, rep->at + done, rep->len - done);
+    }
+    r->reply_count = 0;
+    return (int64_t)r->left_count;
 }

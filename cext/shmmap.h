@@ -453,6 +453,60 @@ struct shm_serve {
 uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
                    uint64_t pos);
 
+/* ---- serving a round of events (serve.c) ----
+ * The daemon's loop in C: one epoll_wait on the daemon's epoll, then for
+ * each connection the caller marked fast (no bytes or replies of its own
+ * queued), a receive and shm_serve on it. What it cannot finish -- the
+ * listener, a connection not marked fast, any event but readable, bytes
+ * shm_serve left, a full buffer -- it leaves to the caller as an event,
+ * with the bytes it received and the replies it wrote for it. The caller
+ * handles those, commits, and then calls shm_round_send, which sends the
+ * replies of the connections it served whole. */
+#define SHM_ROUND_EVENTS     256       /* epoll events one round takes */
+#define SHM_ROUND_RECV       65536     /* bytes of one receive */
+#define SHM_ROUND_IN         1048576   /* receive buffer of a round */
+#define SHM_ROUND_OUT        1048576   /* reply buffer of a round */
+
+/* An event left to the caller; in_* and out_* lie in the round's buffers. */
+struct shm_round_event {
+    int32_t fd;
+    uint32_t events;                /* epoll's mask; 0 after shm_round_send */
+    uint64_t in_at, in_len;         /* received, not served */
+    uint64_t out_at, out_len;       /* replies written, not sent */
+};
+
+/* Replies to send to fd after the commit. */
+struct shm_round_reply {
+    int32_t fd;
+    uint32_t reserved;
+    uint64_t at, len;
+};
+
+struct shm_round {
+    int32_t epfd;                   /* in: the daemon's epoll */
+    int32_t fast_len;               /* in: entries of fast */
+    uint8_t *fast;                  /* in: fast[fd] 1: served here */
+    uint8_t *inbuf;                 /* in: SHM_ROUND_IN bytes */
+    uint8_t *outbuf;                /* in: SHM_ROUND_OUT bytes */
+    uint64_t in_used;
+    uint64_t served;                /* out: requests served */
+    uint64_t left_count;            /* out: events in left */
+    uint64_t reply_count;
+    struct shm_round_event left[SHM_ROUND_EVENTS];
+    struct shm_round_reply replies[SHM_ROUND_EVENTS];
+};
+
+/* Waits up to timeout_ms for events on r->epfd and serves what it can
+ * through s (whose reply buffer becomes r->outbuf). Returns the number of
+ * events (0 on a timeout or a signal) or -errno. Nothing it applied is
+ * visible before the caller's shm_commit. */
+int64_t  shm_round_serve(struct shm_round *r, struct shm_serve *s,
+                         int timeout_ms);
+/* Sends the replies of the connections shm_round_serve served whole (call
+ * it after the commit). Each it could not send whole is left in r->left
+ * with its rest (events 0); returns how many. */
+int64_t  shm_round_send(struct shm_round *r);
+
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */
 uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,

@@ -76,12 +76,12 @@ class Server:
             slots = ReaderSlots(self.name, config.mode, config.group)
             self.slots = slots
             self.ops = MapOps(self.writer, slots, self.stats)
-            self.dispatcher = Dispatcher(self.ops.handlers(), self.ops.serve_bytes)
+            self.dispatcher = Dispatcher(self.ops.handlers(), self.ops)
             self.transport = Transport(
                 self.socket_path, mode=config.mode, group=config.group,
                 max_connections=config.max_connections, authorize=self._authorize,
-                serve_bytes=self.dispatcher.serve_bytes, on_request=self.dispatcher.handle,
-                on_drop=self._release_slot)
+                serve_round=self.dispatcher.serve_round, serve_bytes=self.dispatcher.serve_bytes,
+                on_request=self.dispatcher.handle, on_drop=self._release_slot)
         except BaseException:
             # Nothing was served yet. A map created just now holds nothing:
             # remove it. An adopted one stays for the next daemon.

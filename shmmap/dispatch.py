@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from . import protocol
 from .errors import InvalidRequestError, LimitError, MapFullError
-from .ops import Handler
+from .ops import Handler, MapOps
 from .protocol import Err, Op
 from .transport import BadRequest, Connection
 
@@ -29,15 +29,21 @@ class Dispatcher:
     """Turns requests into handler calls and their outcomes into replies;
     counts both."""
 
-    def __init__(self, handlers: dict[int, tuple[Handler, int]],
-                 serve_fast: Callable[[Connection, "bytes | bytearray", int],
-                                      tuple[int, int, Any, int]]) -> None:
-        """handlers: op -> (handler, arity); serve_fast: the C hot path
-        (MapOps.serve_bytes), which serves batches and counts its writes."""
+    def __init__(self, handlers: dict[int, tuple[Handler, int]], ops: MapOps) -> None:
+        """handlers: op -> (handler, arity); ops: the map, whose C hot path
+        (serve_round, serve_bytes) serves batches and counts its writes."""
         self.handlers = handlers
-        self.serve_fast = serve_fast
+        self.serve_fast = ops.serve_bytes
+        self.serve_fast_round = ops.serve_round
         self.requests = 0
         self.errors = 0
+
+    def serve_round(self, round_: Any, timeout_ms: int) -> int:
+        """The transport's ServeRound: a round of events, served in C as
+        far as it goes (see shm_round_serve); the number of events."""
+        events, served = self.serve_fast_round(round_, timeout_ms)
+        self.requests += served
+        return events
 
     def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
                     pos: int) -> tuple[int, int, Any]:

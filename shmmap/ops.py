@@ -43,6 +43,10 @@ class MapOps:
         self._serve.out = self._out
         self._serve.out_cap = SERVE_OUT_BYTES
         self._serve.max_request = protocol.MAX_REQUEST
+        # The round's own (its replies wait in the round's buffer for the
+        # commit while serve_bytes answers other requests of the round).
+        self._round_serve = ffi.new("struct shm_serve *")
+        self._round_serve.max_request = protocol.MAX_REQUEST
 
     def handlers(self) -> dict[int, tuple[Handler, int]]:
         """op -> (bound handler, number of arguments)."""
@@ -104,6 +108,21 @@ class MapOps:
         if stop == lib.SHM_STOP_BAD:
             return pos, stop, ffi.string(s.err).decode(errors="replace"), served
         return pos, stop, None, served
+
+    def serve_round(self, round_: Any, timeout_ms: int) -> tuple[int, int]:
+        """Waits for a round of events and serves in C what it can
+        (shm_round_serve): (events, or -errno; requests served). Its
+        writes are visible after commit()."""
+        s, writer = self._round_serve, self.writer
+        s.view = writer.generation.view
+        s.seq = writer.seq
+        events = lib.shm_round_serve(round_, s, timeout_ms)
+        served = round_.served
+        if served:
+            writer.seq = s.seq
+            self.writes += served
+            self.uncommitted = True
+        return events, served
 
     def _write(self, blob: bytes) -> int:
         seq = self.writer.apply(blob)
