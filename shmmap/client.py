@@ -108,8 +108,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._closed = False
         self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
+        self._poller: Optional[select.poll] = None
         self._unpacker = msgpack.Unpacker(raw=False)
         self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
+        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS)
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self.daemon_info: dict[str, Any] = {}
@@ -184,7 +186,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._lock = threading.Lock()
         if self._sock is not None:
             self._sock.close()          # our copy of the fd; the parent keeps its own
-        self._sock = None
+        self._sock = self._poller = None
         if self._reader is not None:
             self._reader.after_fork()
 
@@ -210,6 +212,8 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             ) from None
         sock.setblocking(False)         # replies are awaited by _recv_some
         self._sock = sock
+        self._poller = select.poll()    # _wait's, on this socket
+        self._poller.register(sock, select.POLLIN)
         self._unpacker = msgpack.Unpacker(raw=False)
         self._fed = 0
         try:
@@ -259,7 +263,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         as long as a generation that counted into it lives)."""
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock = self._poller = None
         if reader is not None:
             reader.use_slot(None)
 
@@ -269,12 +273,17 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def _wait(self, events: int, deadline: float) -> None:
         """Sleeps until the socket has events, or raises TimeoutError."""
-        assert self._sock is not None
-        poller = select.poll()
-        poller.register(self._sock, events)
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        assert self._sock is not None and self._poller is not None
+        poller = self._poller
+        if events != select.POLLIN:
+            poller.modify(self._sock, events)
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        finally:
+            if events != select.POLLIN:
+                poller.modify(self._sock, select.POLLIN)
 
     def _send_all(self, data: bytes, deadline: float) -> None:
         """Sends data; raises _NothingSent if the connection failed (or
@@ -302,25 +311,32 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise
 
     def _recv_some(self, deadline: float) -> bytes:
-        """The next bytes from the daemon: polls for up to
-        CLIENT_SPIN_SECONDS (a reply usually comes sooner), then sleeps."""
-        assert self._sock is not None
-        spin_until = time.perf_counter() + protocol.CLIENT_SPIN_SECONDS
+        """The next bytes from the daemon: polls for a while (a reply
+        often comes sooner than a sleeper wakes; protocol.Spin says how
+        long pays now), then sleeps."""
+        sock, spin = self._sock, self._spin
+        assert sock is not None
+        spin_until = time.perf_counter() + spin.budget()
+        spinning = True
         while True:
             try:
-                data = self._sock.recv(protocol.RECV_SIZE)
+                data = sock.recv(protocol.RECV_SIZE)
             except BlockingIOError:
-                if time.perf_counter() < spin_until:
+                if spinning:
                     # Yield while spinning: with more runnable processes
                     # than cores (2 here), a spin that keeps the CPU takes
                     # it from the daemon that is to answer (PLATFORM-NOTES:
                     # 8.5k writes/s spinning, 45k with a yield).
-                    os.sched_yield()
-                else:
-                    self._wait(select.POLLIN, deadline)
+                    if time.perf_counter() < spin_until and spin.yield_core():
+                        continue
+                    spinning = False
+                    spin.lost()
+                self._wait(select.POLLIN, deadline)
                 continue
             if not data:
                 raise ConnectionResetError("the daemon closed the connection")
+            if spinning:
+                spin.won()
             return data
 
     def _feed(self, data: bytes) -> None:

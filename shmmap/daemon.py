@@ -170,20 +170,28 @@ class Server:
     def _loop(self) -> None:
         next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
         busy_until = 0.0
+        spin = protocol.Spin(protocol.DAEMON_SPIN_SECONDS)
         self.promotions.check()                 # adoption's promotion
         while not self.stopping:
             # Right after serving, poll without sleeping for a moment: the
-            # next request of a synchronous client comes sooner than a
-            # wake-up from epoll would (see protocol.py).
-            spinning = time.perf_counter() < busy_until
-            if spinning:
-                # Give the core away on each turn: when processes outnumber
-                # cores, the client whose request we wait for may need this
-                # very core to send it (PLATFORM-NOTES: with a third busy
-                # process, a spin that never yields cut writes 5-fold).
-                os.sched_yield()
+            # next request of a synchronous client may come sooner than a
+            # wake-up from epoll would (protocol.Spin: for as long as that
+            # pays lately).
+            spinning = busy_until > 0.0 and time.perf_counter() < busy_until
+            if busy_until > 0.0 and not spinning:
+                spin.lost()                     # the spin ran out: sleep
+                busy_until = 0.0
+            # Give the core away on each turn: when processes outnumber
+            # cores, the client whose request we wait for may need this
+            # very core to send it (PLATFORM-NOTES: with a third busy
+            # process, a spin that never yields cut writes 5-fold).
+            if spinning and not spin.yield_core():
+                spinning, busy_until = False, 0.0
             if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
-                busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
+                if spinning:
+                    spin.won()
+                budget = spin.budget()
+                busy_until = time.perf_counter() + budget if budget else 0.0
             # Commit this round's writes with one release store, then send
             # every reply: no write is acknowledged before it is visible.
             self.ops.commit()

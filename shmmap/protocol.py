@@ -15,6 +15,7 @@ import enum
 import os
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -29,6 +30,58 @@ MAX_REQUEST = 64 * 1024 * 1024  # bytes of one request; larger is a protocol err
 CLIENT_SPIN_SECONDS = 100e-6
 DAEMON_SPIN_SECONDS = 50e-6
 RECV_SIZE = 64 * 1024      # bytes per recv: below malloc's mmap threshold
+
+
+class Spin:
+    """How long a waiter polls (yielding the core on each turn) before it
+    sleeps, adapted to what polling bought lately.
+
+    Polling pays when the peer runs on the other core and answers within
+    the spin; it costs when processes outnumber cores, because the peer
+    needs this very core (PLATFORM-NOTES: on 2 cores with a third busy
+    process a futex wake-up beats spinning). So: a wait that ended while
+    spinning doubles the budget (up to limit); one that had to sleep
+    halves it, down to nothing; a yield that gave the core away for long
+    (another process ran) ends the spin at once. With no budget left, one
+    wait in PROBE_EVERY spins a little, to notice when polling pays again.
+    """
+
+    MIN_SECONDS = 5e-6          # a budget below this is none
+    CONTENDED_SECONDS = 50e-6   # a yield this long: another process had the core
+    PROBE_EVERY = 64
+
+    __slots__ = ("limit", "seconds", "_waits")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.seconds = limit
+        self._waits = 0
+
+    def budget(self) -> float:
+        """Seconds to poll for the next wait."""
+        if self.seconds:
+            return self.seconds
+        self._waits += 1
+        return self.MIN_SECONDS if self._waits % self.PROBE_EVERY == 0 else 0.0
+
+    def won(self) -> None:
+        """The wait ended while polling."""
+        self.seconds = min(self.limit, max(self.seconds * 2, self.MIN_SECONDS))
+
+    def lost(self) -> None:
+        """The wait had to sleep, or a yield found the cores contended."""
+        half = self.seconds / 2
+        self.seconds = half if half >= self.MIN_SECONDS else 0.0
+
+    def yield_core(self) -> bool:
+        """Gives the core away once (sched_yield); False if that took so
+        long that spinning does not pay now (the spin should end)."""
+        started = time.perf_counter()
+        os.sched_yield()
+        if time.perf_counter() - started > self.CONTENDED_SECONDS:
+            self.lost()
+            return False
+        return True
 
 
 class Op(enum.IntEnum):
