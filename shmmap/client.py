@@ -316,8 +316,12 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         long pays now), then sleeps."""
         sock, spin = self._sock, self._spin
         assert sock is not None
-        spin_until = time.perf_counter() + spin.budget()
-        spinning = True
+        budget = spin.budget()
+        spinning = budget > 0.0
+        if spinning:
+            spin_until = time.perf_counter() + budget
+        else:
+            self._wait(select.POLLIN, deadline)     # no failed receive first
         while True:
             try:
                 data = sock.recv(protocol.RECV_SIZE)
