@@ -507,6 +507,28 @@ int64_t  shm_round_serve(struct shm_round *r, struct shm_serve *s,
  * with its rest (events 0); returns how many. */
 int64_t  shm_round_send(struct shm_round *r);
 
+/* ---- a client's wait for a reply (call.c) ----
+ * A synchronous write waits for its acknowledgement. Polling finds it a
+ * few microseconds after the daemon sent it when both run at once, while
+ * a sleeper needs a wake-up; but when processes outnumber cores, polling
+ * takes the core the daemon needs. shm_wait_recv polls for the budget the
+ * caller gives it (adapted to how that paid lately, see protocol.Spin),
+ * yielding the core on each turn, then sleeps in poll(). */
+#define SHM_WAIT_WON         1         /* the bytes came while it polled */
+#define SHM_WAIT_SLEPT       2         /* it polled in vain, then slept */
+#define SHM_WAIT_CONTENDED   3         /* a yield gave the core away for
+                                          long: it stopped polling, slept */
+#define SHM_WAIT_SLEPT_ONLY  4         /* no budget: it slept at once */
+#define SHM_CONTENDED_NS     50000     /* a yield this long: contended */
+
+/* Receives from the non-blocking stream socket fd into buf[0..cap): polls
+ * for up to spin_ns, then sleeps in poll() for up to timeout_ms. Returns
+ * the bytes received, 0 at the end of the stream, -ETIMEDOUT if nothing
+ * came in time, or -errno (-EINTR: a signal came; call again). *how says
+ * how the wait went (SHM_WAIT_*). */
+int64_t  shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
+                       int timeout_ms, int32_t *how);
+
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */
 uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,

@@ -7,6 +7,8 @@ other that reads afterwards, sees it.
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import select
 import socket
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import msgpack
 
 from . import protocol, segments
+from ._core import ffi, lib
 from .codec import decode_value, encode_key, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
                      WriteTimeoutError, reply_error)
@@ -112,6 +115,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._unpacker = msgpack.Unpacker(raw=False)
         self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
         self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS)
+        self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
+        self._recv_bytes = ffi.buffer(self._recv_buf)
+        self._how = ffi.new("int32_t *")
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self.daemon_info: dict[str, Any] = {}
@@ -313,35 +319,27 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def _recv_some(self, deadline: float) -> bytes:
         """The next bytes from the daemon: polls for a while (a reply
         often comes sooner than a sleeper wakes; protocol.Spin says how
-        long pays now), then sleeps."""
-        sock, spin = self._sock, self._spin
-        assert sock is not None
-        budget = spin.budget()
-        spinning = budget > 0.0
-        if spinning:
-            spin_until = time.perf_counter() + budget
-        else:
-            self._wait(select.POLLIN, deadline)     # no failed receive first
+        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
+        assert self._sock is not None
+        fd, spin, how = self._sock.fileno(), self._spin, self._how
         while True:
-            try:
-                data = sock.recv(protocol.RECV_SIZE)
-            except BlockingIOError:
-                if spinning:
-                    # Yield while spinning: with more runnable processes
-                    # than cores (2 here), a spin that keeps the CPU takes
-                    # it from the daemon that is to answer (PLATFORM-NOTES:
-                    # 8.5k writes/s spinning, 45k with a yield).
-                    if time.perf_counter() < spin_until and spin.yield_core():
-                        continue
-                    spinning = False
-                    spin.lost()
-                self._wait(select.POLLIN, deadline)
-                continue
-            if not data:
-                raise ConnectionResetError("the daemon closed the connection")
-            if spinning:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE,
+                                    int(spin.budget() * 1e9), left_ms, how)
+            if how[0] == lib.SHM_WAIT_WON:
                 spin.won()
-            return data
+            elif how[0] != lib.SHM_WAIT_SLEPT_ONLY:
+                spin.lost()
+            if got > 0:
+                return self._recv_bytes[0:got]
+            if got == 0:
+                raise ConnectionResetError("the daemon closed the connection")
+            if got == -errno.ETIMEDOUT:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            if got != -errno.EINTR:     # a signal: its handler ran; wait on
+                raise OSError(-got, os.strerror(-got))
 
     def _feed(self, data: bytes) -> None:
         self._unpacker.feed(data)

@@ -47,7 +47,7 @@ class Spin:
     """
 
     MIN_SECONDS = 5e-6          # a budget below this is none
-    CONTENDED_SECONDS = 50e-6   # a yield this long: another process had the core
+    CONTENDED_SECONDS = lib.SHM_CONTENDED_NS / 1e9   # a yield this long: contended
     PROBE_EVERY = 64
 
     __slots__ = ("limit", "seconds", "_waits")
