@@ -4,8 +4,10 @@ answered by Python in order, a failed apply answered by Python with nothing
 applied, and the counters counting both."""
 from __future__ import annotations
 
+import os
 import random
 import socket
+import time
 from typing import Any
 
 import msgpack
@@ -182,3 +184,39 @@ def test_bytes_that_are_no_request_after_batches(map_name: str, garbage: bytes) 
         assert len(replies) == 3
         with d.connect() as m:
             assert m.snapshot() == {"a": 1, "b": 2}
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_daemon_and_client_sleep_after_a_burst(map_name: str) -> None:
+    """Spinning is bounded: once the writes stop, neither the daemon nor
+    the client that wrote burns a core."""
+    with shmmap.Daemon(map_name) as d, d.connect() as m:
+        for i in range(2000):
+            m[i] = i
+        pid = m.daemon_info["pid"]
+        daemon0, client0 = _cpu_seconds(pid), time.process_time()
+        wall = time.monotonic()
+        time.sleep(1.0)
+        wall = time.monotonic() - wall
+        assert _cpu_seconds(pid) - daemon0 < 0.2 * wall
+        assert time.process_time() - client0 < 0.2 * wall
+        assert m[1999] == 1999
+
+
+def test_spin_budget_follows_what_spinning_bought() -> None:
+    spin = protocol.Spin(100e-6)
+    assert spin.budget() == 100e-6
+    for _ in range(10):                 # waits that had to sleep: down to nothing
+        spin.lost()
+    assert spin.seconds == 0.0
+    budgets = [spin.budget() for _ in range(protocol.Spin.PROBE_EVERY)]
+    assert budgets.count(0.0) == protocol.Spin.PROBE_EVERY - 1    # one probe
+    assert max(budgets) == protocol.Spin.MIN_SECONDS
+    for _ in range(10):                 # spins that paid: back up to the limit
+        spin.won()
+    assert spin.seconds == 100e-6
