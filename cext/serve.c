@@ -23,14 +23,6 @@
 #define MP_FIXARRAY_3       (MP_FIXARRAY | 3)
 #define MP_FIXARRAY_4       (MP_FIXARRAY | 4)
 
-static uint64_t be_n(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 /* Bytes the msgpack int at p takes (format byte included), or 0 if the
  * format byte b is not an int. */
 static int int_size(uint8_t b)
@@ -69,16 +61,15 @@ static enum look look_batch(const uint8_t *p, uint64_t len, struct batch *b)
     uint64_t at = 2 + (uint64_t)id_len;
     if (len <= at)
         return LOOK_MORE;
-    uint8_t f = p[at];
-    if (f < MP_BIN8 || f > MP_BIN32)
+    struct mp_head h;
+    if (p[at] < MP_BIN8 || p[at] > MP_BIN32)
         return LOOK_OTHER;
-    int width = 1 << (f - MP_BIN8);
-    if (len - at - 1 < (uint64_t)width)
-        return LOOK_MORE;
+    if (mp_head(p + at, len - at, &h) != SHM_OK)
+        return LOOK_MORE;                       /* its length is cut short */
     b->id_at = 2;
     b->id_len = (uint64_t)id_len;
-    b->blob_len = be_n(p + at + 1, width);
-    b->blob_at = at + 1 + (uint64_t)width;
+    b->blob_len = h.body;
+    b->blob_at = at + h.head;
     b->size = b->blob_at + b->blob_len;
     return LOOK_BATCH;
 }
@@ -93,61 +84,24 @@ static enum look look_batch(const uint8_t *p, uint64_t len, struct batch *b)
 static void scan(struct shm_serve *s, const uint8_t *p, uint64_t len)
 {
     uint64_t at = s->scan_at, pending = s->scan_pending ? s->scan_pending : 1;
-    while (pending > 0) {
-        uint64_t body = 0, children = 0;
-        int width = 0;
-        if (at >= len)
-            break;
-        uint8_t b = p[at];
-        if (b <= MP_POSFIX_MAX || b >= MP_NEGFIX_MIN || b == MP_NIL ||
-            b == MP_FALSE || b == MP_TRUE)
-            ;                                   /* the format byte is all */
-        else if (b < MP_FIXARRAY)
-            children = 2 * (uint64_t)(b & 0x0f);
-        else if (b < MP_FIXSTR)
-            children = b & 0x0f;
-        else if (b < MP_NIL)
-            body = b & 0x1f;
-        else if (b >= MP_BIN8 && b <= MP_BIN32)
-            width = 1 << (b - MP_BIN8);
-        else if (b >= MP_STR8 && b <= MP_STR32)
-            width = 1 << (b - MP_STR8);
-        else if (b >= MP_EXT8 && b <= MP_EXT32)
-            width = 1 << (b - MP_EXT8);
-        else if (b == MP_FLOAT32 || b == MP_FLOAT64)
-            body = b == MP_FLOAT32 ? 4 : 8;
-        else if (b >= MP_UINT8 && b <= MP_UINT64)
-            body = 1ULL << (b - MP_UINT8);
-        else if (b >= MP_INT8 && b <= MP_INT64)
-            body = 1ULL << (b - MP_INT8);
-        else if (b >= MP_FIXEXT1 && b <= MP_FIXEXT16)
-            body = 1 + (1ULL << (b - MP_FIXEXT1));      /* type, data */
-        else if (b == MP_ARRAY16 || b == MP_MAP16)
-            width = 2;
-        else if (b == MP_ARRAY32 || b == MP_MAP32)
-            width = 4;
-        else {
+    while (pending > 0 && at < len) {
+        struct mp_head h;
+        int rc = mp_head(p + at, len - at, &h);
+        if (rc == SHM_EBUFSMALL)
+            break;                              /* its length is cut short */
+        if (rc != SHM_OK) {
             s->stop = SHM_STOP_BAD;
             shm_fail(s->err, sizeof s->err, SHM_EINVAL, "malformed msgpack: "
-                     "byte 0x%02x at %llu is no msgpack format", b,
+                     "byte 0x%02x at %llu is no msgpack format", p[at],
                      (unsigned long long)at);
             return;
-        }
-        if (width > 0) {
-            if (len - at - 1 < (uint64_t)width)
-                break;                          /* its length is cut short */
-            uint64_t n = be_n(p + at + 1, width);
-            if (b >= MP_ARRAY16)
-                children = b == MP_MAP16 || b == MP_MAP32 ? 2 * n : n;
-            else
-                body = n + (b >= MP_EXT8 && b <= MP_EXT32);    /* + type */
         }
         /* Each child takes a byte: a request cannot hold more objects
          * than it may take bytes. Checked before anything is added, so no
          * sum overflows (all are below 2^34). */
-        uint64_t size = 1 + (uint64_t)width + body;
-        if (size > s->max_request - at || children > s->max_request - at ||
-            pending + children > s->max_request) {
+        uint64_t size = h.head + h.body;
+        if (size > s->max_request - at || h.children > s->max_request - at ||
+            pending + h.children > s->max_request) {
             s->stop = SHM_STOP_BAD;
             shm_fail(s->err, sizeof s->err, SHM_ETOOBIG, "request over %llu "
                      "bytes", (unsigned long long)s->max_request);
@@ -156,7 +110,7 @@ static void scan(struct shm_serve *s, const uint8_t *p, uint64_t len)
         if (len - at < size)
             break;                              /* its body is cut short */
         at += size;
-        pending = pending - 1 + children;
+        pending = pending - 1 + h.children;
     }
     if (pending > 0) {
         s->stop = SHM_STOP_MORE;

@@ -17,28 +17,11 @@ import shmmap
 from shmmap import protocol
 from shmmap.codec import encode_key, encode_value
 from shmmap.protocol import MAX_REQUEST, OK, Err, Op, batch_request, delete_item, store_item
+from test_protocol_fuzz import connect_raw, read_replies
 
 # Every form msgpack has for a request id: the daemon echoes it as it came.
 IDS = [0, 5, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, 2**64 - 1,
        -1, -32, -33, -128, -129, -2**15 - 1, -2**31 - 1, -2**63]
-
-
-def _connect(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    return s
-
-
-def _replies(sock: socket.socket, count: int) -> list[Any]:
-    up = msgpack.Unpacker(raw=False)
-    out: list[Any] = []
-    while len(out) < count:
-        data = sock.recv(1 << 16)
-        assert data, f"the daemon closed the connection after {len(out)} of {count} replies"
-        up.feed(data)
-        out.extend(up)
-    return out
 
 
 def _closed(sock: socket.socket) -> list[Any]:
@@ -68,14 +51,14 @@ def test_batches_cut_anywhere_are_answered_in_order_with_every_id_form(map_name:
             model[("k", i)] = [i] * (i % 4)
     data = b"".join(msgpack.packb(r, use_bin_type=True) for r in reqs)
     with shmmap.Daemon(map_name) as d:
-        sock = _connect(str(d.socket_path))
+        sock = connect_raw(str(d.socket_path))
         try:
             pos = 0
             while pos < len(data):          # 1 to 9 bytes a send: every cut
                 step = rng.randrange(1, 10)
                 sock.sendall(data[pos:pos + step])
                 pos += step
-            replies = _replies(sock, len(reqs))
+            replies = read_replies(sock, len(reqs))
         finally:
             sock.close()
         assert [r[0] for r in replies] == [r[1] for r in reqs]
@@ -102,10 +85,10 @@ def test_failed_apply_is_answered_by_python_and_applies_nothing(map_name: str) -
         batch_request(4, _store("b", 2) + delete_item(encode_key("a"))),
     ]
     with shmmap.Daemon(map_name, max_value=100) as d:
-        sock = _connect(str(d.socket_path))
+        sock = connect_raw(str(d.socket_path))
         try:
             sock.sendall(b"".join(reqs))
-            r1, r2, r3, r4 = _replies(sock, 4)
+            r1, r2, r3, r4 = read_replies(sock, 4)
         finally:
             sock.close()
         assert r1[:3] == [1, OK, None]
@@ -124,10 +107,10 @@ def test_full_generation_is_promoted_between_fast_batches(map_name: str) -> None
     n = 5000
     reqs = [batch_request(i + 1, _store(i, i)) for i in range(n)]
     with shmmap.Daemon(map_name) as d:
-        sock = _connect(str(d.socket_path))
+        sock = connect_raw(str(d.socket_path))
         try:
             sock.sendall(b"".join(reqs))
-            replies = _replies(sock, n)
+            replies = read_replies(sock, n)
         finally:
             sock.close()
         assert [r[:3] for r in replies] == [[i + 1, OK, None] for i in range(n)]
@@ -145,13 +128,13 @@ def test_large_other_requests_arriving_in_pieces(map_name: str) -> None:
     many = msgpack.packb([Op.STATS, 10, list(range(60_000))])     # a wrong argument
     assert len(swap) > protocol.RECV_SIZE and len(many) > protocol.RECV_SIZE
     with shmmap.Daemon(map_name) as d:
-        sock = _connect(str(d.socket_path))
+        sock = connect_raw(str(d.socket_path))
         try:
             for req in (swap, many):
                 for i in range(0, len(req), 4096):
                     sock.sendall(req[i:i + 4096])
             sock.sendall(batch_request(11, _store("after", 1)))
-            swapped, wrong, after = _replies(sock, 3)
+            swapped, wrong, after = read_replies(sock, 3)
         finally:
             sock.close()
         assert swapped[:3] == [9, OK, [False, None]]
@@ -172,7 +155,7 @@ def test_bytes_that_are_no_request_after_batches(map_name: str, garbage: bytes) 
     """The batches before the garbage are answered and applied; then the
     protocol error, and the connection is closed."""
     with shmmap.Daemon(map_name) as d:
-        sock = _connect(str(d.socket_path))
+        sock = connect_raw(str(d.socket_path))
         try:
             sock.sendall(batch_request(1, _store("a", 1)) + batch_request(2, _store("b", 2))
                          + garbage)

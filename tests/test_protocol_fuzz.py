@@ -173,14 +173,16 @@ def _send_in_pieces(rng: random.Random, sock: socket.socket, data: bytes) -> Non
         sock.sendall(data[start:end])
 
 
-def _connect(path: str) -> socket.socket:
+def connect_raw(path: str) -> socket.socket:
+    """A bare connection to a daemon's socket (no hello)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(path)
     return s
 
 
-def _replies(sock: socket.socket, count: int) -> list[Any]:
+def read_replies(sock: socket.socket, count: int) -> list[Any]:
+    """The next count replies on sock."""
     up = msgpack.Unpacker(raw=False)
     out: list[Any] = []
     while len(out) < count:
@@ -214,13 +216,13 @@ def test_fuzzed_protocol_leaves_daemon_up_and_map_equal_to_model(map_name: str) 
     sent = 0
     with shmmap.Daemon(map_name) as daemon:
         path = str(daemon.socket_path)
-        sock = _connect(path)
+        sock = connect_raw(path)
         try:
             for _ in range(ROUNDS):
                 reqs = [_request(rng, sent + i) for i in range(PER_ROUND)]
                 _send_in_pieces(rng, sock, b"".join(_frame(rng, r) for r in reqs))
                 sent += len(reqs)
-                for req, reply in zip(reqs, _replies(sock, len(reqs))):
+                for req, reply in zip(reqs, read_replies(sock, len(reqs))):
                     assert reply[0] == req[1], "replies come in request order"
                     if reply[1] == OK:
                         _apply_to_model(model, req, reply[2])
@@ -233,7 +235,7 @@ def test_fuzzed_protocol_leaves_daemon_up_and_map_equal_to_model(map_name: str) 
         bystander = daemon.connect()      # connected through all of it
         for _ in range(GARBAGE):
             g = _garbage(rng)
-            s = _connect(path)
+            s = connect_raw(path)
             data = b""
             try:
                 s.sendall(g)
