@@ -5,7 +5,7 @@ a reply. The error codes say whose fault a failure is: the client's
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from . import protocol
 from .errors import InvalidRequestError, LimitError, MapFullError

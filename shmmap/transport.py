@@ -1,17 +1,20 @@
 """The daemon's transport: its listening Unix socket, who may connect
 (SO_PEERCRED), the connections, their msgpack framing, and epoll.
 
-It knows nothing of the map. The received bytes of a connection go first
-to ``serve_bytes`` (the C hot path, which serves the requests it can and
-queues their replies itself); each request it leaves is decoded here and
-goes to ``on_request``, whose reply comes back through ``reply()``. The
-daemon's loop commits a round's writes before ``flush()`` sends a reply."""
+It knows nothing of the map. A round of the loop (``poll``) is served
+first by ``serve_round``, the C hot path, which waits for events and
+receives, serves and queues the replies of connections that have nothing
+of their own queued here; what it leaves, Python handles: bytes go to
+``serve_bytes`` (the same C path, on the bytes given), each request it
+leaves is decoded here and goes to ``on_request``, whose reply comes back
+through ``reply()``. The daemon's loop commits a round's writes before
+``flush()`` sends a reply: that is where a round ends."""
 from __future__ import annotations
 
 import enum
 import errno
-import math
 import logging
+import math
 import os
 import resource
 import select
