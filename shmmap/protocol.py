@@ -36,29 +36,47 @@ class Spin:
     """How long a waiter polls (yielding the core on each turn) before it
     sleeps, adapted to what polling bought lately.
 
-    Polling pays when the peer runs on the other core and answers within
-    the spin; it costs when processes outnumber cores, because the peer
-    needs this very core (PLATFORM-NOTES: on 2 cores with a third busy
-    process a futex wake-up beats spinning). So: a wait that ended while
-    spinning doubles the budget (up to limit); one that had to sleep
-    halves it, down to nothing; a yield that gave the core away for long
-    (another process ran) ends the spin at once. With no budget left, one
-    wait in PROBE_EVERY spins a little, to notice when polling pays again.
+    Polling pays when the peer runs on another core and answers within the
+    spin; it costs when processes outnumber cores, because the peer needs
+    this very core (PLATFORM-NOTES: on 2 cores with a third busy process a
+    wake-up beats spinning; measured here, a daemon that spun under that
+    load cut the writer beside an iterating process 3-8 fold). So: no spin
+    while the load average is at least the number of cores (looked at
+    every LOOK_SECONDS); otherwise a wait that ended while spinning doubles
+    the budget (up to limit), one that had to sleep halves it, down to
+    nothing, and a yield that gave the core away for long (another process
+    ran) ends the spin at once. With no budget left, one wait in
+    PROBE_EVERY spins a little, to notice when polling pays again.
     """
 
     MIN_SECONDS = 5e-6          # a budget below this is none
     CONTENDED_SECONDS = lib.SHM_CONTENDED_NS / 1e9   # a yield this long: contended
     PROBE_EVERY = 64
+    LOOK_SECONDS = 0.1          # how often the load average is read
+    CORES = len(os.sched_getaffinity(0))
 
-    __slots__ = ("limit", "seconds", "_waits")
+    __slots__ = ("limit", "seconds", "_waits", "_crowded_until", "_look_at")
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.seconds = limit
         self._waits = 0
+        self._look_at = 0.0
+        self._crowded_until = 0.0
+
+    def crowded(self) -> bool:
+        """Whether processes outnumber cores (the 1-minute load average)."""
+        now = time.monotonic()
+        if now >= self._look_at:
+            self._look_at = now + self.LOOK_SECONDS
+            self._crowded_until = (now + self.LOOK_SECONDS
+                                   if os.getloadavg()[0] >= self.CORES else 0.0)
+        return now < self._crowded_until
 
     def budget(self) -> float:
         """Seconds to poll for the next wait."""
+        if not self.limit or self.crowded():
+            return 0.0
         if self.seconds:
             return self.seconds
         self._waits += 1

@@ -191,8 +191,23 @@ def test_idle_daemon_and_client_sleep_after_a_burst(map_name: str) -> None:
         assert m[1999] == 1999
 
 
+class _Uncrowded(protocol.Spin):
+    CORES = 10**9           # the load average is always below it
+
+
+class _Crowded(protocol.Spin):
+    CORES = 0               # ... always at least it
+
+
+def test_no_spin_while_processes_outnumber_cores() -> None:
+    spin = _Crowded(100e-6)
+    for _ in range(10):
+        spin.won()
+    assert [spin.budget() for _ in range(200)] == [0.0] * 200
+
+
 def test_spin_budget_follows_what_spinning_bought() -> None:
-    spin = protocol.Spin(100e-6)
+    spin = _Uncrowded(100e-6)
     assert spin.budget() == 100e-6
     for _ in range(10):                 # waits that had to sleep: down to nothing
         spin.lost()
