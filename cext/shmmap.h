@@ -50,7 +50,8 @@
 #define SHM_MAGIC_MAP        0x50414d4d48530001  /* "SHMMAP" + kind 1 */
 #define SHM_MAGIC_GEN        0x50414d4d48530002  /* "SHMMAP" + kind 2 */
 #define SHM_MAGIC_READERS    0x50414d4d48530003  /* "SHMMAP" + kind 3 */
-#define SHM_LAYOUT_VERSION   1
+#define SHM_LAYOUT_VERSION   2         /* 2: map version word, record entry
+                                          index, committed_arena, base_arena */
 #define SHM_NAME_PREFIX      "/shmmap-"
 #define SHM_GEN_INFIX        "-g"
 #define SHM_READERS_SUFFIX   "-readers"
@@ -75,7 +76,8 @@
                                           that cost about one promotion,
                                           per live entry (a miss costs one
                                           more probe, a promotion copies) */
-#define SHM_MAX_ENTRIES      0xfffffffe /* entry index + 1 fits in 32 bits */
+#define SHM_MAX_ENTRIES      0x7fffffff /* an entry index fits in 31 bits
+                                          (a record's flags carry it) */
 #define SHM_MAX_SEGMENT      0x8000000000 /* 512 GiB: offsets fit in 39 bits */
 #define SHM_SLOT_EMPTY       0
 #define SHM_SLOT_INDEX_MASK  0xffffffff /* low half: entry index + 1 */
@@ -83,6 +85,9 @@
 
 /* ---- records ----------------------------------------------------------- */
 #define SHM_REC_TOMBSTONE    1         /* shm_record.flags: a deletion */
+#define SHM_REC_ENTRY_SHIFT  1         /* ... and above this bit, the index
+                                          of the entry the record belongs to
+                                          (how a delta scan finds its key) */
 #define SHM_REC_HEADER       24        /* sizeof(struct shm_record) */
 #define SHM_NO_RECORD        0         /* head/prev: end of the chain */
 
@@ -144,7 +149,16 @@ struct shm_map_header {
      * acquire-load it when their generation is superseded. A reader that then
      * finds the name already unlinked loads it again: a newer one exists. */
     uint64_t current_gen;
-    uint64_t reserved[9];
+    /* atomic. Changes whenever what a reader sees may have changed: the
+     * daemon release-stores a new value after each commit (after the
+     * generation's committed_seq) and after each publication (after the
+     * old generation is marked superseded). A client's cache compares it
+     * with the value it last refreshed at: equal means that nothing was
+     * committed or published since, so its decoded objects are current.
+     * (The compare's plain load is enough: a refresh then acquire-loads
+     * it again, before it loads anything else.) */
+    uint64_t version;
+    uint64_t reserved[8];
     char socket_path[SHM_SOCKET_PATH_MAX];  /* NUL-terminated */
     uint8_t pad[20];
 };
@@ -171,7 +185,10 @@ struct shm_gen_header {
     uint64_t dirty_index_off;
     uint64_t entries_off;
     uint64_t arena_off;
-    uint64_t reserved0[7];          /* the atomics start a cache line */
+    uint64_t base_arena;            /* arena bytes the build took (the read
+                                       table's keys and records): where a
+                                       delta scan of this generation starts */
+    uint64_t reserved0[6];          /* the atomics start a cache line */
     /* ---- atomics: one writer (the daemon), many readers ---- */
     /* Every record with seq <= committed_seq is complete and reachable. The
      * daemon release-stores it last in a commit, after the records, heads,
@@ -193,7 +210,13 @@ struct shm_gen_header {
     /* Release-stored to 1 after a newer generation is published in
      * current_gen; readers acquire-load it before each operation. */
     uint64_t superseded;
-    uint64_t reserved1[2];
+    /* Arena bytes in use at the last commit: release-stored by shm_commit
+     * before committed_seq. Every key and record below arena_off + it is
+     * complete, and its entry published, for a reader that acquire-loads
+     * it (a delta scan stops there, or at the first record past its
+     * snapshot, whichever comes first). */
+    uint64_t committed_arena;
+    uint64_t reserved1[1];
 };
 
 /* One key. key_off, key_len and hash never change once the entry is
@@ -214,7 +237,8 @@ struct shm_record {
     uint64_t seq;
     uint64_t prev;                  /* older version, or SHM_NO_RECORD */
     uint32_t len;
-    uint32_t flags;                 /* SHM_REC_TOMBSTONE */
+    uint32_t flags;                 /* SHM_REC_TOMBSTONE | entry index <<
+                                       SHM_REC_ENTRY_SHIFT */
 };
 
 /* One reader's cache line in /shmmap-NAME-readers. The client that owns it
@@ -277,6 +301,12 @@ struct shm_view {
     uint64_t max_key;
     uint64_t max_value;
     uint64_t max_live_bytes;
+    /* Writer only: the map header whose version word shm_commit and
+     * shm_mark_superseded move on (NULL: none, as for readers), and the
+     * last seq shm_commit published (a commit of the same seq changes
+     * nothing a reader sees, so it leaves the version alone). */
+    struct shm_map_header *map;
+    uint64_t committed;
 };
 
 /* One batch of an export: the caller owns both buffers. */
@@ -291,6 +321,30 @@ struct shm_export {
     uint64_t values_cap;
     uint64_t values_len;
     uint64_t count;                 /* out: pairs in this batch */
+    uint64_t need;                  /* out, on SHM_EBUFSMALL: bytes wanted */
+};
+
+/* One batch of a delta scan (shm_delta_batch): the keys whose visible
+ * value changed after seq from, as of seq snap, in one generation. The
+ * caller owns the three buffers. */
+struct shm_delta {
+    uint64_t since;                 /* in: the snapshot the caller has */
+    uint64_t snap;                  /* in: the snapshot it wants */
+    uint64_t pos;                   /* in/out: arena offset where the scan
+                                       resumes (shm_delta_start sets it) */
+    uint64_t next_entry;            /* in/out: the entry whose key comes
+                                       next in the arena */
+    uint8_t *keys;                  /* out: msgpack array of stored keys */
+    uint64_t keys_cap;
+    uint64_t keys_len;
+    uint8_t *values;                /* out: msgpack array of their values */
+    uint64_t values_cap;
+    uint64_t values_len;
+    uint8_t *dead;                  /* out: msgpack array of deleted keys */
+    uint64_t dead_cap;
+    uint64_t dead_len;
+    uint64_t count;                 /* out: pairs in keys/values */
+    uint64_t dead_count;            /* out: keys in dead */
     uint64_t need;                  /* out, on SHM_EBUFSMALL: bytes wanted */
 };
 
@@ -323,6 +377,8 @@ const char *shm_strerror(int code);
 uint64_t shm_map_current_gen(struct shm_map_header *h);  /* acquire */
 void     shm_map_publish_gen(struct shm_map_header *h, uint64_t gen);
 uint64_t shm_map_daemon_pid(struct shm_map_header *h);   /* acquire */
+uint64_t shm_map_version(struct shm_map_header *h);      /* acquire */
+void     shm_map_bump_version(struct shm_map_header *h);  /* the daemon */
 void     shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid);
 
 /* ---- reads: any process, on a PROT_READ mapping ---- */
@@ -351,6 +407,20 @@ int64_t  shm_lookup_at(struct shm_view *v, const char *key, uint64_t len,
  * entries remain (x->cursor says where), or SHM_EBUFSMALL when not even
  * one pair fits (x->need: the buffer size that would take it). */
 int      shm_export_batch(struct shm_view *v, struct shm_export *x);
+/* Starts a delta scan of v: x->pos at the end of the build's part of the
+ * arena, x->next_entry at the first dirty entry. Then
+ * shm_delta_batch(v, x) with x->since = x->snap = the snapshot the caller
+ * loaded at the build moves past what that snapshot holds. */
+void     shm_delta_start(struct shm_view *v, struct shm_delta *x);
+/* Appends to x's buffers each key whose visible record at x->snap was
+ * committed after x->since (once, however often it changed), scanning the
+ * arena from x->pos; the caller loaded x->snap (shm_snapshot) before the
+ * first call. Returns 1 when every change up to x->snap is reported (x->pos
+ * and x->next_entry then say where the next scan starts), 0 when a buffer
+ * is full (call again with x as it is), SHM_EBUFSMALL when not even one
+ * key fits (x->need), SHM_ECORRUPT when the arena is not what the daemon
+ * writes. */
+int      shm_delta_batch(struct shm_view *v, struct shm_delta *x);
 /* The keyed hash of key bytes p[0..len) (SipHash-1-3). */
 uint64_t shm_hash(uint64_t seed0, uint64_t seed1, const char *p, uint64_t len);
 
@@ -389,9 +459,11 @@ int      shm_gen_init(void *base, const struct shm_geometry *g, uint64_t gen,
 int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
                    uint64_t seq, struct shm_apply_info *info, char *err,
                    size_t errlen);
-/* Publishes live_count/live_bytes, then committed_seq = seq (release). */
+/* Publishes live_count/live_bytes, then committed_seq = seq (release),
+ * then, if seq is new and v->map is set, the map's next version. */
 void     shm_commit(struct shm_view *v, uint64_t seq);
-/* superseded = 1 (release): after current_gen names the newer one. */
+/* superseded = 1 (release): after current_gen names the newer one; then,
+ * if v->map is set, the map's next version. */
 void     shm_mark_superseded(struct shm_view *v);
 /* Counts the live keys at snap and the arena bytes they take. SHM_OK. */
 int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,

@@ -8,15 +8,16 @@
 {'a': 1}
 """
 from .client import Batch, Pipeline, SharedMap, connect
-from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonUnavailableError,
-                     InvalidNameError, InvalidRequestError, LimitError, MapClosedError, MapFullError,
-                     MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
+from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonStartError,
+                     DaemonUnavailableError, InvalidNameError, InvalidRequestError, LimitError,
+                     MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
 from .service import Daemon
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonUnavailableError",
+    "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonStartError",
+    "DaemonUnavailableError",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
     "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError", "WriteTimeoutError",
     "connect",

@@ -14,8 +14,9 @@ from . import __version__, jsontags, logs, segments
 from ._core import ffi, lib
 from .client import connect
 from .codec import encode_key, encode_value
-from .daemon import DaemonConfig, process_alive, serve
-from .errors import AccessDeniedError, CorruptSegmentError, MapNotFoundError, ShmmapError
+from .daemon import DaemonConfig, serve
+from .maplock import is_served
+from .errors import AccessDeniedError, CorruptSegmentError, DaemonRunningError, MapNotFoundError, ShmmapError
 from .reader import MapReader
 from .service import cleanup
 from .writer import Limits
@@ -335,9 +336,9 @@ def map_status(name: str) -> dict[str, Any]:
     try:
         h = reader.header
         pid = int(lib.shm_map_daemon_pid(h))
-        alive = bool(pid) and process_alive(pid)
+        alive = is_served(name)
         row.update(state="live" if alive else "stale", daemon_pid=pid, daemon_alive=alive,
-                   generation=reader.generation.gen, live_keys=len(reader),
+                   generation=reader.refresh().gen, live_keys=len(reader),
                    socket=ffi.string(h.socket_path).decode())
     finally:
         reader.close()
@@ -397,7 +398,13 @@ def _run_cleanup(args: argparse.Namespace) -> int:
                 print(f"shmmap: skipped map {name!r}: it {why}", file=sys.stderr)
             report.append({"name": name, "state": state, "removed": []})
             continue
-        removed = cleanup(name, Path(row["socket"]) if row.get("socket") else None)
+        try:
+            removed = cleanup(name, Path(row["socket"]) if row.get("socket") else None)
+        except DaemonRunningError as exc:               # one started since we looked
+            print(f"shmmap: {exc}; left alone", file=sys.stderr)
+            status = 1
+            report.append({"name": name, "state": "live", "removed": []})
+            continue
         report.append({"name": name, "state": state, "removed": removed})
         if not args.json:
             for path in removed:
@@ -613,8 +620,10 @@ def _add_workload_commands(sub: Any) -> None:
              "Run the same workloads on shmmap and on what users pick instead: a local "
              "dict (the floor), a dict under a lock shared by threads, Manager().dict(), "
              "and, when installed (pip install 'shmmap[bench]'), UltraDict, "
-             "shared-memory-dict, LMDB and Redis (which needs a redis-server binary). "
-             "Prints a table and PASS/MISS lines for the targets.")
+             "shared-memory-dict, LMDB on /dev/shm and Redis (which needs a redis-server "
+             "binary); and Go's sync.Map in a Go process when a Go toolchain is installed. "
+             "Rates come with the CPU time per write. Prints a table and PASS/MISS lines "
+             "for the targets.")
     add_bench_arguments(p)
 
 

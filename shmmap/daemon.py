@@ -17,7 +17,6 @@ owns the two ways a daemon ends:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import resource
@@ -27,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from . import protocol, segments
-from ._core import ffi, lib
+from . import maplock, protocol, segments
+from ._core import lib
 from .dispatch import Dispatcher
 from .errors import DaemonRunningError, LimitError, MapFullError
 from .ops import MapOps
@@ -43,7 +42,6 @@ MISS_CHECK_SECONDS = 0.1     # how often readers' miss counts are summed
 # Descriptors the daemon holds besides one per client: stdio, the listener,
 # epoll, the wake-up pipe, and one per mapped segment (mmap keeps a dup).
 FDS_BESIDES_CLIENTS = 64
-DIR_LOCK_SECONDS = 10.0      # longest wait for /dev/shm's lock (see _shm_dir_locked)
 READY = b"ready\n"           # what the daemon writes to --ready-fd once it serves
 
 
@@ -97,12 +95,12 @@ class Server:
 
     def _open_map(self) -> tuple[MapWriter, bool, int]:
         """The map, created or adopted; whether it was adopted; and the
-        descriptor that holds the map's lock from here on (see _claim)."""
+        descriptor that holds the map's lock from here on (see maplock.claim)."""
         options: dict[str, Any] = dict(mode=self.config.mode, group=self.config.group,
                                        limits=self.config.limits,
                                        socket_path=str(self.socket_path))
-        with _shm_dir_locked():
-            lock = _claim(self.name)
+        with maplock.shm_dir_locked():
+            lock = maplock.claim(self.name)
             if lock is not None and self.config.fresh:
                 for seg in segments.map_segments(self.name):
                     log.warning("--fresh: removing %s", seg,
@@ -112,7 +110,7 @@ class Server:
                 lock = None
             if lock is None:
                 writer = MapWriter(self.name, **options)
-                lock = _claim(self.name)
+                lock = maplock.claim(self.name)
                 if lock is None:
                     writer.close(remove=False)
                     raise DaemonRunningError(f"map {self.name!r} was removed while this "
@@ -307,86 +305,3 @@ def serve(config: DaemonConfig) -> int:
                      server.name, server.name, exc_info=True,
                      extra={"event": "crash"})
         return 1
-
-
-@contextlib.contextmanager
-def _shm_dir_locked() -> Iterator[None]:
-    """Holds an exclusive flock on /dev/shm itself while a daemon finds,
-    creates and locks a map's header, so that two daemons starting at once
-    for one name cannot both see "no map" and both create it, or one lock
-    a header the other has created but not yet locked. Held for
-    milliseconds (no adoption inside it)."""
-    fd = os.open(segments.SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        deadline = time.monotonic() + DIR_LOCK_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DaemonRunningError(
-                        f"{segments.SHM_DIR} stayed locked for {DIR_LOCK_SECONDS:g} s: another "
-                        "process holds its flock (a shmmap daemon holds it for milliseconds)"
-                    ) from None
-                time.sleep(0.001)
-        yield
-    finally:
-        os.close(fd)                      # releases the lock
-
-
-def _claim(name: str) -> Optional[int]:
-    """Locks map name's header segment for this daemon (an flock, which the
-    kernel drops when the daemon exits, however it exits). Returns the
-    locked descriptor, or None if the map has no header. Raises
-    DaemonRunningError if another daemon holds it: the lock, not a pid
-    (pids are reused), says whether a map is served."""
-    path = segments.SHM_DIR / segments.header_name(name)[1:]
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        pid = _daemon_pid(name)
-        raise DaemonRunningError(f"map {name!r} is already served by daemon pid {pid}" if pid
-                                 else f"map {name!r} is being started by another daemon") from None
-    try:
-        current = os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        current = False
-    if not current:             # removed by a clean stop since we opened it
-        os.close(fd)
-        return None
-    return fd
-
-
-def _daemon_pid(name: str) -> int:
-    """The pid a live daemon of name wrote in its header, or 0."""
-    try:
-        mm = segments.open_readonly(segments.header_name(name))
-    except FileNotFoundError:
-        return 0
-    try:
-        if len(mm) < ffi.sizeof("struct shm_map_header"):
-            return 0
-        buf = ffi.from_buffer(mm)
-        h = ffi.cast("struct shm_map_header *", buf)
-        pid = int(lib.shm_map_daemon_pid(h)) if h.magic == lib.SHM_MAGIC_MAP else 0
-        ffi.release(buf)
-    finally:
-        mm.close()
-    return pid if pid and process_alive(pid) else 0
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process pid exists (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

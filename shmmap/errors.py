@@ -43,6 +43,10 @@ class DaemonUnavailableError(ShmmapError, ConnectionError):
     the request that raised it was applied, or it is safe to resend."""
 
 
+class DaemonStartError(DaemonUnavailableError):
+    """The daemon did not start; the message says why, in its own words."""
+
+
 class AccessDeniedError(ShmmapError, PermissionError):
     """The daemon refuses this process's user (see --allow-uid, --group)."""
 

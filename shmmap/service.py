@@ -16,7 +16,8 @@ from typing import IO, Any, Optional
 from . import protocol, segments
 from .client import SharedMap, connect
 from .daemon import READY
-from .errors import DaemonRunningError, DaemonUnavailableError
+from .maplock import unserved
+from .errors import DaemonRunningError, DaemonStartError
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -25,10 +26,6 @@ STOP_TIMEOUT = 10.0
 # would import the source tree (which has no compiled core) instead of the
 # installed package. A daemon holds no directory busy either.
 CHILD_CWD = "/"
-
-
-class DaemonStartError(DaemonUnavailableError):
-    """The daemon did not start; the message says why, in its own words."""
 
 
 class Daemon:
@@ -184,9 +181,11 @@ def _check_options(options: dict[str, Any]) -> None:
 
 
 def cleanup(name: str, socket_path: Optional[Path] = None) -> list[str]:
-    """Removes map name's segments and socket; returns what it removed.
-    For maps whose daemon is dead: the caller checks (shmmap cleanup does)."""
-    removed = [seg for seg in segments.map_segments(name) if segments.unlink(seg)]
+    """Removes the map a dead daemon left: its segments and socket; returns
+    what it removed. DaemonRunningError if a daemon serves the map: the
+    map's lock is held throughout, so none can start on it meanwhile."""
+    with unserved(name):
+        removed = [seg for seg in segments.map_segments(name) if segments.unlink(seg)]
     path = socket_path or protocol.default_socket_path(name)
     try:
         path.unlink()

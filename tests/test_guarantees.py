@@ -396,7 +396,7 @@ left = shmmap.segments.map_segments("full")
 assert left, "a killed daemon leaves its map"
 try:                            # no room to adopt: refused, and nothing removed
     shmmap.Daemon("full").start()
-except shmmap.service.DaemonStartError as exc:
+except shmmap.DaemonStartError as exc:
     assert "/dev/shm is full" in str(exc), exc
     print("no room to adopt:", exc)
 assert shmmap.segments.map_segments("full") == left

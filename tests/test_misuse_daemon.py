@@ -22,7 +22,7 @@ import shmmap
 from shmmap import segments
 from shmmap.daemon import READY
 from shmmap.protocol import Err, Op
-from shmmap.service import DaemonStartError
+from shmmap.errors import DaemonStartError
 
 KEYS = 5000
 

@@ -1,9 +1,13 @@
 """``shmmap bench``: shmmap beside what users would pick instead -- a local
 dict (the floor), a dict under a lock shared by threads, a Manager dict,
-UltraDict, shared-memory-dict, LMDB and Redis -- on the same workloads:
-iteration idle and under a 50/50 load from other processes, point gets,
-writes one at a time and batched, iteration as the map grows, and the
-adversarial patterns that make Go's sync.Map copy the whole map."""
+UltraDict, shared-memory-dict, LMDB on /dev/shm, Redis, and (when a Go
+toolchain is installed) Go's sync.Map in one Go process -- on the same
+workloads: iteration idle and under a 50/50 load from other processes,
+point gets, writes one at a time and batched, a writer while another
+process iterates, several writers at once, write latency during a
+promotion, iteration as the map grows, and the adversarial patterns that
+make Go's sync.Map copy the whole map. Rates come with the CPU time per
+write."""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +17,13 @@ import time
 from functools import partial
 from typing import Callable, Optional
 
-from . import scenarios
+from . import gopeer, scenarios, writes
 from .peers import PEERS, Peer
-from .report import format_table, plot, verdicts
+from .report import format_table, plot, plot_unavailable, verdicts
 from .scenarios import Result
 
-SCENARIOS = ["iterate-idle", "iterate-load", "get", "set", "set-batched", "scaling",
-             "adversarial"]
+SCENARIOS = ["iterate-idle", "iterate-load", "get", "set", "set-batched", "iterate-write",
+             "writers", "promotion", "scaling", "adversarial"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,18 +43,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     p.add_argument("--sizes", default="10000,100000,1000000",
                    help="key counts for 'scaling' and 'adversarial' (default 10k,100k,1M)")
+    p.add_argument("--writer-counts", default="1,2,4,8",
+                   help="writer processes at once for 'writers' (default 1,2,4,8)")
+    p.add_argument("--promotion-keys", type=int, default=1_000_000,
+                   help="entries in the map that 'promotion' promotes (default 1,000,000)")
     p.add_argument("--json", metavar="FILE", help="write every result as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="draw iteration time against keys and "
-                   "iteration latency over time under load (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw iteration time against keys, "
+                   "iteration latency over time under load, and the write scenarios "
+                   "(needs matplotlib: pip install 'shmmap[bench]')")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and durations: checks that everything runs")
 
 
+def _wanted(spec: str) -> list[str]:
+    return [s.strip().lower() for s in spec.split(",")] if spec != "all" else []
+
+
+def _chosen(name: str, wanted: list[str]) -> bool:
+    return not wanted or any(name.lower().startswith(w) for w in wanted)
+
+
 def _select(spec: str) -> tuple[list[type[Peer]], list[str]]:
-    wanted = [s.strip().lower() for s in spec.split(",")] if spec != "all" else []
+    wanted = _wanted(spec)
     chosen, skipped = [], []
     for cls in PEERS:
-        if wanted and not any(cls.name.lower().startswith(w) for w in wanted):
+        if not _chosen(cls.name, wanted):
             continue
         if cls.available():
             chosen.append(cls)
@@ -59,15 +76,28 @@ def _select(spec: str) -> tuple[list[type[Peer]], list[str]]:
     return chosen, skipped
 
 
+def _go_selected(args: argparse.Namespace) -> tuple[bool, list[str]]:
+    """Whether the Go peer runs; else why not, when it was asked for."""
+    if "iterate-write" not in args.scenarios.split(",") or not _chosen(gopeer.NAME,
+                                                                       _wanted(args.systems)):
+        return False, []
+    why = gopeer.why_missing()
+    return why is None, [] if why is None else [f"{gopeer.NAME}: skipped, {why}"]
+
+
 class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.results: list[Result] = []
         self.started = time.monotonic()
 
+        self.tty = sys.stderr.isatty()
+
     def progress(self, msg: str) -> None:
-        sys.stderr.write(f"\r\033[K[{time.monotonic() - self.started:6.0f}s] {msg}")
-        sys.stderr.flush()
+        """One self-overwriting status line, on a terminal only."""
+        if self.tty:
+            sys.stderr.write(f"\r\033[K[{time.monotonic() - self.started:6.0f}s] {msg}")
+            sys.stderr.flush()
 
     def with_peer(self, cls: type[Peer], n: int, label: str,
                   work: Callable[[Peer], list[Result]]) -> None:
@@ -88,9 +118,10 @@ class Runner:
         finally:
             peer.teardown()
 
-    def run(self, peers: list[type[Peer]]) -> None:
+    def run(self, peers: list[type[Peer]], with_go: bool) -> None:
         a, wanted = self.args, set(self.args.scenarios.split(","))
         d, n = a.duration, a.keys
+        counts = [int(c) for c in a.writer_counts.split(",")]
         sizes = [int(s) for s in a.sizes.split(",")]
         adversarial_sizes = sizes[1:] or sizes      # the smallest is only for scaling
         for cls in peers:
@@ -109,12 +140,29 @@ class Runner:
                     out.append(scenarios.sets(peer, n, d, 1000))
                 return out
             self.with_peer(cls, n, "main scenarios", main_scenarios)
+            if "iterate-write" in wanted:   # adds keys: a map of its own
+                self.with_peer(cls, n, "writer under iteration",
+                               partial(writes.writer_under_iteration, n=n, duration=d))
+            if "writers" in wanted:
+                self.with_peer(cls, n, "writers together",
+                               partial(writes.writers_together, n=n, duration=d, counts=counts))
+            if "promotion" in wanted and cls.name == "shmmap":
+                self.with_peer(cls, a.promotion_keys, "write latency during promotion",
+                               partial(_promotion, n=a.promotion_keys, d=d))
             for size in sizes:
                 if "scaling" in wanted:
                     self.with_peer(cls, size, "iterate idle", partial(_scaling, n=size, d=d))
                 if "adversarial" in wanted and size in adversarial_sizes:
                     self.with_peer(cls, size, "adversarial", partial(_adversarial, n=size, d=d))
-        sys.stderr.write("\r\033[K")
+        if with_go:
+            self.progress(f"{gopeer.NAME}: build, then writer under iteration ({n:,} keys)")
+            self.results += gopeer.run(n, d)
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+
+
+def _promotion(peer: Peer, n: int, d: float) -> list[Result]:
+    return [writes.write_latency_during_promotion(peer, n, d)]
 
 
 def _scaling(peer: Peer, n: int, d: float) -> list[Result]:
@@ -130,17 +178,28 @@ def _adversarial(peer: Peer, n: int, d: float) -> list[Result]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot and (why := plot_unavailable()):
+        print(f"shmmap bench: {why}", file=sys.stderr)     # before minutes of work
+        return 2
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        print(f"shmmap bench: unknown scenario {', '.join(sorted(unknown))}; "
+              f"choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
     if args.quick:
         args.keys, args.sizes, args.duration = 2000, "1000,2000,4000", min(args.duration, 0.3)
+        args.writer_counts, args.promotion_keys = "1,2", min(args.promotion_keys, 20_000)
     peers, skipped = _select(args.systems)
+    with_go, go_skipped = _go_selected(args)
+    skipped += go_skipped
     for line in skipped:
         print(line, file=sys.stderr)
-    if not peers:
+    if not peers and not with_go:
         print("shmmap bench: no system to run", file=sys.stderr)
         return 1
     runner = Runner(args)
     try:
-        runner.run(peers)
+        runner.run(peers, with_go)
     except KeyboardInterrupt:
         print("\ninterrupted: results so far", file=sys.stderr)
     results = runner.results
@@ -156,9 +215,7 @@ def run(args: argparse.Namespace) -> int:
                        "skipped": skipped, "results": [r.as_dict() for r in results],
                        "verdicts": verdicts(results, args.keys)}, f, indent=2)
     if args.plot:
-        message = plot(results, args.plot)
-        if message:
-            print(message, file=sys.stderr)
+        plot(results, args.plot)
     failed = [r for r in results if r.system == "shmmap" and r.check.startswith("FAILED")]
     return 1 if failed else 0
 

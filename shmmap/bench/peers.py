@@ -12,7 +12,6 @@ import itertools
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -60,6 +59,8 @@ class Peer(abc.ABC):
     name: str = ""
     processes = True        # other processes can attach (else: threads)
     shared = True           # anything else can attach at all (the floor cannot)
+    multi_writer = True     # several processes may write at once
+    why_single_writer = ""  # why not, when multi_writer is False
     why_missing = ""        # set by available() when it cannot run here
 
     @classmethod
@@ -79,6 +80,11 @@ class Peer(abc.ABC):
     @classmethod
     def attach(cls, spec: Any) -> Store:
         raise NotImplementedError(f"{cls.name} is not shared between processes")
+
+    def server_pids(self) -> list[int]:
+        """Processes that work for the clients (a daemon, a server): their
+        CPU time counts toward what a write costs."""
+        return []
 
     def teardown(self) -> None:
         """Removes everything setup made (also after a failed setup)."""
@@ -117,6 +123,9 @@ class ShmmapStore(Store):
     def items(self) -> Iterable[tuple[Any, Any]]:
         return self.m.items()
 
+    def promote(self) -> None:
+        self.m.promote()
+
     def close(self) -> None:
         self.m.close()
 
@@ -140,6 +149,9 @@ class ShmmapPeer(Peer):
     @classmethod
     def attach(cls, spec: Any) -> Store:
         return ShmmapStore(connect(spec))
+
+    def server_pids(self) -> list[int]:
+        return [self.daemon.pid]
 
     def teardown(self) -> None:
         if hasattr(self, "daemon"):
@@ -255,6 +267,9 @@ class ManagerPeer(Peer):
     def attach(cls, spec: Any) -> Store:
         return ProxyStore(spec)
 
+    def server_pids(self) -> list[int]:
+        return [self.manager._process.pid]  # type: ignore[attr-defined]  # no public pid
+
     def teardown(self) -> None:
         if hasattr(self, "manager"):
             self.manager.shutdown()
@@ -313,6 +328,11 @@ class UltraStore(DictStore):
 
 class SharedMemoryDictPeer(Peer):
     name = "shared-memory-dict"
+    multi_writer = False
+    # Its optional lock (SHARED_MEMORY_USE_LOCK=1) is made at import, so
+    # spawned processes do not share it.
+    why_single_writer = ("no lock between processes: writers at once lose each other's "
+                         "writes")
 
     @classmethod
     def available(cls) -> bool:
@@ -351,9 +371,16 @@ class SmdStore(DictStore):
 
 
 class LmdbStore(Store):
+    """One environment per process (LMDB forbids opening one twice in a
+    process). Its fastest comparable configuration: the files live on
+    /dev/shm, like shmmap's segments, and commits skip the fsync that
+    tmpfs makes pointless anyway (sync=False, metasync=False); every commit
+    is still atomic and visible to every process once put returns."""
+
     def __init__(self, path: str) -> None:
         import lmdb
-        self.env = lmdb.open(path, map_size=1 << 34, max_readers=512, readahead=False)
+        self.env = lmdb.open(path, map_size=1 << 34, max_readers=512, readahead=False,
+                             sync=False, metasync=False)
 
     @staticmethod
     def _k(key: int) -> bytes:
@@ -386,15 +413,20 @@ class LmdbStore(Store):
         self.env.close()
 
 
+LMDB_PARENT = "/dev/shm"
+LMDB_DIR_PREFIX = "lmdb-bench-"
+
+
 class LmdbPeer(Peer):
-    name = "LMDB (py-lmdb)"
+    name = "LMDB (py-lmdb, /dev/shm)"
 
     @classmethod
     def available(cls) -> bool:
         return _importable(cls, "lmdb")
 
     def setup(self, n: int) -> None:
-        self.dir = tempfile.mkdtemp(prefix="shmmap-bench-lmdb-")
+        # Not named "shmmap-*": /dev/shm entries by that name are shmmap maps.
+        self.dir = tempfile.mkdtemp(prefix=LMDB_DIR_PREFIX, dir=LMDB_PARENT)
         store = LmdbStore(self.dir)
         for chunk in _chunks(initial(n)):
             store.set_many(chunk)
@@ -418,9 +450,9 @@ class LmdbPeer(Peer):
 class RedisStore(Store):
     KEY = "shmmap-bench"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, socket_path: str) -> None:
         import redis
-        self.r = redis.Redis(host="127.0.0.1", port=port)
+        self.r = redis.Redis(unix_socket_path=socket_path)
 
     def get(self, key: int) -> Any:
         raw = self.r.hget(self.KEY, key)
@@ -443,9 +475,11 @@ class RedisStore(Store):
 
 
 class RedisPeer(Peer):
-    """redis-py with hiredis against a redis-server started on loopback."""
+    """redis-py with hiredis against a redis-server of its own, reached
+    through a Unix socket (faster than TCP on loopback, and what shmmap's
+    clients use), with persistence off."""
 
-    name = "Redis (localhost)"
+    name = "Redis (Unix socket)"
 
     @classmethod
     def available(cls) -> bool:
@@ -457,13 +491,13 @@ class RedisPeer(Peer):
         return True
 
     def setup(self, n: int) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="shmmap-bench-redis-")
+        self.socket_path = os.path.join(self.dir, "redis.sock")
         self.server = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        store = RedisStore(self.port)
+            ["redis-server", "--port", "0", "--unixsocket", self.socket_path,
+             "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = RedisStore(self.socket_path)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:                     # ready once it answers PING
             try:
@@ -477,19 +511,24 @@ class RedisPeer(Peer):
         store.close()
 
     def open(self) -> Store:
-        return RedisStore(self.port)
+        return RedisStore(self.socket_path)
 
     def spec(self) -> Any:
-        return self.port
+        return self.socket_path
 
     @classmethod
     def attach(cls, spec: Any) -> Store:
         return RedisStore(spec)
 
+    def server_pids(self) -> list[int]:
+        return [self.server.pid]
+
     def teardown(self) -> None:
         if hasattr(self, "server"):
             self.server.terminate()
             self.server.wait(10)
+        if hasattr(self, "dir"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 PEERS: list[type[Peer]] = [ShmmapPeer, DictPeer, LockedDictPeer, ManagerPeer, UltraDictPeer,

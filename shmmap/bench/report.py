@@ -1,12 +1,14 @@
 """The benchmark's output: a table, the targets as PASS/MISS lines, a plot."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from .scenarios import Result
 
 SHMMAP = "shmmap"
-LOWER_IS_BETTER = {"ms", "ns/op", "us/insert", "us/op"}
+LMDB = "LMDB (py-lmdb, /dev/shm)"
+GO = "Go sync.Map (in-process)"
+LOWER_IS_BETTER = {"ms", "ns/op", "us/insert", "us/op", "ms (max)"}
 
 
 def _shmmap_value(results: list[Result], r: Result) -> Optional[float]:
@@ -35,7 +37,9 @@ def format_table(results: list[Result]) -> str:
             else:
                 ratio = ""
         extra = ""
-        if "p99_ms" in r.extra:
+        if "summary" in r.extra:
+            extra = f" ({r.extra['summary']})"
+        elif "cpu_p50_ms" in r.extra:
             extra = f" (p99 {r.extra['p99_ms']} ms, CPU p50 {r.extra['cpu_p50_ms']} ms)"
         lines.append(f"{r.scenario:<28} {r.keys:>9,}  {r.system:<33} {value:>12} {r.unit:<9} "
                      f"{ratio:>9}  {r.check}{extra}")
@@ -90,20 +94,83 @@ def verdicts(results: list[Result], keys: int) -> list[str]:
                        f"{f_growth:.2f}x that at {first[-2].keys:,} (target <= 2x)")
         out.append(f"info  insert + full iteration grows {growth:.1f}x for {size_growth:.0f}x "
                    "the keys (a full iteration reads every key)")
+    out += _write_verdicts(results, keys)
     failed = [r for r in results if r.check.startswith("FAILED")]
     out += [f"FAIL  {r.system}: {r.scenario} ({r.keys:,} keys): {r.check[8:]}" for r in failed]
     return out
 
 
-def plot(results: list[Result], path: str) -> Optional[str]:
-    """Draws the two figures into path; returns a message if it cannot."""
+def _value(results: list[Result], scenario: str, system: str, keys: Optional[int] = None
+           ) -> Optional[float]:
+    r = _find(results, scenario, system, keys)
+    return r.value if r and r.ok and r.value else None
+
+
+def _verdict(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'MISS'}  {text}"
+
+
+def _write_verdicts(results: list[Result], keys: int) -> list[str]:
+    """Issue 9's goals for writes and issue 10's comparison with Go."""
+    out = []
+    w, w_lmdb = (_value(results, "writer under iteration", s, keys) for s in (SHMMAP, LMDB))
+    if w and w_lmdb:
+        out.append(_verdict(w >= w_lmdb, f"shmmap's writer under the iteration load makes "
+                                         f"{w / w_lmdb:.2f}x LMDB's writes/s (target >= 1x; "
+                                         f"below 0.5x the design has not changed enough)"))
+    s1, s1_lmdb = (_value(results, "set, synchronous", s, keys) for s in (SHMMAP, LMDB))
+    if s1 and s1_lmdb:
+        out.append(_verdict(s1 >= s1_lmdb, f"one shmmap client's synchronous writes: "
+                                           f"{s1 / s1_lmdb:.2f}x LMDB's (target >= 1x)"))
+    one, eight = (_value(results, name, SHMMAP, keys)
+                  for name in ("1 writer together", "8 writers together"))
+    eight_lmdb = _value(results, "8 writers together", LMDB, keys)
+    if one and eight:
+        text = f"8 shmmap writers together make {eight / one:.2f}x one writer's writes/s"
+        ok = eight >= 3 * one
+        if eight_lmdb:
+            text += f" and {eight / eight_lmdb:.2f}x LMDB's 8 writers"
+            ok = ok and eight >= eight_lmdb
+        out.append(_verdict(ok, text + " (targets >= 3x and >= 1x)"))
+    it = _find(results, "iteration under 1 writer", SHMMAP, keys)
+    if it and it.ok and it.extra.get("under_load_vs_idle"):
+        ratio, cpu = it.extra["under_load_vs_idle"], it.extra.get("cpu_under_load_vs_idle")
+        out.append(_verdict(ratio <= 1.2, f"shmmap iteration while one writer writes takes "
+                                          f"{ratio:.2f}x its idle time (target <= 1.2x); its "
+                                          f"CPU time is {cpu}x idle's (wall time beyond CPU "
+                                          f"time is waiting for a core)"))
+    go = _value(results, "iteration under 1 writer", GO, keys)
+    if it and it.ok and it.value and go:
+        out.append(_verdict(it.value <= go, f"shmmap iterates under one writer in "
+                                            f"{it.value / go:.2f}x the time Go's sync.Map.Range "
+                                            f"takes under the same load (target <= 1x)"))
+    promo = next((r for r in results if r.system == SHMMAP and r.ok
+                  and r.scenario == "write latency during promotion"), None)
+    if promo and promo.value is not None:
+        longest = max(promo.extra["promotion_ms"])
+        p99_us = promo.extra["during_promotion"]["p99_us"]
+        out.append(_verdict(promo.value <= 0.1 * longest and p99_us <= 1000,
+                            f"during a promotion of {promo.keys:,} entries ({longest:.0f} ms) "
+                            f"a write waited at most {promo.value:.1f} ms, p99 {p99_us:.0f} us "
+                            f"(targets: max <= 10% of the promotion, p99 <= 1 ms)"))
+    return out
+
+
+def plot_unavailable() -> Optional[str]:
+    """Why --plot cannot work here, or None when it can."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        return "--plot needs matplotlib (pip install 'shmmap[bench]'): no plot written"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        return "--plot needs matplotlib: pip install 'shmmap[bench]' (or drop --plot)"
+    return None
+
+
+def plot(results: list[Result], path: str) -> None:
+    """Draws the four figures into path (matplotlib must be importable)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ((left, right), (w_left, w_right)) = plt.subplots(2, 2, figsize=(13, 10))
     systems = sorted({r.system for r in results}, key=lambda s: (s != SHMMAP, s))
     for i, system in enumerate(systems):
         color = f"C{i % 10}"            # one colour per system in both figures
@@ -120,10 +187,40 @@ def plot(results: list[Result], path: str) -> Optional[str]:
              title="Iteration time as the map grows")
     right.set(yscale="log", xlabel="seconds into the 50/50 load",
               ylabel="full iteration, ms", title="Iteration latency under a 50/50 load")
-    for ax in (left, right):
+    _plot_writers(results, systems, w_left)
+    _plot_writer_under_iteration(results, systems, w_right)
+    for ax in (left, right, w_left):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def _plot_writers(results: list[Result], systems: list[str], ax: Any) -> None:
+    counts: set[int] = set()
+    for i, system in enumerate(systems):
+        rows = sorted((r for r in results if r.system == system and r.value and r.ok
+                       and r.extra.get("writers")), key=lambda r: r.extra["writers"])
+        if rows:
+            ax.plot([r.extra["writers"] for r in rows], [r.value for r in rows], marker="o",
+                    label=system, color=f"C{i % 10}")
+            counts.update(r.extra["writers"] for r in rows)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(counts), [str(c) for c in sorted(counts)])
+    ax.set(yscale="log", xlabel="writer processes, each writing synchronously",
+           ylabel="total writes/s", title="Several writers at once")
+
+
+def _plot_writer_under_iteration(results: list[Result], systems: list[str], ax: Any) -> None:
+    rows = [(i, r) for i, system in enumerate(systems)
+            for r in results if r.system == system and r.scenario == "writer under iteration"
+            and r.value and r.ok]
+    ax.barh([r.system for _, r in rows], [r.value for _, r in rows],
+            color=[f"C{i % 10}" for i, _ in rows])
+    ax.set(xscale="log", xlabel="writes/s while another process iterates the whole map",
+           title="One writer, 50% overwrites / 50% new keys, under iteration")
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", which="both", alpha=0.3)

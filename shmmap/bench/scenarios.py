@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from .cpu import processes_cpu, summary, us_per
 from .peers import Peer, Store
 
 CTX = mp.get_context("spawn")
@@ -194,8 +195,8 @@ def iterate_under_load(peer: Peer, n: int, duration: float, readers: int, writer
 
 # -- point operations ------------------------------------------------------------------
 
-def _rate(fn: Callable[[int], None], duration: float, per_call: int = 1) -> float:
-    """Calls fn(i) for duration seconds; returns operations a second."""
+def _rate(fn: Callable[[int], None], duration: float, per_call: int = 1) -> tuple[float, int]:
+    """Calls fn(i) for duration seconds; operations a second, and how many."""
     calls = 0
     started = time.perf_counter()
     while True:
@@ -203,7 +204,7 @@ def _rate(fn: Callable[[int], None], duration: float, per_call: int = 1) -> floa
             fn(calls)
             calls += 1
         if time.perf_counter() - started >= duration:
-            return calls * per_call / (time.perf_counter() - started)
+            return calls * per_call / (time.perf_counter() - started), calls * per_call
 
 
 def gets(peer: Peer, n: int, duration: float) -> Result:
@@ -215,28 +216,35 @@ def gets(peer: Peer, n: int, duration: float) -> Result:
         wrong = [k for k in keys[:100] if store.get(k) != 1]
         if wrong:
             return Result("get", peer.name, n, None, "ns/op", f"FAILED: get({wrong[0]}) != 1")
-        per_s = _rate(lambda i: store.get(keys[i & mask]), duration)
+        per_s, _ = _rate(lambda i: store.get(keys[i & mask]), duration)
     finally:
         store.close()
     return Result("get", peer.name, n, round(1e9 / per_s, 1), "ns/op")
 
 
 def sets(peer: Peer, n: int, duration: float, batch: int) -> Result:
+    """Writes from this process (its CPU time counted, and the servers')."""
     store = peer.open()
     rng = random.Random(2)
     keys = [rng.randrange(n) for _ in range(1 << 16)]
     mask = len(keys) - 1
     try:
+        cpu, server = time.process_time(), processes_cpu(peer.server_pids())
         if batch == 1:
-            per_s = _rate(lambda i: store.set(keys[i & mask], 1), duration)
+            per_s, writes = _rate(lambda i: store.set(keys[i & mask], 1), duration)
         else:
             chunk = {keys[i]: 1 for i in range(batch)}
-            per_s = _rate(lambda i: store.set_many(chunk), duration, len(chunk))
+            per_s, writes = _rate(lambda i: store.set_many(chunk), duration, len(chunk))
+        cpu = time.process_time() - cpu
+        server = processes_cpu(peer.server_pids()) - server
         full_iteration(store, n)        # still n keys summing to n
     finally:
         store.close()
     name = "set, synchronous" if batch == 1 else f"set, batches of {batch}"
-    return Result(name, peer.name, n, round(per_s), "ops/s")
+    return Result(name, peer.name, n, round(per_s), "ops/s", extra={
+        "cpu_us_per_write": us_per(cpu + server, writes),
+        "server_cpu_us_per_write": us_per(server, writes),
+        "summary": summary(cpu, server, writes)})
 
 
 # -- adversarial patterns ---------------------------------------------------------------

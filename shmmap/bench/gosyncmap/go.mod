@@ -1,0 +1,3 @@
+module shmmap/bench/gosyncmap
+
+go 1.19

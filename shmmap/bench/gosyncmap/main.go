@@ -1,0 +1,184 @@
+// Command gosyncmap is shmmap bench's Go peer: the load of the article that
+// shmmap answers, run on Go's sync.Map inside one process.
+//
+// The map holds the int keys 0..keys-1, each with the value 1. One goroutine
+// calls Range over the whole map in a loop; first with nothing else running
+// (idle), then while a second goroutine writes as fast as it can, half of the
+// writes overwriting a random existing key and half storing a new key (keys
+// are never deleted, every value stays 1). It prints one JSON object on
+// stdout: Range times idle and under that load, and the writer's writes per
+// second with its CPU time per write.
+//
+// Every Range is checked: it must see at least keys entries, each with the
+// value 1. sync.Map's Range is not a snapshot, so nothing stronger holds.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// rusageThread is RUSAGE_THREAD from <sys/resource.h>: the syscall package
+// names only RUSAGE_SELF and RUSAGE_CHILDREN.
+const rusageThread = 1
+
+// writeBurst is how many writes the writer makes between looks at the stop flag.
+const writeBurst = 64
+
+type rangeStats struct {
+	P50Ms      float64 `json:"p50_ms"`
+	P99Ms      float64 `json:"p99_ms"`
+	Iterations int     `json:"iterations"`
+	MaxEntries int     `json:"max_entries_seen"`
+}
+
+type report struct {
+	GoVersion            string     `json:"go_version"`
+	GOMAXPROCS           int        `json:"gomaxprocs"`
+	Keys                 int        `json:"keys"`
+	Idle                 rangeStats `json:"idle"`
+	UnderLoad            rangeStats `json:"under_load"`
+	Writes               int64      `json:"writes"`
+	WritesPerS           float64    `json:"writes_per_s"`
+	WriterCPUUsPerWrite  float64    `json:"writer_cpu_us_per_write"`
+	ProcessCPUUsPerWrite float64    `json:"process_cpu_us_per_write"`
+	Check                string     `json:"check"`
+}
+
+// fullRange ranges over m once and checks what it saw.
+func fullRange(m *sync.Map, keys int) (time.Duration, int, error) {
+	started := time.Now()
+	count, sum := 0, 0
+	m.Range(func(_, v any) bool {
+		count++
+		sum += v.(int)
+		return true
+	})
+	elapsed := time.Since(started)
+	if count < keys || sum != count {
+		return elapsed, count, fmt.Errorf("Range saw %d entries summing to %d, expected at least %d entries, each 1", count, sum, keys)
+	}
+	return elapsed, count, nil
+}
+
+// rangeFor ranges in a loop for at least d and three times.
+func rangeFor(m *sync.Map, keys int, d time.Duration) (rangeStats, error) {
+	var times []time.Duration
+	most := 0
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) || len(times) < 3 {
+		t, count, err := fullRange(m, keys)
+		if err != nil {
+			return rangeStats{}, err
+		}
+		times = append(times, t)
+		if count > most {
+			most = count
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	ms := func(t time.Duration) float64 { return float64(t.Nanoseconds()) / 1e6 }
+	p99 := len(times) * 99 / 100
+	if p99 >= len(times) {
+		p99 = len(times) - 1
+	}
+	return rangeStats{P50Ms: ms(times[len(times)/2]), P99Ms: ms(times[p99]),
+		Iterations: len(times), MaxEntries: most}, nil
+}
+
+func cpuTime(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+type writerResult struct {
+	writes  int64
+	elapsed time.Duration
+	cpu     time.Duration
+}
+
+// writer stores until stop is set: half overwrites of a random existing
+// key, half new keys. It runs on its own OS thread so that RUSAGE_THREAD
+// measures it alone.
+func writer(m *sync.Map, keys int, stop *atomic.Bool, ready chan<- struct{}, done chan<- writerResult) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rng := rand.New(rand.NewSource(1))
+	next := keys
+	var writes int64
+	cpu0, started := cpuTime(rusageThread), time.Now()
+	close(ready)
+	for !stop.Load() {
+		for i := 0; i < writeBurst; i++ {
+			if rng.Intn(2) == 0 {
+				m.Store(rng.Intn(next), 1)
+			} else {
+				m.Store(next, 1)
+				next++
+			}
+		}
+		writes += writeBurst
+	}
+	done <- writerResult{writes, time.Since(started), cpuTime(rusageThread) - cpu0}
+}
+
+func run(keys int, d time.Duration) report {
+	rep := report{GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), Keys: keys, Check: "ok"}
+	var m sync.Map
+	for k := 0; k < keys; k++ {
+		m.Store(k, 1)
+	}
+	idle, err := rangeFor(&m, keys, d/2)
+	if err != nil {
+		rep.Check = "FAILED: idle: " + err.Error()
+		return rep
+	}
+	rep.Idle = idle
+
+	var stop atomic.Bool
+	ready, done := make(chan struct{}), make(chan writerResult, 1)
+	processCPU := cpuTime(syscall.RUSAGE_SELF)
+	go writer(&m, keys, &stop, ready, done)
+	<-ready
+	load, err := rangeFor(&m, keys, d)
+	stop.Store(true)
+	w := <-done
+	processCPU = cpuTime(syscall.RUSAGE_SELF) - processCPU
+	if err != nil {
+		rep.Check = "FAILED: under load: " + err.Error()
+	}
+	rep.UnderLoad = load
+	rep.Writes = w.writes
+	if w.writes > 0 {
+		rep.WritesPerS = float64(w.writes) / w.elapsed.Seconds()
+		rep.WriterCPUUsPerWrite = float64(w.cpu.Nanoseconds()) / 1e3 / float64(w.writes)
+		rep.ProcessCPUUsPerWrite = float64(processCPU.Nanoseconds()) / 1e3 / float64(w.writes)
+	}
+	return rep
+}
+
+func main() {
+	keys := flag.Int("keys", 100000, "int keys in the map before the load starts")
+	d := flag.Duration("duration", 3*time.Second, "how long Range runs under the load (idle: half of it)")
+	flag.Parse()
+	if *keys < 1 || *d <= 0 {
+		fmt.Fprintln(os.Stderr, "gosyncmap: -keys and -duration must be positive")
+		os.Exit(2)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(run(*keys, *d)); err != nil {
+		fmt.Fprintln(os.Stderr, "gosyncmap:", err)
+		os.Exit(1)
+	}
+}
