@@ -60,6 +60,18 @@ int mp_check(const uint8_t *p, uint64_t len, enum mp_mode mode,
  * SHM_EINVAL if the object does not fit. (mpack.c) */
 int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used);
 
+/* The header of one msgpack object at p[0..len): the bytes its format
+ * byte and length field take (head), the bytes of body that follow (body:
+ * a string's, a bin's, an ext's with its type byte, a number's), and the
+ * objects it holds (children: an array's elements, a map's keys and
+ * values). Structure only, no content checks. SHM_OK; SHM_EINVAL for the
+ * byte msgpack never uses; SHM_EBUFSMALL when len ends inside the length
+ * field. (mpack.c) */
+struct mp_head {
+    uint64_t head, body, children;
+};
+int mp_head(const uint8_t *p, uint64_t len, struct mp_head *h);
+
 /* Formats a message into err (which may be NULL) and returns code.
  * (status.c) */
 int shm_fail(char *err, size_t errlen, int code, const char *fmt, ...)

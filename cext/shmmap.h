@@ -473,6 +473,134 @@ int      shm_measure(struct shm_view *v, uint64_t snap, uint64_t *keys,
  * seeds) or SHM_ENOSPACE (dst too small) or SHM_ECORRUPT. */
 int64_t  shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst);
 
+/* ---- serving requests (serve.c): the daemon's hot path ----------------- */
+/* A connection carries msgpack requests [op, request_id, *args] (see
+ * shmmap/protocol.py). shm_serve takes a connection's received bytes and
+ * serves the simplest and most frequent request, [SHM_REQ_BATCH, id, bin],
+ * itself: it applies the blob (shm_apply) and writes the reply
+ * [id, SHM_REPLY_OK, nil, seq]. Everything else it leaves to the caller at
+ * the byte where that request starts, after finding where it ends. */
+#define SHM_REQ_BATCH        1         /* op of a batch: protocol Op.BATCH */
+#define SHM_REPLY_OK         0         /* a reply's status: protocol OK */
+#define SHM_REPLY_MAX        21        /* bytes of the longest reply it
+                                          writes: array header, int64 id,
+                                          status, nil, uint64 seq */
+/* shm_serve's stop reasons (struct shm_serve.stop) */
+#define SHM_STOP_END         0         /* every byte consumed */
+#define SHM_STOP_MORE        1         /* the object at pos is incomplete:
+                                          keep the bytes from pos, call
+                                          again when more arrived */
+#define SHM_STOP_OBJECT      2         /* a complete object of next_len
+                                          bytes at pos for the caller */
+#define SHM_STOP_BAD         3         /* the bytes at pos never make a
+                                          request (err says why) */
+#define SHM_STOP_FULL        4         /* the reply buffer is full: take
+                                          out[0..out_len), call again */
+
+/* One connection's call of shm_serve. The caller owns it and its buffers;
+ * the scan fields carry a partial scan from one call to the next (both 0
+ * when the bytes at pos are new). */
+struct shm_serve {
+    struct shm_view *view;          /* in: the generation writes go to */
+    uint64_t seq;                   /* in/out: the last seq applied */
+    uint64_t max_request;           /* in: bytes one request may take */
+    uint8_t *out;                   /* in: where replies are appended */
+    uint64_t out_cap;
+    uint64_t out_len;               /* in/out */
+    uint64_t served;                /* out: requests this call served */
+    uint64_t stop;                  /* out: SHM_STOP_* */
+    uint64_t next_len;              /* out, SHM_STOP_OBJECT: its bytes */
+    uint64_t scan_at;               /* in/out: bytes of the object at pos */
+    uint64_t scan_pending;          /*   scanned, objects still to scan */
+    struct shm_apply_info info;     /* shm_apply's, reused */
+    char err[SHM_ERR_LEN];          /* SHM_STOP_BAD: why */
+};
+
+/* Serves the requests in in[pos..len) until one it leaves to the caller,
+ * the end of the bytes, or a full reply buffer; returns the position it
+ * stopped at (s->stop says why). Every write it applies gets the next seq;
+ * none is visible before the caller's shm_commit. A request whose apply
+ * fails in any way (a bad blob, SHM_ENOSPACE, the last seq) is left to the
+ * caller as SHM_STOP_OBJECT, nothing of it applied. */
+uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
+                   uint64_t pos);
+
+/* ---- serving a round of events (serve.c) ----
+ * The daemon's loop in C: one epoll_wait on the daemon's epoll, then for
+ * each connection the caller marked fast (no bytes or replies of its own
+ * queued), a receive and shm_serve on it. What it cannot finish -- the
+ * listener, a connection not marked fast, any event but readable, bytes
+ * shm_serve left, a full buffer -- it leaves to the caller as an event,
+ * with the bytes it received and the replies it wrote for it. The caller
+ * handles those, commits, and then calls shm_round_send, which sends the
+ * replies of the connections it served whole. */
+#define SHM_ROUND_EVENTS     256       /* epoll events one round takes */
+#define SHM_ROUND_RECV       65536     /* bytes of one receive */
+#define SHM_ROUND_IN         1048576   /* receive buffer of a round */
+#define SHM_ROUND_OUT        1048576   /* reply buffer of a round */
+
+/* An event left to the caller; in_* and out_* lie in the round's buffers. */
+struct shm_round_event {
+    int32_t fd;
+    uint32_t events;                /* epoll's mask; 0 after shm_round_send */
+    uint64_t in_at, in_len;         /* received, not served */
+    uint64_t out_at, out_len;       /* replies written, not sent */
+};
+
+/* Replies to send to fd after the commit. */
+struct shm_round_reply {
+    int32_t fd;
+    uint32_t reserved;
+    uint64_t at, len;
+};
+
+struct shm_round {
+    int32_t epfd;                   /* in: the daemon's epoll */
+    int32_t fast_len;               /* in: entries of fast */
+    uint8_t *fast;                  /* in: fast[fd] 1: served here */
+    uint8_t *inbuf;                 /* in: SHM_ROUND_IN bytes */
+    uint8_t *outbuf;                /* in: SHM_ROUND_OUT bytes */
+    uint64_t in_used;
+    uint64_t served;                /* out: requests served */
+    uint64_t left_count;            /* out: events in left */
+    uint64_t reply_count;
+    struct shm_round_event left[SHM_ROUND_EVENTS];
+    struct shm_round_reply replies[SHM_ROUND_EVENTS];
+};
+
+/* Waits up to timeout_ms for events on r->epfd and serves what it can
+ * through s (whose reply buffer becomes r->outbuf). Returns the number of
+ * events (0 on a timeout or a signal) or -errno. Nothing it applied is
+ * visible before the caller's shm_commit. */
+int64_t  shm_round_serve(struct shm_round *r, struct shm_serve *s,
+                         int timeout_ms);
+/* Sends the replies of the connections shm_round_serve served whole (call
+ * it after the commit). Each it could not send whole is left in r->left
+ * with its rest (events 0); returns how many. */
+int64_t  shm_round_send(struct shm_round *r);
+
+/* ---- a client's wait for a reply (call.c) ----
+ * A synchronous write waits for its acknowledgement. Polling finds it a
+ * few microseconds after the daemon sent it when both run at once, while
+ * a sleeper needs a wake-up; but when processes outnumber cores, polling
+ * takes the core the daemon needs. shm_wait_recv polls for the budget the
+ * caller gives it (adapted to how that paid lately, see protocol.Spin),
+ * yielding the core on each turn, then sleeps in poll(). */
+#define SHM_WAIT_WON         1         /* the bytes came while it polled */
+#define SHM_WAIT_SLEPT       2         /* it polled in vain, then slept */
+#define SHM_WAIT_CONTENDED   3         /* a yield gave the core away for
+                                          long: it stopped polling, slept */
+#define SHM_WAIT_SLEPT_ONLY  4         /* no budget: it slept at once */
+#define SHM_CONTENDED_NS     50000     /* a yield this long: contended */
+
+/* Receives from the non-blocking stream socket fd into buf[0..cap): polls
+ * for up to spin_ns, then sleeps in poll() for up to timeout_ms. Returns
+ * the bytes received, 0 at the end of the stream, -ETIMEDOUT if nothing
+ * came in time, or -errno (-EINTR: a signal came; call again). *how says
+ * how the wait went (SHM_WAIT_*). */
+int64_t  shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
+                       int timeout_ms, int32_t *how);
+
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */
 uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,

@@ -7,6 +7,8 @@ other that reads afterwards, sees it.
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import select
 import socket
@@ -17,26 +19,32 @@ from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
 from contextlib import contextmanager
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgpack
 
 from . import protocol, segments
+from ._core import ffi, lib
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .codec import decode_value, encode_key, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
                      WriteTimeoutError, reply_error)
 from .generation import Generation
-from .protocol import Op, batch_blob, delete_item, store_item
+from .protocol import (DELETE, STORE, Op, batch_blob, batch_request, batch_request_id,
+                       is_batch_ack)
 from .reader import MapReader
 from .slots import ClientSlot
 from .trace import client_tracer, now_us
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
+PIPELINE_WRITES = 256      # writes a pipeline sends per round trip
 # Requests that change nothing: one that times out raises
 # DaemonUnavailableError; any other, WriteTimeoutError (outcome unknown).
 _CHANGES_NOTHING = frozenset({Op.HELLO, Op.STATS})
+_ONE_BATCH = (Op.BATCH,)   # the ops of _write's one request
+_BATCH_RESULT = [None]     # ... and its results
+_BATCHES = [Op.BATCH]      # the ops of _write_many's requests
 _MISSING: Any = object()
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
 _live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
@@ -120,7 +128,13 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._closed = False
         self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
+        self._poller: Optional[select.poll] = None
         self._unpacker = msgpack.Unpacker(raw=False)
+        self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
+        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS)
+        self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
+        self._recv_bytes = ffi.buffer(self._recv_buf)
+        self._how = ffi.new("int32_t *")
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self.daemon_info: dict[str, Any] = {}
@@ -204,7 +218,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._lock = threading.Lock()
         if self._sock is not None:
             self._sock.close()          # our copy of the fd; the parent keeps its own
-        self._sock = None
+        self._sock = self._poller = None
         if self._reader is not None:
             self._reader.after_fork()
         if isinstance(self._cache, ReadCache):
@@ -232,7 +246,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             ) from None
         sock.setblocking(False)         # replies are awaited by _recv_some
         self._sock = sock
+        self._poller = select.poll()    # _wait's, on this socket
+        self._poller.register(sock, select.POLLIN)
         self._unpacker = msgpack.Unpacker(raw=False)
+        self._fed = 0
         try:
             hello = self._new_id()
             self._send_all(self._packer.pack([Op.HELLO, hello, protocol.VERSION]), deadline)
@@ -266,7 +283,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 data = self._sock.recv(protocol.RECV_SIZE)
                 if not data:
                     break
-                self._unpacker.feed(data)
+                self._feed(data)
         except OSError:
             pass
         for reply in self._unpacker:
@@ -280,7 +297,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         as long as a generation that counted into it lives)."""
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock = self._poller = None
         if reader is not None:
             reader.use_slot(None)
 
@@ -290,22 +307,36 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def _wait(self, events: int, deadline: float) -> None:
         """Sleeps until the socket has events, or raises TimeoutError."""
-        assert self._sock is not None
-        poller = select.poll()
-        poller.register(self._sock, events)
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        assert self._sock is not None and self._poller is not None
+        poller = self._poller
+        if events != select.POLLIN:
+            poller.modify(self._sock, events)
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        finally:
+            if events != select.POLLIN:
+                poller.modify(self._sock, select.POLLIN)
 
     def _send_all(self, data: bytes, deadline: float) -> None:
         """Sends data; raises _NothingSent if the connection failed (or
         timed out) before its first byte went out."""
-        assert self._sock is not None
-        view = memoryview(data)
+        sock = self._sock
+        assert sock is not None
+        try:
+            sent = sock.send(data, socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _NothingSent() from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         try:
             while view:
                 try:
-                    view = view[self._sock.send(view, socket.MSG_NOSIGNAL):]
+                    view = view[sock.send(view, socket.MSG_NOSIGNAL):]
                 except BlockingIOError:
                     self._wait(select.POLLOUT, deadline)
         except OSError as exc:
@@ -314,26 +345,33 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise
 
     def _recv_some(self, deadline: float) -> bytes:
-        """The next bytes from the daemon: polls for up to
-        CLIENT_SPIN_SECONDS (a reply usually comes sooner), then sleeps."""
+        """The next bytes from the daemon: polls for a while (a reply
+        often comes sooner than a sleeper wakes; protocol.Spin says how
+        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
         assert self._sock is not None
-        spin_until = time.perf_counter() + protocol.CLIENT_SPIN_SECONDS
+        fd, spin, how = self._sock.fileno(), self._spin, self._how
         while True:
-            try:
-                data = self._sock.recv(protocol.RECV_SIZE)
-            except BlockingIOError:
-                if time.perf_counter() < spin_until:
-                    # Yield while spinning: with more runnable processes
-                    # than cores (2 here), a spin that keeps the CPU takes
-                    # it from the daemon that is to answer (PLATFORM-NOTES:
-                    # 8.5k writes/s spinning, 45k with a yield).
-                    os.sched_yield()
-                else:
-                    self._wait(select.POLLIN, deadline)
-                continue
-            if not data:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE,
+                                    int(spin.budget() * 1e9), left_ms, how)
+            if how[0] == lib.SHM_WAIT_WON:
+                spin.won()
+            elif how[0] != lib.SHM_WAIT_SLEPT_ONLY:
+                spin.lost()
+            if got > 0:
+                return self._recv_bytes[0:got]
+            if got == 0:
                 raise ConnectionResetError("the daemon closed the connection")
-            return data
+            if got == -errno.ETIMEDOUT:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            if got != -errno.EINTR:     # a signal: its handler ran; wait on
+                raise OSError(-got, os.strerror(-got))
+
+    def _feed(self, data: bytes) -> None:
+        self._unpacker.feed(data)
+        self._fed += len(data)
 
     def _receive(self, first_id: int, count: int, deadline: float) -> list[Any]:
         """The results of the replies to requests first_id .. first_id +
@@ -343,7 +381,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         while count:
             reply = next(self._unpacker, None)
             if reply is None:
-                self._unpacker.feed(self._recv_some(deadline))
+                self._feed(self._recv_some(deadline))
                 continue
             if not isinstance(reply, list) or len(reply) < 3:
                 raise ValueError(f"a garbled reply from the daemon: {reply!r:.100}")
@@ -358,12 +396,51 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise error
         return results
 
+    def _receive_batch(self, request: bytes, deadline: float) -> None:
+        """Waits for the reply to one batch request (framed by
+        batch_request). The daemon's reply is [id, OK, nil, seq], the id
+        copied from the request: when the next bytes are exactly that,
+        nothing is decoded; anything else (an error, late replies to
+        requests that timed out, a reply cut in two) goes to _receive."""
+        if self._fed == self._unpacker.tell():      # nothing buffered
+            data = self._recv_some(deadline)
+            if is_batch_ack(request, data):
+                return
+            self._feed(data)
+        self._receive(batch_request_id(request), 1, deadline)
+
     def _request(self, op: Op, *args: Any) -> Any:
         return self._pipeline([[op, *args]])[0]
 
     def _pipeline(self, requests: list[list[Any]]) -> list[Any]:
         """Sends requests (pipelined) and returns their results in order,
-        all within one timeout. The retry policy:
+        all within one timeout (see _exchange)."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._open_locked(deadline)
+            first_id = self._next_id + 1
+            pack = self._packer.pack
+            data = b"".join([pack([r[0], self._new_id(), *r[1:]]) for r in requests])
+            ops = [r[0] for r in requests]
+            return self._exchange(reader, data, first_id, len(requests), ops, deadline)
+
+    def _write(self, blob: bytes) -> None:
+        """One batch blob, acknowledged: the lean path of store() and
+        delete(), the same policy as _pipeline's."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._reader
+            if reader is None:
+                reader = self._open_locked(deadline)     # MapClosedError after close()
+            self._next_id += 1
+            request = batch_request(self._next_id, blob)
+            self._exchange(reader, request, self._next_id, 1, _ONE_BATCH, deadline)
+
+    def _exchange(self, reader: MapReader, data: bytes, first_id: int, count: int,
+                  ops: Sequence[int], deadline: float) -> list[Any]:
+        """Sends data, count framed requests with ids from first_id on whose
+        ops are ops, and returns their results in order. The caller holds
+        the lock. The retry policy:
 
         - the daemon's error reply: raised, never resent;
         - the connection failed before a byte went out (a daemon that died
@@ -376,57 +453,58 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
           requests may still be applied later, so they are never resent; a
           write raises WriteTimeoutError (an OutcomeUnknownError). The
           connection stays: late replies are skipped by request id.
+
+        A request sent once more goes with the same id, on a new connection
+        (whose replies are all to requests made on it).
         """
         traced = now_us() if self._trace is not None else 0.0
-        with self._lock:
-            deadline = time.monotonic() + self.timeout
-            reader = self._open_locked(deadline)
-            pack = self._packer.pack
-            for attempt in (1, 2):
-                if self._sock is None:
-                    self._connect(reader, deadline)
-                first_id = self._next_id + 1
-                data = b"".join([pack([r[0], self._new_id(), *r[1:]]) for r in requests])
-                sent = False
-                try:
-                    self._send_all(data, deadline)
-                    sent = True
-                    results = self._receive(first_id, len(requests), deadline)
-                    if self._trace is not None:
-                        self._trace.wait(self.name, [r[0] for r in requests], traced)
-                    return results
-                except ShmmapError:
-                    raise       # the daemon's answer
-                except _NothingSent as exc:
-                    cause = exc.__cause__
-                    if not isinstance(cause, TimeoutError):
-                        self._disconnect(reader)
-                    if isinstance(cause, TimeoutError) or attempt == 2:
-                        raise DaemonUnavailableError(
-                            f"map {self.name!r}: the daemon does not take requests: {cause}"
-                        ) from None
-                except TimeoutError as exc:
-                    if not sent:        # a request cut short: the stream is unusable
-                        self._disconnect(reader)
-                    if all(r[0] in _CHANGES_NOTHING for r in requests):
-                        raise DaemonUnavailableError(
-                            f"map {self.name!r}: no reply from the daemon within "
-                            f"{self.timeout} s") from None
-                    raise WriteTimeoutError(
-                        f"map {self.name!r}: no reply to {Op(requests[0][0]).name} within "
-                        f"{self.timeout} s; it may or may not be applied (it is not resent)"
-                    ) from exc
-                except (OSError, ValueError) as exc:    # ValueError: a garbled reply
+        for attempt in (1, 2):
+            if self._sock is None:
+                self._connect(reader, deadline)
+            sent = False
+            try:
+                self._send_all(data, deadline)
+                sent = True
+                if ops is _ONE_BATCH:
+                    self._receive_batch(data, deadline)
+                    results = _BATCH_RESULT
+                else:
+                    results = self._receive(first_id, count, deadline)
+                if self._trace is not None:
+                    self._trace.wait(self.name, list(ops), traced)
+                return results
+            except ShmmapError:
+                raise       # the daemon's answer
+            except _NothingSent as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, TimeoutError):
                     self._disconnect(reader)
-                    if not all(r[0] in protocol.IDEMPOTENT for r in requests):
-                        raise OutcomeUnknownError(
-                            f"map {self.name!r}: the daemon went away during "
-                            f"{Op(requests[0][0]).name}; it may or may not have been applied"
-                        ) from exc
-                    if attempt == 2:
-                        raise DaemonUnavailableError(
-                            f"map {self.name!r}: the daemon went away: {exc}") from None
-            raise AssertionError("unreachable")
+                if isinstance(cause, TimeoutError) or attempt == 2:
+                    raise DaemonUnavailableError(
+                        f"map {self.name!r}: the daemon does not take requests: {cause}"
+                    ) from None
+            except TimeoutError as exc:
+                if not sent:        # a request cut short: the stream is unusable
+                    self._disconnect(reader)
+                if all(op in _CHANGES_NOTHING for op in ops):
+                    raise DaemonUnavailableError(
+                        f"map {self.name!r}: no reply from the daemon within "
+                        f"{self.timeout} s") from None
+                raise WriteTimeoutError(
+                    f"map {self.name!r}: no reply to {Op(ops[0]).name} within "
+                    f"{self.timeout} s; it may or may not be applied (it is not resent)"
+                ) from exc
+            except (OSError, ValueError) as exc:    # ValueError: a garbled reply
+                self._disconnect(reader)
+                if not all(op in protocol.IDEMPOTENT for op in ops):
+                    raise OutcomeUnknownError(
+                        f"map {self.name!r}: the daemon went away during "
+                        f"{Op(ops[0]).name}; it may or may not have been applied"
+                    ) from exc
+                if attempt == 2:
+                    raise DaemonUnavailableError(
+                        f"map {self.name!r}: the daemon went away: {exc}") from None
+        raise AssertionError("unreachable")
 
     # -- generations --------------------------------------------------------------------
 
@@ -604,7 +682,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
         blobs, parts, size = [], [], 0
         for key, value in pairs:
-            item = store_item(encode_key(key), encode_value(value))
+            item = STORE + encode_key(key) + encode_value(value)
             parts.append(item)
             size += len(item)
             if size >= BATCH_BYTES:
@@ -628,8 +706,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def store(self, key: Any, value: Any) -> None:
         """Sets key to value; returns once every process can read it."""
-        self._open()
-        self._request(Op.BATCH, store_item(encode_key(key), encode_value(value)))
+        if self._reader is None:
+            self._open()        # closed: MapClosedError before the arguments
+        self._write(STORE + encode_key(key) + encode_value(value))
 
     def load_or_store(self, key: Any, value: Any) -> tuple[Any, bool]:
         """(the existing value, True), or (value, False) after storing it."""
@@ -646,8 +725,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def delete(self, key: Any) -> None:
         """Removes key if present (no error if it is absent)."""
-        self._open()
-        self._request(Op.BATCH, delete_item(encode_key(key)))
+        if self._reader is None:
+            self._open()        # closed: MapClosedError before the arguments
+        self._write(DELETE + encode_key(key))
 
     def swap(self, key: Any, value: Any) -> tuple[Any, bool]:
         """Stores value; returns (the previous value, whether there was one)."""
@@ -683,7 +763,35 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         b = Batch()
         yield b
         if b.items:
-            self._request(Op.BATCH, batch_blob(b.items))
+            self._write(batch_blob(b.items))
+
+    def pipeline(self) -> "Pipeline":
+        """``with m.pipeline() as p: p[k] = v; del p[j]`` -- writes sent
+        without waiting for each acknowledgement: they go to the daemon in
+        bursts of up to PIPELINE_WRITES, each burst one round trip, and the
+        block's end (or ``p.sync()``) waits for the last. Each write is
+        applied on its own, in order, as store() or delete() would apply
+        it; an error that one of them met is raised by the sync that
+        collected it (the others are applied).
+
+        Read-your-writes holds once sync() returns (the block's end syncs):
+        every write made through the pipeline is then visible to every
+        process. Before that, a read may or may not see them. A pipeline is
+        for one thread; other threads may use the map meanwhile."""
+        self._open()
+        return Pipeline(self)
+
+    def _write_many(self, blobs: list[bytes]) -> None:
+        """Batch blobs, each its own request, pipelined and acknowledged."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._reader
+            if reader is None:
+                reader = self._open_locked(deadline)
+            first_id = self._next_id + 1
+            data = b"".join([batch_request(first_id + i, b) for i, b in enumerate(blobs)])
+            self._next_id += len(blobs)
+            self._exchange(reader, data, first_id, len(blobs), _BATCHES, deadline)
 
     # -- the daemon -------------------------------------------------------------
 
@@ -717,6 +825,47 @@ class Batch:
 
     __setitem__ = store
     __delitem__ = delete
+
+
+class Pipeline:
+    """Writes made by SharedMap.pipeline(): encoded as they are made (a bad
+    key or value raises at once), sent in bursts, acknowledged by sync()."""
+
+    def __init__(self, m: SharedMap) -> None:
+        self._map = m
+        self._blobs: list[bytes] = []
+        self._bytes = 0
+
+    def store(self, key: Any, value: Any) -> None:
+        """Sets key to value (also: ``p[key] = value``)."""
+        self._add(STORE + encode_key(key) + encode_value(value))
+
+    def delete(self, key: Any) -> None:
+        """Removes key if present (also: ``del p[key]``)."""
+        self._add(DELETE + encode_key(key))
+
+    __setitem__ = store
+    __delitem__ = delete
+
+    def _add(self, blob: bytes) -> None:
+        self._blobs.append(blob)
+        self._bytes += len(blob)
+        if len(self._blobs) >= PIPELINE_WRITES or self._bytes >= BATCH_BYTES:
+            self.sync()
+
+    def sync(self) -> None:
+        """Sends the writes not yet sent and waits for every
+        acknowledgement: then all are visible to every process. Raises the
+        first error a write met."""
+        blobs, self._blobs, self._bytes = self._blobs, [], 0
+        if blobs:
+            self._map._write_many(blobs)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sync()
 
 
 def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,

@@ -85,10 +85,11 @@ class Server:
             slots = ReaderSlots(self.name, config.mode, config.group)
             self.slots = slots
             self.ops = MapOps(self.writer, slots, self.stats)
-            self.dispatcher = Dispatcher(self.ops.handlers())
+            self.dispatcher = Dispatcher(self.ops.handlers(), self.ops)
             self.transport = Transport(
                 self.socket_path, mode=config.mode, group=config.group,
                 max_connections=config.max_connections, authorize=self._authorize,
+                serve_round=self.dispatcher.serve_round, serve_bytes=self.dispatcher.serve_bytes,
                 on_request=self.dispatcher.handle, on_drop=self._release_slot)
         except BaseException:
             # Nothing was served yet. A map created just now holds nothing:
@@ -211,20 +212,28 @@ class Server:
     def _loop(self) -> None:
         next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
         busy_until = 0.0
+        spin = protocol.Spin(protocol.DAEMON_SPIN_SECONDS)
         self.promotions.check()                 # adoption's promotion
         while not self.stopping:
             # Right after serving, poll without sleeping for a moment: the
-            # next request of a synchronous client comes sooner than a
-            # wake-up from epoll would (see protocol.py).
-            spinning = time.perf_counter() < busy_until
-            if spinning:
-                # Give the core away on each turn: when processes outnumber
-                # cores, the client whose request we wait for may need this
-                # very core to send it (PLATFORM-NOTES: with a third busy
-                # process, a spin that never yields cut writes 5-fold).
-                os.sched_yield()
+            # next request of a synchronous client may come sooner than a
+            # wake-up from epoll would (protocol.Spin: for as long as that
+            # pays lately).
+            spinning = busy_until > 0.0 and time.perf_counter() < busy_until
+            if busy_until > 0.0 and not spinning:
+                spin.lost()                     # the spin ran out: sleep
+                busy_until = 0.0
+            # Give the core away on each turn: when processes outnumber
+            # cores, the client whose request we wait for may need this
+            # very core to send it (PLATFORM-NOTES: with a third busy
+            # process, a spin that never yields cut writes 5-fold).
+            if spinning and not spin.yield_core():
+                spinning, busy_until = False, 0.0
             if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
-                busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
+                if spinning:
+                    spin.won()
+                budget = spin.budget()
+                busy_until = time.perf_counter() + budget if budget else 0.0
             self._commit_round()
             if time.monotonic() >= next_miss_check:
                 self._promote_for_misses()
@@ -238,15 +247,19 @@ class Server:
         """Commits this round's writes with one release store, then sends
         every reply: no write is acknowledged before it is visible. Then
         times the round's requests (stats.Timings)."""
-        served = self.dispatcher.round
+        served, fast = self.dispatcher.round, self.dispatcher.fast_round
         self.ops.commit()
         self.transport.flush()
-        if served:
+        if served or fast:
             end = time.perf_counter()
             for op, started, conn in served:
                 self.timings.observe_request(op, end - started, conn)
-            self.timings.observe_commit(len(served), end - served[0][1])
+            for count, started in fast:        # the C hot path's batches
+                self.timings.observe_requests(Op.BATCH, end - started, count)
+            first = min([s for _, s, _ in served[:1]] + [s for _, s in fast[:1]])
+            self.timings.observe_commit(len(served) + sum(c for c, _ in fast), end - first)
             served.clear()
+            fast.clear()
 
     def _promote_for_misses(self) -> None:
         misses = reader_totals(self.slots, self.transport)["misses"]

@@ -219,6 +219,17 @@ class Timings:
         if self.recorder is not None:
             self.recorder.request(op, seconds, conn)
 
+    def observe_requests(self, op: int, seconds: float, count: int) -> None:
+        """count requests of op took seconds each (those the C hot path
+        served in one go); a trace gets one slow-request event for them."""
+        hist = self.requests.get(op)
+        if hist is None:
+            hist = self.requests[op] = Histogram()
+        hist.counts[bisect_left(BUCKET_BOUNDS, seconds)] += count
+        hist.sum += seconds * count
+        if self.recorder is not None:
+            self.recorder.request(op, seconds, None)
+
     def observe_commit(self, requests: int, seconds: float) -> None:
         self.commits.observe(seconds)
         self.commit_requests += requests
