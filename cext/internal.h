@@ -7,6 +7,7 @@
  *   hash.c    the keyed hash            (view.c, read.c, validate.c, write.c)
  *   view.c    opening a view, loading records and keys, finding entries
  *   read.c    lookups and export        (readers)
+ *   delta.c   what changed since a seq  (readers' caches)
  *   validate.c  full validation         (uses view.c)
  *   write.c   the writer                (uses view.c)
  */
@@ -58,6 +59,18 @@ int mp_check(const uint8_t *p, uint64_t len, enum mp_mode mode,
  * before: structure only, no content checks. Still never reads past len:
  * SHM_EINVAL if the object does not fit. (mpack.c) */
 int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used);
+
+/* The header of one msgpack object at p[0..len): the bytes its format
+ * byte and length field take (head), the bytes of body that follow (body:
+ * a string's, a bin's, an ext's with its type byte, a number's), and the
+ * objects it holds (children: an array's elements, a map's keys and
+ * values). Structure only, no content checks. SHM_OK; SHM_EINVAL for the
+ * byte msgpack never uses; SHM_EBUFSMALL when len ends inside the length
+ * field. (mpack.c) */
+struct mp_head {
+    uint64_t head, body, children;
+};
+int mp_head(const uint8_t *p, uint64_t len, struct mp_head *h);
 
 /* Formats a message into err (which may be NULL) and returns code.
  * (status.c) */
@@ -141,6 +154,25 @@ int shm_visible_entry(const struct shm_view *v, uint64_t e, uint64_t snap,
  * one (a miss, counted if count_miss), or -1. */
 int64_t shm_find_entry(struct shm_view *v, uint64_t hash, const char *key,
                        uint64_t len, int count_miss);
+
+/* How far the entries array reaches for a reader: the read table and the
+ * published dirty entries. */
+static inline uint64_t shm_entry_end(const struct shm_view *v)
+{
+    /* Acquire: pairs with the release store of dirty_count after each new
+     * entry, so the entries below it are complete. */
+    uint64_t dirty = __atomic_load_n(&v->hdr->dirty_count, __ATOMIC_ACQUIRE);
+    return v->read_count + (dirty < v->dirty_cap ? dirty : v->dirty_cap);
+}
+
+/* The array32 header each export buffer starts with; its count is written
+ * once the batch is complete. */
+static inline void put_array_header(uint8_t *buf, uint64_t count)
+{
+    buf[0] = MP_ARRAY32;
+    for (int i = 0; i < 4; i++)
+        buf[1 + i] = (uint8_t)(count >> (8 * (3 - i)));
+}
 
 static inline uint64_t align_up(uint64_t n, uint64_t a)
 {

@@ -30,3 +30,22 @@ void shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid)
      * its socket listens, so a client that sees the pid can connect. */
     __atomic_store_n(&h->daemon_pid, pid, __ATOMIC_RELEASE);
 }
+
+uint64_t shm_map_version(struct shm_map_header *h)
+{
+    /* Acquire: pairs with shm_map_bump_version; what the daemon committed
+     * or published before it stored this value is visible after. */
+    return __atomic_load_n(&h->version, __ATOMIC_ACQUIRE);
+}
+
+void shm_map_bump_version(struct shm_map_header *h)
+{
+    /* Relaxed load: the daemon is the only writer of this word, so it
+     * reads back its own last store (a value forged by another process
+     * only makes caches refresh once more). Release store: after the
+     * commit's committed_seq or the old generation's superseded flag, so
+     * a reader that loads the new value and then refreshes finds what
+     * changed. */
+    uint64_t next = __atomic_load_n(&h->version, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&h->version, next, __ATOMIC_RELEASE);
+}

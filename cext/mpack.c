@@ -375,6 +375,53 @@ int shm_check_value(const char *p, uint64_t len, char *err, size_t errlen)
     return check_whole(p, len, MP_VALUE, "value", err, errlen);
 }
 
+int mp_head(const uint8_t *p, uint64_t len, struct mp_head *h)
+{
+    int width = 0;
+    uint8_t b = p[0];
+    h->head = 1;
+    h->body = h->children = 0;
+    if (b <= MP_POSFIX_MAX || b >= MP_NEGFIX_MIN)
+        return SHM_OK;
+    if (b < MP_FIXARRAY)
+        h->children = 2 * (uint64_t)(b & MP_FIX_LEN_MASK);
+    else if (b < MP_FIXSTR)
+        h->children = b & MP_FIX_LEN_MASK;
+    else if (b < MP_NIL)
+        h->body = b & MP_FIXSTR_LEN_MASK;
+    else if (b >= MP_BIN8 && b <= MP_BIN32)
+        width = 1 << (b - MP_BIN8);
+    else if (b >= MP_STR8 && b <= MP_STR32)
+        width = 1 << (b - MP_STR8);
+    else if (b >= MP_EXT8 && b <= MP_EXT32)
+        width = 1 << (b - MP_EXT8);
+    else if (b == MP_FLOAT32 || b == MP_FLOAT64)
+        h->body = b == MP_FLOAT32 ? 4 : 8;
+    else if (b >= MP_UINT8 && b <= MP_UINT64)
+        h->body = 1ULL << (b - MP_UINT8);
+    else if (b >= MP_INT8 && b <= MP_INT64)
+        h->body = 1ULL << (b - MP_INT8);
+    else if (b >= MP_FIXEXT1 && b <= MP_FIXEXT16)
+        h->body = 1 + (1ULL << (b - MP_FIXEXT1));       /* type, data */
+    else if (b == MP_ARRAY16 || b == MP_ARRAY32 || b == MP_MAP16 ||
+             b == MP_MAP32)
+        width = b == MP_ARRAY16 || b == MP_MAP16 ? 2 : 4;
+    else if (b == MP_NEVER)
+        return SHM_EINVAL;
+    /* nil, false, true: the format byte is all */
+    if (width > 0) {
+        if (len - 1 < (uint64_t)width)
+            return SHM_EBUFSMALL;
+        uint64_t n = be(p + 1, width);
+        h->head += (uint64_t)width;
+        if (b >= MP_ARRAY16)
+            h->children = b <= MP_ARRAY32 ? n : 2 * n;
+        else
+            h->body = n + (b >= MP_EXT8 && b <= MP_EXT32);    /* + type */
+    }
+    return SHM_OK;
+}
+
 /* For shm_apply's second pass over a blob it validated: finds where each
  * object ends from its format byte, length field and element counts. */
 int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used)
@@ -384,56 +431,17 @@ int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used)
      * no depth to trust. */
     uint64_t pending = 1, pos = 0;
     while (pending > 0) {
-        uint64_t n = 0, body = 0, children = 0;
-        int width = 0;
-        if (pos >= len)
+        struct mp_head h;
+        if (pos >= len || mp_head(p + pos, len - pos, &h) != SHM_OK)
             return SHM_EINVAL;
-        uint8_t b = p[pos++];
         pending--;
-        if (b <= MP_POSFIX_MAX || b >= MP_NEGFIX_MIN)
-            continue;
-        if (b < MP_FIXARRAY)
-            children = 2 * (uint64_t)(b & MP_FIX_LEN_MASK);
-        else if (b < MP_FIXSTR)
-            children = b & MP_FIX_LEN_MASK;
-        else if (b < MP_NIL)
-            body = b & MP_FIXSTR_LEN_MASK;
-        else if (b >= MP_BIN8 && b <= MP_BIN32)
-            width = 1 << (b - MP_BIN8);
-        else if (b >= MP_STR8 && b <= MP_STR32)
-            width = 1 << (b - MP_STR8);
-        else if (b >= MP_EXT8 && b <= MP_EXT32)
-            width = 1 << (b - MP_EXT8);
-        else if (b == MP_FLOAT32 || b == MP_FLOAT64)
-            body = b == MP_FLOAT32 ? 4 : 8;
-        else if (b >= MP_UINT8 && b <= MP_UINT64)
-            body = 1ULL << (b - MP_UINT8);
-        else if (b >= MP_INT8 && b <= MP_INT64)
-            body = 1ULL << (b - MP_INT8);
-        else if (b >= MP_FIXEXT1 && b <= MP_FIXEXT16)
-            body = 1 + (1ULL << (b - MP_FIXEXT1));      /* type, data */
-        else if (b == MP_ARRAY16 || b == MP_ARRAY32 || b == MP_MAP16 ||
-                 b == MP_MAP32)
-            width = b == MP_ARRAY16 || b == MP_MAP16 ? 2 : 4;
-        else if (b == MP_NEVER)
+        pos += h.head;
+        if (len - pos < h.body)
             return SHM_EINVAL;
-        /* nil, false, true: the format byte is all */
-        if (width > 0) {
-            if (len - pos < (uint64_t)width)
-                return SHM_EINVAL;
-            n = be(p + pos, width);
-            pos += (uint64_t)width;
-            if (b >= MP_ARRAY16)
-                children = b <= MP_ARRAY32 ? n : 2 * n;
-            else
-                body = n + (b >= MP_EXT8 && b <= MP_EXT32);    /* + type */
-        }
-        if (len - pos < body)
+        pos += h.body;
+        if (h.children > len - pos)     /* each child takes a byte */
             return SHM_EINVAL;
-        pos += body;
-        if (children > len - pos)       /* each child takes a byte */
-            return SHM_EINVAL;
-        pending += children;
+        pending += h.children;
     }
     *used = pos;
     return SHM_OK;

@@ -95,28 +95,9 @@ uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,
     return hits;
 }
 
-/* The array32 header each export buffer starts with; its count is written
- * once the batch is complete. */
-static void put_array_header(uint8_t *buf, uint64_t count)
-{
-    buf[0] = MP_ARRAY32;
-    for (int i = 0; i < 4; i++)
-        buf[1 + i] = (uint8_t)(count >> (8 * (3 - i)));
-}
-
-/* How far the entries array reaches for a reader: the read table and the
- * published dirty entries. */
-static uint64_t entry_end(const struct shm_view *v)
-{
-    /* Acquire: pairs with the release store of dirty_count after each new
-     * entry, so the entries below it are complete. */
-    uint64_t dirty = __atomic_load_n(&v->hdr->dirty_count, __ATOMIC_ACQUIRE);
-    return v->read_count + (dirty < v->dirty_cap ? dirty : v->dirty_cap);
-}
-
 int shm_export_batch(struct shm_view *v, struct shm_export *x)
 {
-    uint64_t end = entry_end(v), kpos = MP_ARRAY32_HEADER, vpos = MP_ARRAY32_HEADER;
+    uint64_t end = shm_entry_end(v), kpos = MP_ARRAY32_HEADER, vpos = MP_ARRAY32_HEADER;
     uint64_t i, n = 0;
     if (x->keys_cap < MP_ARRAY32_HEADER || x->values_cap < MP_ARRAY32_HEADER)
         return SHM_EBUFSMALL;

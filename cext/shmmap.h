@@ -50,7 +50,8 @@
 #define SHM_MAGIC_MAP        0x50414d4d48530001  /* "SHMMAP" + kind 1 */
 #define SHM_MAGIC_GEN        0x50414d4d48530002  /* "SHMMAP" + kind 2 */
 #define SHM_MAGIC_READERS    0x50414d4d48530003  /* "SHMMAP" + kind 3 */
-#define SHM_LAYOUT_VERSION   1
+#define SHM_LAYOUT_VERSION   2         /* 2: map version word, record entry
+                                          index, committed_arena, base_arena */
 #define SHM_NAME_PREFIX      "/shmmap-"
 #define SHM_GEN_INFIX        "-g"
 #define SHM_READERS_SUFFIX   "-readers"
@@ -75,7 +76,8 @@
                                           that cost about one promotion,
                                           per live entry (a miss costs one
                                           more probe, a promotion copies) */
-#define SHM_MAX_ENTRIES      0xfffffffe /* entry index + 1 fits in 32 bits */
+#define SHM_MAX_ENTRIES      0x7fffffff /* an entry index fits in 31 bits
+                                          (a record's flags carry it) */
 #define SHM_MAX_SEGMENT      0x8000000000 /* 512 GiB: offsets fit in 39 bits */
 #define SHM_SLOT_EMPTY       0
 #define SHM_SLOT_INDEX_MASK  0xffffffff /* low half: entry index + 1 */
@@ -83,6 +85,9 @@
 
 /* ---- records ----------------------------------------------------------- */
 #define SHM_REC_TOMBSTONE    1         /* shm_record.flags: a deletion */
+#define SHM_REC_ENTRY_SHIFT  1         /* ... and above this bit, the index
+                                          of the entry the record belongs to
+                                          (how a delta scan finds its key) */
 #define SHM_REC_HEADER       24        /* sizeof(struct shm_record) */
 #define SHM_NO_RECORD        0         /* head/prev: end of the chain */
 
@@ -166,7 +171,16 @@ struct shm_map_header {
      * acquire-load it when their generation is superseded. A reader that then
      * finds the name already unlinked loads it again: a newer one exists. */
     uint64_t current_gen;
-    uint64_t reserved[9];
+    /* atomic. Changes whenever what a reader sees may have changed: the
+     * daemon release-stores a new value after each commit (after the
+     * generation's committed_seq) and after each publication (after the
+     * old generation is marked superseded). A client's cache compares it
+     * with the value it last refreshed at: equal means that nothing was
+     * committed or published since, so its decoded objects are current.
+     * (The compare's plain load is enough: a refresh then acquire-loads
+     * it again, before it loads anything else.) */
+    uint64_t version;
+    uint64_t reserved[8];
     char socket_path[SHM_SOCKET_PATH_MAX];  /* NUL-terminated */
     uint8_t pad[20];
 };
@@ -193,7 +207,10 @@ struct shm_gen_header {
     uint64_t dirty_index_off;
     uint64_t entries_off;
     uint64_t arena_off;
-    uint64_t reserved0[7];          /* the atomics start a cache line */
+    uint64_t base_arena;            /* arena bytes the build took (the read
+                                       table's keys and records): where a
+                                       delta scan of this generation starts */
+    uint64_t reserved0[6];          /* the atomics start a cache line */
     /* ---- atomics: one writer (the daemon), many readers ---- */
     /* Every record with seq <= committed_seq is complete and reachable. The
      * daemon release-stores it last in a commit, after the records, heads,
@@ -215,7 +232,13 @@ struct shm_gen_header {
     /* Release-stored to 1 after a newer generation is published in
      * current_gen; readers acquire-load it before each operation. */
     uint64_t superseded;
-    uint64_t reserved1[2];
+    /* Arena bytes in use at the last commit: release-stored by shm_commit
+     * before committed_seq. Every key and record below arena_off + it is
+     * complete, and its entry published, for a reader that acquire-loads
+     * it (a delta scan stops there, or at the first record past its
+     * snapshot, whichever comes first). */
+    uint64_t committed_arena;
+    uint64_t reserved1[1];
 };
 
 /* One key. key_off, key_len and hash never change once the entry is
@@ -236,7 +259,8 @@ struct shm_record {
     uint64_t seq;
     uint64_t prev;                  /* older version, or SHM_NO_RECORD */
     uint32_t len;
-    uint32_t flags;                 /* SHM_REC_TOMBSTONE */
+    uint32_t flags;                 /* SHM_REC_TOMBSTONE | entry index <<
+                                       SHM_REC_ENTRY_SHIFT */
 };
 
 /* One reader's cache line in /shmmap-NAME-readers. The client that owns it
@@ -310,11 +334,16 @@ struct shm_view {
     uint64_t max_key;
     uint64_t max_value;
     uint64_t max_live_bytes;
+    /* Writer only: the map header whose version word shm_commit and
+     * shm_mark_superseded move on (NULL: none, as for readers), and the
+     * last seq shm_commit published (a commit of the same seq changes
+     * nothing a reader sees, so it leaves the version alone). */
+    struct shm_map_header *map;
+    uint64_t committed;
     /* Writer only: while a background build copies this generation, every
      * blob shm_apply applies is also logged here (NULL: none is). */
     struct shm_replay *replay;
 };
-
 
 /* One batch of an export: the caller owns both buffers. */
 struct shm_export {
@@ -328,6 +357,30 @@ struct shm_export {
     uint64_t values_cap;
     uint64_t values_len;
     uint64_t count;                 /* out: pairs in this batch */
+    uint64_t need;                  /* out, on SHM_EBUFSMALL: bytes wanted */
+};
+
+/* One batch of a delta scan (shm_delta_batch): the keys whose visible
+ * value changed after seq from, as of seq snap, in one generation. The
+ * caller owns the three buffers. */
+struct shm_delta {
+    uint64_t since;                 /* in: the snapshot the caller has */
+    uint64_t snap;                  /* in: the snapshot it wants */
+    uint64_t pos;                   /* in/out: arena offset where the scan
+                                       resumes (shm_delta_start sets it) */
+    uint64_t next_entry;            /* in/out: the entry whose key comes
+                                       next in the arena */
+    uint8_t *keys;                  /* out: msgpack array of stored keys */
+    uint64_t keys_cap;
+    uint64_t keys_len;
+    uint8_t *values;                /* out: msgpack array of their values */
+    uint64_t values_cap;
+    uint64_t values_len;
+    uint8_t *dead;                  /* out: msgpack array of deleted keys */
+    uint64_t dead_cap;
+    uint64_t dead_len;
+    uint64_t count;                 /* out: pairs in keys/values */
+    uint64_t dead_count;            /* out: keys in dead */
     uint64_t need;                  /* out, on SHM_EBUFSMALL: bytes wanted */
 };
 
@@ -360,6 +413,8 @@ const char *shm_strerror(int code);
 uint64_t shm_map_current_gen(struct shm_map_header *h);  /* acquire */
 void     shm_map_publish_gen(struct shm_map_header *h, uint64_t gen);
 uint64_t shm_map_daemon_pid(struct shm_map_header *h);   /* acquire */
+uint64_t shm_map_version(struct shm_map_header *h);      /* acquire */
+void     shm_map_bump_version(struct shm_map_header *h);  /* the daemon */
 void     shm_map_set_daemon_pid(struct shm_map_header *h, uint64_t pid);
 
 /* ---- reads: any process, on a PROT_READ mapping ---- */
@@ -388,6 +443,20 @@ int64_t  shm_lookup_at(struct shm_view *v, const char *key, uint64_t len,
  * entries remain (x->cursor says where), or SHM_EBUFSMALL when not even
  * one pair fits (x->need: the buffer size that would take it). */
 int      shm_export_batch(struct shm_view *v, struct shm_export *x);
+/* Starts a delta scan of v: x->pos at the end of the build's part of the
+ * arena, x->next_entry at the first dirty entry. Then
+ * shm_delta_batch(v, x) with x->since = x->snap = the snapshot the caller
+ * loaded at the build moves past what that snapshot holds. */
+void     shm_delta_start(struct shm_view *v, struct shm_delta *x);
+/* Appends to x's buffers each key whose visible record at x->snap was
+ * committed after x->since (once, however often it changed), scanning the
+ * arena from x->pos; the caller loaded x->snap (shm_snapshot) before the
+ * first call. Returns 1 when every change up to x->snap is reported (x->pos
+ * and x->next_entry then say where the next scan starts), 0 when a buffer
+ * is full (call again with x as it is), SHM_EBUFSMALL when not even one
+ * key fits (x->need), SHM_ECORRUPT when the arena is not what the daemon
+ * writes. */
+int      shm_delta_batch(struct shm_view *v, struct shm_delta *x);
 /* The keyed hash of key bytes p[0..len) (SipHash-1-3). */
 uint64_t shm_hash(uint64_t seed0, uint64_t seed1, const char *p, uint64_t len);
 
@@ -428,9 +497,11 @@ int      shm_gen_init(void *base, const struct shm_geometry *g, uint64_t gen,
 int      shm_apply(struct shm_view *v, const char *blob, uint64_t len,
                    uint64_t seq, struct shm_apply_info *info, char *err,
                    size_t errlen);
-/* Publishes live_count/live_bytes, then committed_seq = seq (release). */
+/* Publishes live_count/live_bytes, then committed_seq = seq (release),
+ * then, if seq is new and v->map is set, the map's next version. */
 void     shm_commit(struct shm_view *v, uint64_t seq);
-/* superseded = 1 (release): after current_gen names the newer one. */
+/* superseded = 1 (release): after current_gen names the newer one; then,
+ * if v->map is set, the map's next version. */
 void     shm_mark_superseded(struct shm_view *v);
 /* Counts the live keys at snap and the arena bytes they take. SHM_OK, or
  * SHM_ECANCELED once *cancel is non-zero (cancel may be NULL). It reads v
@@ -457,6 +528,134 @@ int64_t  shm_replay(struct shm_view *dst, const struct shm_replay *log,
                     size_t errlen);
 /* Frees log's buffer and empties it. */
 void     shm_replay_free(struct shm_replay *log);
+
+/* ---- serving requests (serve.c): the daemon's hot path ----------------- */
+/* A connection carries msgpack requests [op, request_id, *args] (see
+ * shmmap/protocol.py). shm_serve takes a connection's received bytes and
+ * serves the simplest and most frequent request, [SHM_REQ_BATCH, id, bin],
+ * itself: it applies the blob (shm_apply) and writes the reply
+ * [id, SHM_REPLY_OK, nil, seq]. Everything else it leaves to the caller at
+ * the byte where that request starts, after finding where it ends. */
+#define SHM_REQ_BATCH        1         /* op of a batch: protocol Op.BATCH */
+#define SHM_REPLY_OK         0         /* a reply's status: protocol OK */
+#define SHM_REPLY_MAX        21        /* bytes of the longest reply it
+                                          writes: array header, int64 id,
+                                          status, nil, uint64 seq */
+/* shm_serve's stop reasons (struct shm_serve.stop) */
+#define SHM_STOP_END         0         /* every byte consumed */
+#define SHM_STOP_MORE        1         /* the object at pos is incomplete:
+                                          keep the bytes from pos, call
+                                          again when more arrived */
+#define SHM_STOP_OBJECT      2         /* a complete object of next_len
+                                          bytes at pos for the caller */
+#define SHM_STOP_BAD         3         /* the bytes at pos never make a
+                                          request (err says why) */
+#define SHM_STOP_FULL        4         /* the reply buffer is full: take
+                                          out[0..out_len), call again */
+
+/* One connection's call of shm_serve. The caller owns it and its buffers;
+ * the scan fields carry a partial scan from one call to the next (both 0
+ * when the bytes at pos are new). */
+struct shm_serve {
+    struct shm_view *view;          /* in: the generation writes go to */
+    uint64_t seq;                   /* in/out: the last seq applied */
+    uint64_t max_request;           /* in: bytes one request may take */
+    uint8_t *out;                   /* in: where replies are appended */
+    uint64_t out_cap;
+    uint64_t out_len;               /* in/out */
+    uint64_t served;                /* out: requests this call served */
+    uint64_t stop;                  /* out: SHM_STOP_* */
+    uint64_t next_len;              /* out, SHM_STOP_OBJECT: its bytes */
+    uint64_t scan_at;               /* in/out: bytes of the object at pos */
+    uint64_t scan_pending;          /*   scanned, objects still to scan */
+    struct shm_apply_info info;     /* shm_apply's, reused */
+    char err[SHM_ERR_LEN];          /* SHM_STOP_BAD: why */
+};
+
+/* Serves the requests in in[pos..len) until one it leaves to the caller,
+ * the end of the bytes, or a full reply buffer; returns the position it
+ * stopped at (s->stop says why). Every write it applies gets the next seq;
+ * none is visible before the caller's shm_commit. A request whose apply
+ * fails in any way (a bad blob, SHM_ENOSPACE, the last seq) is left to the
+ * caller as SHM_STOP_OBJECT, nothing of it applied. */
+uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
+                   uint64_t pos);
+
+/* ---- serving a round of events (serve.c) ----
+ * The daemon's loop in C: one epoll_wait on the daemon's epoll, then for
+ * each connection the caller marked fast (no bytes or replies of its own
+ * queued), a receive and shm_serve on it. What it cannot finish -- the
+ * listener, a connection not marked fast, any event but readable, bytes
+ * shm_serve left, a full buffer -- it leaves to the caller as an event,
+ * with the bytes it received and the replies it wrote for it. The caller
+ * handles those, commits, and then calls shm_round_send, which sends the
+ * replies of the connections it served whole. */
+#define SHM_ROUND_EVENTS     256       /* epoll events one round takes */
+#define SHM_ROUND_RECV       65536     /* bytes of one receive */
+#define SHM_ROUND_IN         1048576   /* receive buffer of a round */
+#define SHM_ROUND_OUT        1048576   /* reply buffer of a round */
+
+/* An event left to the caller; in_* and out_* lie in the round's buffers. */
+struct shm_round_event {
+    int32_t fd;
+    uint32_t events;                /* epoll's mask; 0 after shm_round_send */
+    uint64_t in_at, in_len;         /* received, not served */
+    uint64_t out_at, out_len;       /* replies written, not sent */
+};
+
+/* Replies to send to fd after the commit. */
+struct shm_round_reply {
+    int32_t fd;
+    uint32_t reserved;
+    uint64_t at, len;
+};
+
+struct shm_round {
+    int32_t epfd;                   /* in: the daemon's epoll */
+    int32_t fast_len;               /* in: entries of fast */
+    uint8_t *fast;                  /* in: fast[fd] 1: served here */
+    uint8_t *inbuf;                 /* in: SHM_ROUND_IN bytes */
+    uint8_t *outbuf;                /* in: SHM_ROUND_OUT bytes */
+    uint64_t in_used;
+    uint64_t served;                /* out: requests served */
+    uint64_t left_count;            /* out: events in left */
+    uint64_t reply_count;
+    struct shm_round_event left[SHM_ROUND_EVENTS];
+    struct shm_round_reply replies[SHM_ROUND_EVENTS];
+};
+
+/* Waits up to timeout_ms for events on r->epfd and serves what it can
+ * through s (whose reply buffer becomes r->outbuf). Returns the number of
+ * events (0 on a timeout or a signal) or -errno. Nothing it applied is
+ * visible before the caller's shm_commit. */
+int64_t  shm_round_serve(struct shm_round *r, struct shm_serve *s,
+                         int timeout_ms);
+/* Sends the replies of the connections shm_round_serve served whole (call
+ * it after the commit). Each it could not send whole is left in r->left
+ * with its rest (events 0); returns how many. */
+int64_t  shm_round_send(struct shm_round *r);
+
+/* ---- a client's wait for a reply (call.c) ----
+ * A synchronous write waits for its acknowledgement. Polling finds it a
+ * few microseconds after the daemon sent it when both run at once, while
+ * a sleeper needs a wake-up; but when processes outnumber cores, polling
+ * takes the core the daemon needs. shm_wait_recv polls for the budget the
+ * caller gives it (adapted to how that paid lately, see protocol.Spin),
+ * yielding the core on each turn, then sleeps in poll(). */
+#define SHM_WAIT_WON         1         /* the bytes came while it polled */
+#define SHM_WAIT_SLEPT       2         /* it polled in vain, then slept */
+#define SHM_WAIT_CONTENDED   3         /* a yield gave the core away for
+                                          long: it stopped polling, slept */
+#define SHM_WAIT_SLEPT_ONLY  4         /* no budget: it slept at once */
+#define SHM_CONTENDED_NS     50000     /* a yield this long: contended */
+
+/* Receives from the non-blocking stream socket fd into buf[0..cap): polls
+ * for up to spin_ns, then sleeps in poll() for up to timeout_ms. Returns
+ * the bytes received, 0 at the end of the stream, -ETIMEDOUT if nothing
+ * came in time, or -errno (-EINTR: a signal came; call again). *how says
+ * how the wait went (SHM_WAIT_*). */
+int64_t  shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
+                       int timeout_ms, int32_t *how);
 
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */

@@ -82,7 +82,7 @@ static int check_entry(struct check *c, uint64_t i)
         if (!rec_load(&c->v, at, c->used_hi, &r))
             return ERR("entry %llu: record at %llu runs past the arena",
                        U(i), U(at));
-        if (r.flags & ~(uint32_t)SHM_REC_TOMBSTONE ||
+        if (r.flags >> SHM_REC_ENTRY_SHIFT != i ||
             ((r.flags & SHM_REC_TOMBSTONE) && r.len != 0))
             return ERR("entry %llu: record at %llu has bad flags", U(i),
                        U(at));
@@ -157,6 +157,11 @@ static int check_counters(const struct shm_gen_header *h, char *err,
     if (h->committed_seq > SHM_MAX_SEQ)
         return ERR("committed_seq %llu is over the highest seq %llu",
                    U(h->committed_seq), U(SHM_MAX_SEQ));
+    if (h->base_arena > h->committed_arena ||
+        h->committed_arena > h->arena_used)
+        return ERR("arena marks out of order: base %llu, committed %llu, "
+                   "used %llu", U(h->base_arena), U(h->committed_arena),
+                   U(h->arena_used));
     if (h->superseded > 1)
         return ERR("superseded is %llu, not 0 or 1", U(h->superseded));
     return SHM_OK;

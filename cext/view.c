@@ -110,6 +110,7 @@ void view_from_header(struct shm_view *v, void *base, uint64_t size,
     v->arena_used = at_most(h.arena_used, h.arena_cap);
     v->live_count = h.live_count;
     v->live_bytes = h.live_bytes;
+    v->committed = h.committed_seq;
     v->max_key = SHM_DEFAULT_MAX_KEY;
     v->max_value = SHM_DEFAULT_MAX_VALUE;
 }

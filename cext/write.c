@@ -262,7 +262,7 @@ static void append_record(struct shm_view *v, uint64_t e, uint64_t seq,
     /* Relaxed: the writer reads back its own last store of head. */
     r->prev = __atomic_load_n(&ent->head, __ATOMIC_RELAXED);
     r->len = (uint32_t)len;
-    r->flags = flags;
+    r->flags = flags | (uint32_t)(e << SHM_REC_ENTRY_SHIFT);
     if (len > 0)
         memcpy(v->base + at + SHM_REC_HEADER, value, len);
     /* Release: the record (and, through prev, the chain) is complete
@@ -429,10 +429,19 @@ void shm_commit(struct shm_view *v, uint64_t seq)
      * below for a reader that loads them after committed_seq. */
     __atomic_store_n(&v->hdr->live_count, v->live_count, __ATOMIC_RELAXED);
     __atomic_store_n(&v->hdr->live_bytes, v->live_bytes, __ATOMIC_RELAXED);
+    /* Release: every key and record appended so far is complete, and its
+     * entry published, for a delta scan that acquire-loads this (it stops
+     * at the first record past its snapshot, so records of a later commit
+     * below this value are harmless). */
+    __atomic_store_n(&v->hdr->committed_arena, v->arena_used,
+                     __ATOMIC_RELEASE);
     /* Release: every record, head, entry, slot and count of the writes
      * with seq <= this value was stored before it; a reader's acquire load
      * in shm_snapshot makes them all visible. */
     __atomic_store_n(&v->hdr->committed_seq, seq, __ATOMIC_RELEASE);
+    if (v->map != NULL && seq != v->committed)
+        shm_map_bump_version(v->map);
+    v->committed = seq;
 }
 
 void shm_mark_superseded(struct shm_view *v)
@@ -441,6 +450,8 @@ void shm_mark_superseded(struct shm_view *v)
      * before this; a reader that acquire-loads 1 here and then loads
      * current_gen finds the newer generation. */
     __atomic_store_n(&v->hdr->superseded, 1, __ATOMIC_RELEASE);
+    if (v->map != NULL)
+        shm_map_bump_version(v->map);
 }
 
 /* ---- promotion ---------------------------------------------------------- */
@@ -528,7 +539,7 @@ static int copy_entry(struct shm_view *dst, uint64_t n,
     copy->seq = r->seq;
     copy->prev = SHM_NO_RECORD;
     copy->len = r->len;
-    copy->flags = 0;
+    copy->flags = (uint32_t)(n << SHM_REC_ENTRY_SHIFT);
     memcpy(dst->base + at + SHM_REC_HEADER,
            src->base + r->at + SHM_REC_HEADER, r->len);
     to->hash = k->hash;
@@ -576,5 +587,8 @@ int64_t shm_build(struct shm_view *src, uint64_t snap, struct shm_view *dst,
     dst->hdr->live_bytes = dst->live_bytes = live_bytes;
     dst->hdr->base_seq = snap;
     dst->hdr->committed_seq = snap;
+    /* Plain stores: dst is not published yet. */
+    dst->hdr->base_arena = dst->arena_used;
+    dst->hdr->committed_arena = dst->arena_used;
     return (int64_t)n;
 }

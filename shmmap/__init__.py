@@ -7,7 +7,7 @@
 ...     dict(m.items())
 {'a': 1}
 """
-from .client import Batch, SharedMap, connect
+from .client import Batch, Pipeline, SharedMap, connect
 from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonStartError,
                      DaemonUnavailableError, InvalidNameError, InvalidRequestError, LimitError,
                      MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
@@ -19,6 +19,6 @@ __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonStartError",
     "DaemonUnavailableError",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
-    "MapNotFoundError", "OutcomeUnknownError", "SharedMap", "ShmmapError", "WriteTimeoutError",
+    "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError", "WriteTimeoutError",
     "connect",
 ]

@@ -33,6 +33,9 @@ commands:
   promote   make the daemon promote now
   ls        the maps on this host and whether their daemons live
   cleanup   remove the segments and socket a dead daemon left
+  top       a live view of a running map: rates, promotions, latency
+  trace     record what the daemon does into a trace Perfetto opens
+  doctor    find what is wrong with a map and say what to do
   demo      a live demo: 100,000 keys, readers iterating under a 50/50 load
   soak      readers and writers for a long time, every iteration checked
   bench     shmmap against the alternatives, with a table, JSON and a plot
@@ -135,7 +138,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         limits=Limits(max_key=args.max_key, max_value=args.max_value,
                       max_live_bytes=args.max_live_bytes),
         max_connections=args.max_connections, allow_uids=frozenset(args.allow_uid),
-        fresh=args.fresh, ready_fd=args.ready_fd))
+        fresh=args.fresh, ready_fd=args.ready_fd, metrics=args.metrics))
 
 
 def _run_get(args: argparse.Namespace) -> int:
@@ -414,6 +417,45 @@ def _run_cleanup(args: argparse.Namespace) -> int:
     return status
 
 
+def _run_top(args: argparse.Namespace) -> int:
+    from .top import run
+    return run(args.name, interval=args.interval, once=args.once, as_json=args.json,
+               count=args.count)
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from . import trace
+    from .progress import Progress
+    out = Path(args.output)
+    if not out.parent.is_dir():             # fails before recording, not after
+        raise ShmmapError(f"--output {args.output}: no directory {str(out.parent)!r}")
+    with Progress(plain_every=None) as progress:
+        summary = trace.record(
+            args.name, args.duration, out, slow_ms=args.slow_ms,
+            client_files=trace.trace_files(args.client_events),
+            progress=lambda left: progress.update(f"recording map {args.name!r}: "
+                                                  f"{left:.0f} s left"))
+    if args.json:
+        _print_json(summary, indent=2)
+    else:
+        print(f"wrote {summary['output']}: {summary['daemon_events']:,} daemon events, "
+              f"{summary['client_events']:,} client events"
+              + (f", {summary['dropped']:,} dropped (the daemon keeps "
+                 f"{trace.MAX_EVENTS:,})" if summary["dropped"] else "")
+              + "; open it in ui.perfetto.dev or chrome://tracing")
+    return 0
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, render
+    report = diagnose(args.name, args.interval)
+    if args.json:
+        _print_json(report.as_json(), indent=2)
+    else:
+        print(render(report))
+    return 0 if report.healthy else 1
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
     out = open(args.json, "w") if args.json else None     # a bad path fails before the run
@@ -503,6 +545,18 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
                    help="text (default; one line per event, for a terminal or journald) or "
                    "json (one object per line, with the event's fields, for log collectors)")
+    p.add_argument("--metrics", metavar="HOST:PORT", type=_metrics_address,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults "
+                   "to 127.0.0.1; PORT 0 picks a free port, shown by -v and in stats)")
+
+
+def _metrics_address(text: str) -> str:
+    from .metrics import parse_address
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def serve_options() -> frozenset[str]:
@@ -591,6 +645,70 @@ def _add_admin_commands(sub: Any) -> None:
                    help="print each map's state and what was removed as JSON")
 
 
+def _seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < x <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds are more than 0, at most 3600")
+    return x
+
+
+def _add_watch_commands(sub: Any) -> None:
+    p = _sub(sub, "top", _run_top, "a live view of a running map",
+             "Show map NAME's daemon live, like top: writes, lookups and misses per second, "
+             "promotions and how long the last took, live keys and bytes, clients, older "
+             "generations clients still map, and the daemon's request latency (p50, p99, by "
+             "operation) over each interval. Ctrl-C leaves it.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--interval", type=_seconds, default=1.0,
+                   help="seconds between frames (default 1)")
+    p.add_argument("--once", action="store_true",
+                   help="print one frame (after one interval) and exit")
+    p.add_argument("--count", type=_natural, default=0,
+                   help="exit after this many frames (default 0: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print each frame as one JSON object "
+                   "per line")
+    _add_trace(sub)
+    p = _sub(sub, "doctor", _run_doctor, "find what is wrong with a map",
+             "Look at map NAME and its daemon for --interval seconds and say, with the "
+             "numbers, what is wrong and what to do: a daemon not running or not answering; "
+             "superseded generations pinned by an iteration (which pid, how many bytes); a "
+             "high miss rate and the promotion it will cause; promotions too frequent for "
+             "the writes; /dev/shm too small for the next generation; logind's RemoveIPC=yes "
+             "for the map's owner; a busy daemon waiting for a CPU more than it runs. Exit "
+             "0 when it finds no problem (notes allowed), 1 when it does.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--interval", type=_seconds, default=1.0,
+                   help="seconds to watch the daemon's counters (default 1)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+
+def _add_trace(sub: Any) -> None:
+    from .trace import DEFAULT_SLOW_MS, ENV
+    p = _sub(sub, "trace", _run_trace, "record what the daemon does, for Perfetto",
+             "Record what map NAME's daemon does for --duration seconds into FILE, in Chrome's "
+             "trace-event JSON that ui.perfetto.dev and chrome://tracing open: each round of "
+             "the loop (a group commit) with its request count, each promotion with its "
+             "reason, entries and bytes, client connects and disconnects, requests slower "
+             f"than --slow-ms, and the map's key and client counts. Clients that set {ENV}="
+             "EVENTS (or connect(name, trace=EVENTS)) append their iterations and waits for "
+             "the daemon to EVENTS; those of the recording's time span are merged in, each "
+             "process in its own lane.")
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    p.add_argument("--duration", type=_seconds, default=5.0,
+                   help="seconds to record (default 5)")
+    p.add_argument("--output", "-o", metavar="FILE", required=True,
+                   help="the trace file to write (JSON)")
+    p.add_argument("--slow-ms", type=float, default=DEFAULT_SLOW_MS,
+                   help=f"record requests that take longer (default {DEFAULT_SLOW_MS:g} ms)")
+    p.add_argument("--client-events", metavar="EVENTS", action="append", default=[],
+                   help=f"a file clients append events to (repeatable; default: ${ENV} "
+                   "if set)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
 def _add_workload_commands(sub: Any) -> None:
     for name, run, help, desc, defaults in (
         ("demo", _run_demo, "a live demo of shmmap under load",
@@ -639,6 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_data_commands(sub)
     _add_admin_commands(sub)
+    _add_watch_commands(sub)
     _add_workload_commands(sub)
     return parser
 

@@ -7,6 +7,8 @@ other that reads afterwards, sees it.
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import select
 import socket
@@ -17,24 +19,32 @@ from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
 from contextlib import contextmanager
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgpack
 
 from . import protocol, segments
+from ._core import ffi, lib
+from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .codec import decode_value, encode_key, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
                      WriteTimeoutError, reply_error)
 from .generation import Generation
-from .protocol import Op, batch_blob, delete_item, store_item
+from .protocol import (DELETE, STORE, Op, batch_blob, batch_request, batch_request_id,
+                       is_batch_ack)
 from .reader import MapReader
 from .slots import ClientSlot
+from .trace import client_tracer, now_us
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
+PIPELINE_WRITES = 256      # writes a pipeline sends per round trip
 # Requests that change nothing: one that times out raises
 # DaemonUnavailableError; any other, WriteTimeoutError (outcome unknown).
 _CHANGES_NOTHING = frozenset({Op.HELLO, Op.STATS})
+_ONE_BATCH = (Op.BATCH,)   # the ops of _write's one request
+_BATCH_RESULT = [None]     # ... and its results
+_BATCHES = [Op.BATCH]      # the ops of _write_many's requests
 _MISSING: Any = object()
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
 _live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
@@ -57,14 +67,14 @@ class _Keys(KeysView):  # type: ignore[type-arg]
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[Any]:
-        return map(itemgetter(0), self._mapping._pairs())
+        return self._mapping._iterate("keys")
 
 
 class _Values(ValuesView):  # type: ignore[type-arg]
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[Any]:
-        return map(itemgetter(1), self._mapping._pairs())
+        return self._mapping._iterate("values")
 
 
 class _Items(ItemsView):  # type: ignore[type-arg]
@@ -81,29 +91,50 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     names. Iterating (keys(), values(), items(), iter(), snapshot()) reads
     one consistent snapshot, whatever is written meanwhile.
 
-    It reads through a MapReader and writes through its connection to the
-    daemon. After close(), every operation raises MapClosedError (an
-    iteration already started runs to its end). Pickled -- for a spawn or
-    forkserver child -- it travels as its name and options, and connects
-    on first use; a fork()ed child reconnects by itself.
+    It reads through a ReadCache (a dict of the map, kept current by
+    deltas; see shmmap.cache) or, for a map over the cache's limits, a
+    MapReader, and writes through its connection to the daemon. After
+    close(), every operation raises MapClosedError (an iteration already
+    started runs to its end). Pickled -- for a spawn or forkserver child --
+    it travels as its name and options, and connects on first use; a
+    fork()ed child reconnects by itself.
     """
 
-    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 cache_keys: int = DEFAULT_CACHE_KEYS,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 trace: Optional[str] = None) -> None:
         """Maps map name and connects to its daemon (within timeout)."""
-        self._setup(name, timeout)
+        self._setup(name, timeout, cache_keys, cache_bytes, trace)
         self._open()
 
-    def _setup(self, name: str, timeout: float) -> None:
+    def _setup(self, name: str, timeout: float, cache_keys: int = DEFAULT_CACHE_KEYS,
+               cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None) -> None:
         """The state of a map not yet opened (connect() opens it at once,
         unpickling on first use)."""
         self.name = segments.check_map_name(name)
         self.timeout = timeout
+        if cache_keys < 0 or cache_bytes < 0:
+            raise ValueError("cache_keys and cache_bytes are counts: 0 or more")
+        self.cache_limits = CacheLimits(cache_keys, cache_bytes)
+        # The read fast path loads self._cache.hot and nothing else; before
+        # the map is opened it never matches, so the first read opens it.
+        self._cache: "NoCache | ReadCache" = NoCache()
+        # Opt-in trace events (iterations, waits): see shmmap.trace.
+        self._trace_path = trace
+        self._trace = client_tracer(trace)
         # Serialises requests, connecting and closing; reads never take it.
         self._lock = threading.Lock()
         self._closed = False
         self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
+        self._poller: Optional[select.poll] = None
         self._unpacker = msgpack.Unpacker(raw=False)
+        self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
+        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS)
+        self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
+        self._recv_bytes = ffi.buffer(self._recv_buf)
+        self._how = ffi.new("int32_t *")
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self.daemon_info: dict[str, Any] = {}
@@ -133,12 +164,18 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 self._disconnect(None)
                 reader.close()
                 raise
+            # The cache first: whoever finds the reader set finds it too.
+            self._cache = ReadCache(reader, self.cache_limits)
             self._reader = reader
-            # get() is the hot path: bound straight to the reader's lookup,
-            # which checks the reader's closed state (close() closes both).
-            # This saves a Python call, about a sixth of a lookup.
-            self.get = reader.lookup  # type: ignore[method-assign]
         return reader
+
+    def _open_cache(self) -> ReadCache:
+        """The cache, after opening the map if this is its first use;
+        MapClosedError after close()."""
+        self._open()
+        cache = self._cache
+        assert isinstance(cache, ReadCache)
+        return cache
 
     @property
     def closed(self) -> bool:
@@ -152,9 +189,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         with self._lock:            # a request in flight ends first
             self._closed = True
             reader, self._reader = self._reader, None
-            self.__dict__.pop("get", None)
             self._disconnect(reader)
         _live_maps.pop(id(self), None)
+        if isinstance(self._cache, ReadCache):
+            self._cache.close()
         if reader is not None:
             reader.close()
 
@@ -170,7 +208,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         maps the map and connects on first use (as a Manager proxy does)."""
         if self._closed:
             raise MapClosedError(f"map {self.name!r} is closed")
-        return (_connect_on_first_use, (self.name, {"timeout": self.timeout}))
+        return (_connect_on_first_use, (self.name, {
+            "timeout": self.timeout, "cache_keys": self.cache_limits.max_keys,
+            "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path}))
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
@@ -178,9 +218,11 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._lock = threading.Lock()
         if self._sock is not None:
             self._sock.close()          # our copy of the fd; the parent keeps its own
-        self._sock = None
+        self._sock = self._poller = None
         if self._reader is not None:
             self._reader.after_fork()
+        if isinstance(self._cache, ReadCache):
+            self._cache.after_fork()
 
     # -- connection -------------------------------------------------------
 
@@ -204,7 +246,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             ) from None
         sock.setblocking(False)         # replies are awaited by _recv_some
         self._sock = sock
+        self._poller = select.poll()    # _wait's, on this socket
+        self._poller.register(sock, select.POLLIN)
         self._unpacker = msgpack.Unpacker(raw=False)
+        self._fed = 0
         try:
             hello = self._new_id()
             self._send_all(self._packer.pack([Op.HELLO, hello, protocol.VERSION]), deadline)
@@ -238,7 +283,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 data = self._sock.recv(protocol.RECV_SIZE)
                 if not data:
                     break
-                self._unpacker.feed(data)
+                self._feed(data)
         except OSError:
             pass
         for reply in self._unpacker:
@@ -252,7 +297,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         as long as a generation that counted into it lives)."""
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock = self._poller = None
         if reader is not None:
             reader.use_slot(None)
 
@@ -262,22 +307,36 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def _wait(self, events: int, deadline: float) -> None:
         """Sleeps until the socket has events, or raises TimeoutError."""
-        assert self._sock is not None
-        poller = select.poll()
-        poller.register(self._sock, events)
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        assert self._sock is not None and self._poller is not None
+        poller = self._poller
+        if events != select.POLLIN:
+            poller.modify(self._sock, events)
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        finally:
+            if events != select.POLLIN:
+                poller.modify(self._sock, select.POLLIN)
 
     def _send_all(self, data: bytes, deadline: float) -> None:
         """Sends data; raises _NothingSent if the connection failed (or
         timed out) before its first byte went out."""
-        assert self._sock is not None
-        view = memoryview(data)
+        sock = self._sock
+        assert sock is not None
+        try:
+            sent = sock.send(data, socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _NothingSent() from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         try:
             while view:
                 try:
-                    view = view[self._sock.send(view, socket.MSG_NOSIGNAL):]
+                    view = view[sock.send(view, socket.MSG_NOSIGNAL):]
                 except BlockingIOError:
                     self._wait(select.POLLOUT, deadline)
         except OSError as exc:
@@ -286,26 +345,33 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise
 
     def _recv_some(self, deadline: float) -> bytes:
-        """The next bytes from the daemon: polls for up to
-        CLIENT_SPIN_SECONDS (a reply usually comes sooner), then sleeps."""
+        """The next bytes from the daemon: polls for a while (a reply
+        often comes sooner than a sleeper wakes; protocol.Spin says how
+        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
         assert self._sock is not None
-        spin_until = time.perf_counter() + protocol.CLIENT_SPIN_SECONDS
+        fd, spin, how = self._sock.fileno(), self._spin, self._how
         while True:
-            try:
-                data = self._sock.recv(protocol.RECV_SIZE)
-            except BlockingIOError:
-                if time.perf_counter() < spin_until:
-                    # Yield while spinning: with more runnable processes
-                    # than cores (2 here), a spin that keeps the CPU takes
-                    # it from the daemon that is to answer (PLATFORM-NOTES:
-                    # 8.5k writes/s spinning, 45k with a yield).
-                    os.sched_yield()
-                else:
-                    self._wait(select.POLLIN, deadline)
-                continue
-            if not data:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE,
+                                    int(spin.budget() * 1e9), left_ms, how)
+            if how[0] == lib.SHM_WAIT_WON:
+                spin.won()
+            elif how[0] != lib.SHM_WAIT_SLEPT_ONLY:
+                spin.lost()
+            if got > 0:
+                return self._recv_bytes[0:got]
+            if got == 0:
                 raise ConnectionResetError("the daemon closed the connection")
-            return data
+            if got == -errno.ETIMEDOUT:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            if got != -errno.EINTR:     # a signal: its handler ran; wait on
+                raise OSError(-got, os.strerror(-got))
+
+    def _feed(self, data: bytes) -> None:
+        self._unpacker.feed(data)
+        self._fed += len(data)
 
     def _receive(self, first_id: int, count: int, deadline: float) -> list[Any]:
         """The results of the replies to requests first_id .. first_id +
@@ -315,7 +381,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         while count:
             reply = next(self._unpacker, None)
             if reply is None:
-                self._unpacker.feed(self._recv_some(deadline))
+                self._feed(self._recv_some(deadline))
                 continue
             if not isinstance(reply, list) or len(reply) < 3:
                 raise ValueError(f"a garbled reply from the daemon: {reply!r:.100}")
@@ -330,12 +396,51 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise error
         return results
 
+    def _receive_batch(self, request: bytes, deadline: float) -> None:
+        """Waits for the reply to one batch request (framed by
+        batch_request). The daemon's reply is [id, OK, nil, seq], the id
+        copied from the request: when the next bytes are exactly that,
+        nothing is decoded; anything else (an error, late replies to
+        requests that timed out, a reply cut in two) goes to _receive."""
+        if self._fed == self._unpacker.tell():      # nothing buffered
+            data = self._recv_some(deadline)
+            if is_batch_ack(request, data):
+                return
+            self._feed(data)
+        self._receive(batch_request_id(request), 1, deadline)
+
     def _request(self, op: Op, *args: Any) -> Any:
         return self._pipeline([[op, *args]])[0]
 
     def _pipeline(self, requests: list[list[Any]]) -> list[Any]:
         """Sends requests (pipelined) and returns their results in order,
-        all within one timeout. The retry policy:
+        all within one timeout (see _exchange)."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._open_locked(deadline)
+            first_id = self._next_id + 1
+            pack = self._packer.pack
+            data = b"".join([pack([r[0], self._new_id(), *r[1:]]) for r in requests])
+            ops = [r[0] for r in requests]
+            return self._exchange(reader, data, first_id, len(requests), ops, deadline)
+
+    def _write(self, blob: bytes) -> None:
+        """One batch blob, acknowledged: the lean path of store() and
+        delete(), the same policy as _pipeline's."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._reader
+            if reader is None:
+                reader = self._open_locked(deadline)     # MapClosedError after close()
+            self._next_id += 1
+            request = batch_request(self._next_id, blob)
+            self._exchange(reader, request, self._next_id, 1, _ONE_BATCH, deadline)
+
+    def _exchange(self, reader: MapReader, data: bytes, first_id: int, count: int,
+                  ops: Sequence[int], deadline: float) -> list[Any]:
+        """Sends data, count framed requests with ids from first_id on whose
+        ops are ops, and returns their results in order. The caller holds
+        the lock. The retry policy:
 
         - the daemon's error reply: raised, never resent;
         - the connection failed before a byte went out (a daemon that died
@@ -348,53 +453,58 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
           requests may still be applied later, so they are never resent; a
           write raises WriteTimeoutError (an OutcomeUnknownError). The
           connection stays: late replies are skipped by request id.
+
+        A request sent once more goes with the same id, on a new connection
+        (whose replies are all to requests made on it).
         """
-        with self._lock:
-            deadline = time.monotonic() + self.timeout
-            reader = self._open_locked(deadline)
-            pack = self._packer.pack
-            for attempt in (1, 2):
-                if self._sock is None:
-                    self._connect(reader, deadline)
-                first_id = self._next_id + 1
-                data = b"".join([pack([r[0], self._new_id(), *r[1:]]) for r in requests])
-                sent = False
-                try:
-                    self._send_all(data, deadline)
-                    sent = True
-                    return self._receive(first_id, len(requests), deadline)
-                except ShmmapError:
-                    raise       # the daemon's answer
-                except _NothingSent as exc:
-                    cause = exc.__cause__
-                    if not isinstance(cause, TimeoutError):
-                        self._disconnect(reader)
-                    if isinstance(cause, TimeoutError) or attempt == 2:
-                        raise DaemonUnavailableError(
-                            f"map {self.name!r}: the daemon does not take requests: {cause}"
-                        ) from None
-                except TimeoutError as exc:
-                    if not sent:        # a request cut short: the stream is unusable
-                        self._disconnect(reader)
-                    if all(r[0] in _CHANGES_NOTHING for r in requests):
-                        raise DaemonUnavailableError(
-                            f"map {self.name!r}: no reply from the daemon within "
-                            f"{self.timeout} s") from None
-                    raise WriteTimeoutError(
-                        f"map {self.name!r}: no reply to {Op(requests[0][0]).name} within "
-                        f"{self.timeout} s; it may or may not be applied (it is not resent)"
-                    ) from exc
-                except (OSError, ValueError) as exc:    # ValueError: a garbled reply
+        traced = now_us() if self._trace is not None else 0.0
+        for attempt in (1, 2):
+            if self._sock is None:
+                self._connect(reader, deadline)
+            sent = False
+            try:
+                self._send_all(data, deadline)
+                sent = True
+                if ops is _ONE_BATCH:
+                    self._receive_batch(data, deadline)
+                    results = _BATCH_RESULT
+                else:
+                    results = self._receive(first_id, count, deadline)
+                if self._trace is not None:
+                    self._trace.wait(self.name, list(ops), traced)
+                return results
+            except ShmmapError:
+                raise       # the daemon's answer
+            except _NothingSent as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, TimeoutError):
                     self._disconnect(reader)
-                    if not all(r[0] in protocol.IDEMPOTENT for r in requests):
-                        raise OutcomeUnknownError(
-                            f"map {self.name!r}: the daemon went away during "
-                            f"{Op(requests[0][0]).name}; it may or may not have been applied"
-                        ) from exc
-                    if attempt == 2:
-                        raise DaemonUnavailableError(
-                            f"map {self.name!r}: the daemon went away: {exc}") from None
-            raise AssertionError("unreachable")
+                if isinstance(cause, TimeoutError) or attempt == 2:
+                    raise DaemonUnavailableError(
+                        f"map {self.name!r}: the daemon does not take requests: {cause}"
+                    ) from None
+            except TimeoutError as exc:
+                if not sent:        # a request cut short: the stream is unusable
+                    self._disconnect(reader)
+                if all(op in _CHANGES_NOTHING for op in ops):
+                    raise DaemonUnavailableError(
+                        f"map {self.name!r}: no reply from the daemon within "
+                        f"{self.timeout} s") from None
+                raise WriteTimeoutError(
+                    f"map {self.name!r}: no reply to {Op(ops[0]).name} within "
+                    f"{self.timeout} s; it may or may not be applied (it is not resent)"
+                ) from exc
+            except (OSError, ValueError) as exc:    # ValueError: a garbled reply
+                self._disconnect(reader)
+                if not all(op in protocol.IDEMPOTENT for op in ops):
+                    raise OutcomeUnknownError(
+                        f"map {self.name!r}: the daemon went away during "
+                        f"{Op(ops[0]).name}; it may or may not have been applied"
+                    ) from exc
+                if attempt == 2:
+                    raise DaemonUnavailableError(
+                        f"map {self.name!r}: the daemon went away: {exc}") from None
+        raise AssertionError("unreachable")
 
     # -- generations --------------------------------------------------------------------
 
@@ -412,44 +522,73 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         return self._open().refresh()
 
     # -- reads (Mapping) ----------------------------------------------------
-    # Each goes through the reader from _open() (the closed check); the
-    # reader takes a local reference to its generation for the C call.
+    # The fast path, inlined in each: the cache's hot tuple, whose version
+    # equals the header's version word when nothing changed since the dict
+    # was brought up to date (a closed or unopened map never matches).
+    # Otherwise the cache's slow path: open (the closed check), refresh,
+    # or read shared memory through the reader.
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """The value of key, or default: a read of shared memory, no
-        message and no lock. (Once the map is open, the instance's get is
-        its reader's lookup itself.)"""
-        reader = self._reader
-        if reader is None:
-            reader = self._open()
-        return reader.lookup(key, default)
+        """The value of key, or default: no message, no lock, no system
+        call; from the cache's dict while the map is unchanged."""
+        seen, word, data = self._cache.hot
+        if seen == word[0]:
+            return data.get(key, default)
+        del data                # a refresh may change it in place if no one holds it
+        cache = self._cache
+        if isinstance(cache, NoCache):          # not opened yet (or closed: it raises)
+            cache = self._open_cache()
+        return cache.lookup(key, default)
 
     def __getitem__(self, key: Any) -> Any:
-        reader = self._reader
-        if reader is None:
-            reader = self._open()
-        value = reader.lookup(key, _MISSING)
+        seen, word, data = self._cache.hot
+        if seen == word[0]:
+            return data[key]
+        del data
+        cache = self._cache
+        if isinstance(cache, NoCache):          # not opened yet (or closed: it raises)
+            cache = self._open_cache()
+        value = cache.lookup(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def __contains__(self, key: Any) -> bool:
-        reader = self._reader
-        if reader is None:
-            reader = self._open()
-        return reader.lookup(key, _MISSING) is not _MISSING
+        seen, word, data = self._cache.hot
+        if seen == word[0]:
+            return key in data
+        del data
+        cache = self._cache
+        if isinstance(cache, NoCache):          # not opened yet (or closed: it raises)
+            cache = self._open_cache()
+        return cache.lookup(key, _MISSING) is not _MISSING
 
     def __len__(self) -> int:
-        return len(self._open())
+        reader = self._open()
+        data = self._open_cache().current()
+        return len(data) if data is not None else len(reader)
+
+    def _iterate(self, what: str) -> Iterator[Any]:
+        """An iterator over one snapshot, taken now ("items", "keys" or
+        "values"): the cache's dict as of now (a later refresh copies it),
+        or, uncached, the pairs of a generation the iterator holds. Either
+        runs to its end, whatever happens meanwhile (writes, promotions,
+        close())."""
+        reader = self._open()
+        it = self._open_cache().iterate(what)
+        if it is None:
+            pairs = reader.items()
+            it = pairs if what == "items" else map(itemgetter(0 if what == "keys" else 1), pairs)
+        if self._trace is not None:
+            return self._trace.iterate(it, self.name)
+        return it
 
     def _pairs(self) -> Iterator[tuple[Any, Any]]:
-        """(key, value) pairs of one snapshot, taken now; the iterator holds
-        its generation, so it runs to its end, whatever happens meanwhile
-        (writes, promotions, close())."""
-        return self._open().items()
+        """(key, value) pairs of one snapshot, taken now."""
+        return self._iterate("items")
 
     def __iter__(self) -> Iterator[Any]:
-        return map(itemgetter(0), self._pairs())
+        return self._iterate("keys")
 
     def keys(self) -> KeysView:  # type: ignore[type-arg]
         """The keys; each iteration over them reads one snapshot."""
@@ -468,8 +607,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         return _Items(self)
 
     def snapshot(self) -> dict[Any, Any]:
-        """A dict of the whole map at one instant."""
-        return dict(self._pairs())
+        """A dict of the whole map at one instant (the caller's own)."""
+        reader = self._open()
+        data = self._open_cache().copy()
+        return data if data is not None else dict(reader.items())
 
     def __or__(self, other: Any) -> dict[Any, Any]:
         if not hasattr(other, "keys"):
@@ -541,7 +682,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
         blobs, parts, size = [], [], 0
         for key, value in pairs:
-            item = store_item(encode_key(key), encode_value(value))
+            item = STORE + encode_key(key) + encode_value(value)
             parts.append(item)
             size += len(item)
             if size >= BATCH_BYTES:
@@ -565,8 +706,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def store(self, key: Any, value: Any) -> None:
         """Sets key to value; returns once every process can read it."""
-        self._open()
-        self._request(Op.BATCH, store_item(encode_key(key), encode_value(value)))
+        if self._reader is None:
+            self._open()        # closed: MapClosedError before the arguments
+        self._write(STORE + encode_key(key) + encode_value(value))
 
     def load_or_store(self, key: Any, value: Any) -> tuple[Any, bool]:
         """(the existing value, True), or (value, False) after storing it."""
@@ -583,8 +725,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def delete(self, key: Any) -> None:
         """Removes key if present (no error if it is absent)."""
-        self._open()
-        self._request(Op.BATCH, delete_item(encode_key(key)))
+        if self._reader is None:
+            self._open()        # closed: MapClosedError before the arguments
+        self._write(DELETE + encode_key(key))
 
     def swap(self, key: Any, value: Any) -> tuple[Any, bool]:
         """Stores value; returns (the previous value, whether there was one)."""
@@ -620,7 +763,35 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         b = Batch()
         yield b
         if b.items:
-            self._request(Op.BATCH, batch_blob(b.items))
+            self._write(batch_blob(b.items))
+
+    def pipeline(self) -> "Pipeline":
+        """``with m.pipeline() as p: p[k] = v; del p[j]`` -- writes sent
+        without waiting for each acknowledgement: they go to the daemon in
+        bursts of up to PIPELINE_WRITES, each burst one round trip, and the
+        block's end (or ``p.sync()``) waits for the last. Each write is
+        applied on its own, in order, as store() or delete() would apply
+        it; an error that one of them met is raised by the sync that
+        collected it (the others are applied).
+
+        Read-your-writes holds once sync() returns (the block's end syncs):
+        every write made through the pipeline is then visible to every
+        process. Before that, a read may or may not see them. A pipeline is
+        for one thread; other threads may use the map meanwhile."""
+        self._open()
+        return Pipeline(self)
+
+    def _write_many(self, blobs: list[bytes]) -> None:
+        """Batch blobs, each its own request, pipelined and acknowledged."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._reader
+            if reader is None:
+                reader = self._open_locked(deadline)
+            first_id = self._next_id + 1
+            data = b"".join([batch_request(first_id + i, b) for i, b in enumerate(blobs)])
+            self._next_id += len(blobs)
+            self._exchange(reader, data, first_id, len(blobs), _BATCHES, deadline)
 
     # -- the daemon -------------------------------------------------------------
 
@@ -629,8 +800,11 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         return int(self._request(Op.PROMOTE))
 
     def stats(self) -> dict[str, Any]:
-        """The daemon's statistics of the map (see the README)."""
-        return dict(self._request(Op.STATS))
+        """The daemon's statistics of the map, and under "cache" this
+        client's cache (see the README)."""
+        stats = dict(self._request(Op.STATS))
+        stats["cache"] = self._open_cache().stats()
+        return stats
 
 
 class Batch:
@@ -653,13 +827,69 @@ class Batch:
     __delitem__ = delete
 
 
-def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT) -> SharedMap:
+class Pipeline:
+    """Writes made by SharedMap.pipeline(): encoded as they are made (a bad
+    key or value raises at once), sent in bursts, acknowledged by sync()."""
+
+    def __init__(self, m: SharedMap) -> None:
+        self._map = m
+        self._blobs: list[bytes] = []
+        self._bytes = 0
+
+    def store(self, key: Any, value: Any) -> None:
+        """Sets key to value (also: ``p[key] = value``)."""
+        self._add(STORE + encode_key(key) + encode_value(value))
+
+    def delete(self, key: Any) -> None:
+        """Removes key if present (also: ``del p[key]``)."""
+        self._add(DELETE + encode_key(key))
+
+    __setitem__ = store
+    __delitem__ = delete
+
+    def _add(self, blob: bytes) -> None:
+        self._blobs.append(blob)
+        self._bytes += len(blob)
+        if len(self._blobs) >= PIPELINE_WRITES or self._bytes >= BATCH_BYTES:
+            self.sync()
+
+    def sync(self) -> None:
+        """Sends the writes not yet sent and waits for every
+        acknowledgement: then all are visible to every process. Raises the
+        first error a write met."""
+        blobs, self._blobs, self._bytes = self._blobs, [], 0
+        if blobs:
+            self._map._write_many(blobs)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sync()
+
+
+def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
+            cache_keys: int = DEFAULT_CACHE_KEYS,
+            cache_bytes: int = DEFAULT_CACHE_BYTES,
+            trace: Optional[str] = None) -> SharedMap:
     """Opens map name, which a daemon (``shmmap serve name``) must serve.
 
     timeout bounds each operation that talks to the daemon: connecting,
     and each write with its reply (a write with no reply in time raises
-    WriteTimeoutError: it may or may not be applied)."""
-    return SharedMap(name, timeout=timeout)
+    WriteTimeoutError: it may or may not be applied).
+
+    Reads go through a per-process cache of decoded objects (a dict of the
+    map, kept current by deltas) while the map has at most cache_keys keys
+    and cache_bytes bytes of encoded keys and values; a bigger map is read
+    from shared memory directly. cache_keys=0 turns the cache off. Values
+    read from the cache are shared by every read of this process: copy one
+    before changing it.
+
+    trace (or the environment variable SHMMAP_TRACE) names a file this
+    process appends trace events to: each iteration and each wait for the
+    daemon, which ``shmmap trace`` merges into its trace."""
+    return SharedMap(name, timeout=timeout, cache_keys=cache_keys, cache_bytes=cache_bytes,
+                     trace=trace)
 
 
 def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:

@@ -4,13 +4,21 @@ run -- first without a daemon (one process writes and reads the map), then
 through a real daemon and client (get, iteration, synchronous and batched
 stores).
 
+Last, the cache's goals (issue 10) from processes other than the writer:
+iterating 100k int->int idle and under a 50/50 load process, gets through
+a harness that calls them, and iterating str->dict values that changed
+little since the last iteration -- each against a dict in that process.
+
     python -m shmmap.corebench [--keys 100000,1000000] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import random
+import statistics
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -18,6 +26,7 @@ from typing import Any, Callable, Iterable
 import msgpack
 
 from ._core import ffi, lib
+from .client import connect
 from .codec import encode_key, encode_value
 from .generation import EXPORT_BATCH
 from .progress import Progress
@@ -37,7 +46,16 @@ TARGETS = {   # (dataset, row): (limit, how) -- from the issues
     ("client", "for k, v in m.items()"): (2.5, "ratio"),
     ("client", "synchronous store"): (40_000.0, "rate"),
     ("client", "batched store (update)"): (500_000.0, "rate"),
+    ("other process", "iterate int->int, idle"): (1.2, "ratio"),
+    ("other process", "iterate int->int, 50/50 load"): (1.2, "ratio"),
+    ("other process", "get through a harness, idle"): (2.0, "ratio"),
+    ("other process", "iterate str->dict, 100 keys changed"): (1.5, "ratio"),
 }
+CROSS_KEYS = 100_000
+CROSS_ROUNDS = 31         # iterations measured (medians are reported)
+CROSS_GETS = 1 << 18      # calls through the get harness
+CHANGED_PER_ROUND = 100   # str->dict keys the writer changes between iterations
+_SPAWN = mp.get_context("spawn")
 
 
 def _best(fn: Callable[[], float], repeats: int = REPEATS) -> float:
@@ -201,6 +219,145 @@ def bench_client(progress: Callable[[str], None]) -> list[dict[str, Any]]:
     return rows
 
 
+def _sum_values(pairs: Iterable[tuple[Any, Any]], field: Any = None) -> int:
+    s = 0
+    if field is None:
+        for _, v in pairs:
+            s += v
+    else:
+        for _, v in pairs:
+            s += v[field]
+    return s
+
+
+def _harness_ns(get: Callable[[Any], Any], keys: list[Any]) -> float:
+    """ns per call of get(keys[i & mask]) in a loop -- the harness of
+    ``shmmap bench``'s get scenario."""
+    mask = len(keys) - 1
+    t = time.perf_counter_ns()
+    for i in range(CROSS_GETS):
+        get(keys[i & mask])
+    return (time.perf_counter_ns() - t) / CROSS_GETS
+
+
+def _cross_reader(name: str, kind: str, ask: Any, answer: Any) -> None:
+    """In a process of its own: times iterating (or getting from) map name
+    and a dict of the same content, alternately, one round per request."""
+    n = CROSS_KEYS
+    with connect(name) as m:
+        field = "id" if kind == "str->dict" else None
+        local = m.snapshot()            # also loads the cache
+        answer.put("ready")
+        while True:
+            what = ask.get()
+            if what == "stop":
+                answer.put(m.stats()["cache"])
+                return
+            if what == "get":
+                rng = random.Random(1)
+                keys = [rng.randrange(n) for _ in range(1 << 16)]
+                answer.put((min(_harness_ns(m.get, keys) for _ in range(3)),
+                            min(_harness_ns(local.get, keys) for _ in range(3))))
+                continue
+            times = {}
+            # Alternately first: neither side gets the warmer caches.
+            for side in (("shm", "dict") if what == "iterate" else ("dict", "shm")):
+                pairs = m.items() if side == "shm" else local.items()
+                t = time.perf_counter()
+                _sum_values(pairs, field)
+                times[side] = time.perf_counter() - t
+            answer.put((times["shm"], times["dict"]))
+
+
+def _load_5050(name: str, stop: Any, ready: Any) -> None:
+    """The 50/50 load of ``shmmap bench``: random keys, half of them set to
+    1, half read, until stop is set."""
+    rng = random.Random(2)
+    with connect(name) as m:
+        ready.put("ready")
+        while not stop.is_set():
+            for _ in range(64):
+                k = rng.randrange(CROSS_KEYS)
+                if rng.random() < 0.5:
+                    m[k] = 1
+                else:
+                    m.get(k)
+
+
+def _rounds(ask: Any, answer: Any, between: Callable[[], None] = lambda: None
+            ) -> tuple[float, float]:
+    shm, local = [], []
+    for i in range(CROSS_ROUNDS):
+        between()
+        ask.put("iterate" if i % 2 else "iterate, dict first")
+        a, b = answer.get(timeout=120)
+        shm.append(a)
+        local.append(b)
+    return statistics.median(shm) * 1000, statistics.median(local) * 1000
+
+
+def bench_other_process(progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The cache's goals: a reader process other than the writer's, against
+    a dict in that process, idle and under a 50/50 load process."""
+    from .service import Daemon
+    n, rows = CROSS_KEYS, []
+
+    def row(what: str, shm: float, local: float, unit: str) -> None:
+        rows.append({"keys": n, "dataset": "other process", "what": what,
+                     "shmmap": round(shm, 3), "dict": round(local, 3), "unit": unit,
+                     "ratio": round(shm / local, 2)})
+
+    with Daemon(f"corebench-cross-{os.getpid()}") as d, d.connect() as m:
+        m.update({k: 1 for k in range(n)})
+        ask, answer = _SPAWN.Queue(), _SPAWN.Queue()
+        reader = _SPAWN.Process(target=_cross_reader, args=(d.name, "int->int", ask, answer))
+        reader.start()
+        try:
+            answer.get(timeout=120)
+            progress("other process: iterate idle")
+            row("iterate int->int, idle", *_rounds(ask, answer), "ms")
+            progress("other process: gets")
+            ask.put("get")
+            shm_ns, dict_ns = answer.get(timeout=120)
+            row("get through a harness, idle", shm_ns, dict_ns, "ns")
+            progress("other process: iterate under a 50/50 load")
+            stop, ready = _SPAWN.Event(), _SPAWN.Queue()
+            load = _SPAWN.Process(target=_load_5050, args=(d.name, stop, ready))
+            load.start()
+            try:
+                ready.get(timeout=120)
+                row("iterate int->int, 50/50 load", *_rounds(ask, answer), "ms")
+            finally:
+                stop.set()
+                load.join(60)
+            ask.put("stop")
+            stats = answer.get(timeout=120)
+            progress(f"other process: cache {stats}")
+        finally:
+            reader.join(60)
+
+    with Daemon(f"corebench-cross-str-{os.getpid()}") as d, d.connect() as m:
+        keys = [f"user:{i}" for i in range(n)]
+        m.update({k: {"id": 1, "name": k, "score": 0.5} for k in keys})
+        ask, answer = _SPAWN.Queue(), _SPAWN.Queue()
+        reader = _SPAWN.Process(target=_cross_reader, args=(d.name, "str->dict", ask, answer))
+        reader.start()
+        rng = random.Random(3)
+
+        def change_a_few() -> None:
+            m.update({rng.choice(keys): {"id": 1, "name": "changed", "score": 1.5}
+                      for _ in range(CHANGED_PER_ROUND)})
+        try:
+            answer.get(timeout=120)
+            progress("other process: iterate str->dict, a few keys changed")
+            row("iterate str->dict, 100 keys changed", *_rounds(ask, answer, change_a_few), "ms")
+            ask.put("stop")
+            answer.get(timeout=120)
+        finally:
+            reader.join(60)
+    return rows
+
+
 def _dict_copy_ms(d: dict[Any, Any]) -> float:
     t = time.perf_counter()
     dict(d)
@@ -218,7 +375,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         if how == "rate":
             ok, shown = r["shmmap"] >= limit, f"{r['shmmap']:,.0f}/s (target >= {limit:,.0f}/s)"
         elif how == "ratio":
-            if r["keys"] != 100_000:
+            if r["keys"] != 100_000 or r["ratio"] is None:
                 continue
             ok, shown = r["ratio"] <= limit, f"{r['ratio']}x (target <= {limit}x)"
         else:
@@ -231,13 +388,14 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table."""
-    lines = [f"{'keys':>9}  {'dataset':<9}  {'measure':<40} {'shmmap':>10} {'dict':>10}  "
+    lines = [f"{'keys':>9}  {'dataset':<13}  {'measure':<40} {'shmmap':>10} {'dict':>10}  "
              f"{'ratio':>6}  unit"]
     for r in rows:
-        local = "-" if r["dict"] is None else f"{r['dict']:.1f}"
+        digits = 2 if r["unit"] == "ms" else 1
+        local = "-" if r["dict"] is None else f"{r['dict']:.{digits}f}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        lines.append(f"{r['keys']:>9,}  {r['dataset']:<9}  {r['what']:<40} "
-                     f"{r['shmmap']:>10.1f} {local:>10}  {ratio:>6}  {r['unit']}"
+        lines.append(f"{r['keys']:>9,}  {r['dataset']:<13}  {r['what']:<40} "
+                     f"{r['shmmap']:>10.{digits}f} {local:>10}  {ratio:>6}  {r['unit']}"
                      f"{'/op' if r['unit'] == 'ns' else ''}")
     return "\n".join(lines)
 
@@ -248,14 +406,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", default="100000,1000000",
                    help="comma-separated map sizes (default 100000,1000000)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--sections", default="core,client,other-process",
+                   help="comma-separated parts to run: core (no daemon), client (one "
+                        "process with a daemon), other-process (the cache's goals); "
+                        "default all")
     args = p.parse_args(argv)
+    sections = set(args.sections.split(","))
+    unknown = sections - {"core", "client", "other-process"}
+    if unknown:
+        p.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
     rows = []
     shown = Progress(tty_every=0, plain_every=0)      # each step: a few seconds
-    for n in (int(x) for x in args.keys.split(",")):
-        for label, (keys, value) in _datasets(n).items():
-            rows += bench_dataset(n, label, keys, value, shown.update)
-    rows += bench_client(shown.update)
+    if "core" in sections:
+        for n in (int(x) for x in args.keys.split(",")):
+            for label, (keys, value) in _datasets(n).items():
+                rows += bench_dataset(n, label, keys, value, shown.update)
+    if "client" in sections:
+        rows += bench_client(shown.update)
+    if "other-process" in sections:
+        rows += bench_other_process(shown.update)
     shown.close(keep=False)
     print(format_table(rows))
     print()

@@ -21,7 +21,6 @@ import logging
 import os
 import resource
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +30,13 @@ from . import maplock, protocol, segments
 from ._core import lib
 from .dispatch import Dispatcher
 from .errors import DaemonRunningError, LimitError
+from .metrics import LoopSnapshots, MetricsServer
 from .ops import MapOps
 from .promotion import BackgroundPromoter
+from .protocol import Op
 from .slots import ReaderSlots
-from .stats import PromotionLog, Statistics, reader_totals
+from .stats import PromotionLog, Statistics, Timings, reader_totals
+from .trace import Recorder
 from .transport import Connection, Peer, Transport
 from .writer import Limits, MapWriter
 
@@ -60,6 +62,7 @@ class DaemonConfig:
     allow_uids: frozenset[int] = frozenset()
     fresh: bool = False           # discard a dead daemon's segments instead of adopting
     ready_fd: Optional[int] = None
+    metrics: Optional[str] = None  # HOST:PORT to serve Prometheus metrics on
 
 
 class Server:
@@ -70,22 +73,26 @@ class Server:
         self.name = segments.check_map_name(config.name)
         self.socket_path = Path(config.socket_path or protocol.default_socket_path(self.name))
         self.stopping = False
-        # The write end of the loop's wake-up pipe while run() has one; a
-        # promotion's thread writes to it (under the lock, so never to a
-        # descriptor closed and reused meanwhile).
-        self._wake_w = -1
-        self._wake_lock = threading.Lock()
-        self.writer, self.adopted, self._lock = self._open_map()
+        self.snapshots: Optional[LoopSnapshots] = None    # metrics scrapes, while serving
+        # Bound before the map is touched: a port in use refuses the start.
+        self.metrics = MetricsServer(config.metrics) if config.metrics else None
+        try:
+            self.writer, self.adopted, self._lock = self._open_map()
+        except BaseException:
+            self._close_metrics()
+            raise
         slots: Optional[ReaderSlots] = None
         try:
             slots = ReaderSlots(self.name, config.mode, config.group)
             self.slots = slots
-            self.promoter = BackgroundPromoter(self.writer, self._wake)
+            # Its wake-up is the loop's once run() has one (see run).
+            self.promoter = BackgroundPromoter(self.writer, lambda: None)
             self.ops = MapOps(self.writer, slots, self.stats, self.promoter)
-            self.dispatcher = Dispatcher(self.ops.handlers())
+            self.dispatcher = Dispatcher(self.ops.handlers(), self.ops)
             self.transport = Transport(
                 self.socket_path, mode=config.mode, group=config.group,
                 max_connections=config.max_connections, authorize=self._authorize,
+                serve_round=self.dispatcher.serve_round, serve_bytes=self.dispatcher.serve_bytes,
                 on_request=self.dispatcher.handle, on_drop=self._release_slot)
         except BaseException:
             # Nothing was served yet. A map created just now holds nothing:
@@ -94,11 +101,34 @@ class Server:
                 slots.close()
             self.writer.close(remove=not self.adopted)
             os.close(self._lock)
+            self._close_metrics()
             raise
-        self.statistics = Statistics(self.name, self.writer, slots, self.transport,
-                                     self.dispatcher, self.ops)
-        self.promotions = PromotionLog(self.writer)
+        self._observe(slots)
         self._misses_at_promotion = 0
+
+    def _observe(self, slots: ReaderSlots) -> None:
+        """Statistics, timings, the trace recorder and their requests."""
+        self.timings = Timings()
+        self.statistics = Statistics(self.name, self.writer, slots, self.transport,
+                                     self.dispatcher, self.ops, self.timings)
+        self.promotions = PromotionLog(self.writer, self.timings)
+        self.recorder = Recorder(self.timings, self._trace_counters)
+        self.dispatcher.handlers[Op.TIMINGS] = (self.statistics.op_timings, 0)
+        self.dispatcher.handlers[Op.TRACE] = (self.recorder.op_trace, 2)
+        if self.metrics is not None:
+            self.statistics.metrics_url = self.metrics.url
+
+    def _trace_counters(self) -> dict[str, int]:
+        h = self.writer.generation.header
+        return {"live_keys": int(h.live_count), "dirty_keys": int(h.dirty_count),
+                "clients": len(self.transport.connections)}
+
+    def _close_metrics(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _open_map(self) -> tuple[MapWriter, bool, int]:
         """The map, created or adopted; whether it was adopted; and the
@@ -150,6 +180,7 @@ class Server:
     def _release_slot(self, conn: Connection) -> None:
         if conn.slot >= 0:
             self.slots.release(conn.slot)
+        self.recorder.forget(conn)
 
     def stats(self) -> dict[str, Any]:
         return self.statistics.snapshot()
@@ -158,69 +189,92 @@ class Server:
         """Asks the loop to end by the stop path (safe in a signal handler)."""
         self.stopping = True
 
-    def _wake(self) -> None:
-        """Makes the loop's poll return (any thread)."""
-        with self._wake_lock:
-            if self._wake_w >= 0:
-                try:
-                    os.write(self._wake_w, b"\0")
-                except OSError:
-                    pass            # a full pipe wakes the loop as well
-
     # -- running -------------------------------------------------------------
 
     def run(self) -> int:
         """Serves until stopped, then removes the map and returns 0. An
         exception propagates and removes nothing (see serve())."""
-        with _stop_signals(self):
-            lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
-            _announce(self.config.ready_fd, READY)
-            log.info("serving map %r on %s", self.name, self.socket_path,
-                     extra={"event": "serving", "socket": str(self.socket_path)})
-            try:
+        with _stop_signals(self) as wake:
+            self.promoter.wake = wake
+            try:        # the metrics and the promotion thread go before the wake-up pipe they use
+                if self.metrics is not None:
+                    self.snapshots = LoopSnapshots(self.statistics.observed, wake)
+                    self.metrics.attach(self.name, self.snapshots)
+                lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
+                _announce(self.config.ready_fd, READY)
+                log.info("serving map %r on %s", self.name, self.socket_path,
+                         extra={"event": "serving", "socket": str(self.socket_path)})
+                if self.metrics is not None:
+                    log.info("serving metrics on %s", self.metrics.url,
+                             extra={"event": "metrics", "url": self.metrics.url})
                 self._loop()
             finally:
                 # The stop path and the crash path alike: the build's thread
-                # lets go of g (which stays current and whole) before the
-                # wake-up pipe goes; only the unpublished g+1 is removed.
+                # lets go of g (which stays current and whole); only the
+                # unpublished g+1 is removed.
                 self.promoter.stop()
+                self._close_metrics()
         self._remove()
         return 0
 
     def _loop(self) -> None:
         next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
         busy_until = 0.0
+        spin = protocol.Spin(protocol.DAEMON_SPIN_SECONDS)
         self.promotions.check()                 # adoption's promotion
         while not self.stopping:
             # Right after serving, poll without sleeping for a moment: the
-            # next request of a synchronous client comes sooner than a
-            # wake-up from epoll would (see protocol.py).
-            # Not while a promotion is built: the build's thread takes a
-            # core, and a loop that yields it on each turn may wait for the
-            # scheduler's tick to get it back (p99 3 ms); one that sleeps in
-            # epoll is woken by the request and preempts the build.
-            spinning = time.perf_counter() < busy_until and not self.promoter.building
-            if spinning:
-                # Give the core away on each turn: when processes outnumber
-                # cores, the client whose request we wait for may need this
-                # very core to send it (PLATFORM-NOTES: with a third busy
-                # process, a spin that never yields cut writes 5-fold).
-                os.sched_yield()
+            # next request of a synchronous client may come sooner than a
+            # wake-up from epoll would (protocol.Spin: for as long as that
+            # pays lately).
+            spinning = busy_until > 0.0 and time.perf_counter() < busy_until
+            if busy_until > 0.0 and not spinning:
+                spin.lost()                     # the spin ran out: sleep
+                busy_until = 0.0
+            # Give the core away on each turn: when processes outnumber
+            # cores, the client whose request we wait for may need this
+            # very core to send it (PLATFORM-NOTES: with a third busy
+            # process, a spin that never yields cut writes 5-fold). No spin
+            # while a promotion is built: the build's thread takes a core,
+            # and a loop that yields it may wait for the scheduler's tick to
+            # get it back (p99 3 ms); one that sleeps in epoll is woken by
+            # the request and preempts the build.
+            if spinning and (self.promoter.building or not spin.yield_core()):
+                spinning, busy_until = False, 0.0
             if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
-                busy_until = time.perf_counter() + protocol.DAEMON_SPIN_SECONDS
+                if spinning:
+                    spin.won()
+                budget = spin.budget()
+                busy_until = time.perf_counter() + budget if budget else 0.0
             # A background build that is done is replayed and published
             # before this round's replies go out (see promotion.py).
             self.promoter.check()
-            # Commit this round's writes with one release store, then send
-            # every reply: no write is acknowledged before it is visible.
-            self.ops.commit()
-            self.transport.flush()
+            self._commit_round()
             if time.monotonic() >= next_miss_check:
                 self._promote_for_misses()
                 next_miss_check = time.monotonic() + MISS_CHECK_SECONDS
             self.promotions.check()
-        self.ops.commit()                       # answer what was read
+            if self.snapshots is not None and self.snapshots.pending:
+                self.snapshots.serve()          # a metrics scrape waits for this
+        self._commit_round()                    # answer what was read
+
+    def _commit_round(self) -> None:
+        """Commits this round's writes with one release store, then sends
+        every reply: no write is acknowledged before it is visible. Then
+        times the round's requests (stats.Timings)."""
+        served, fast = self.dispatcher.round, self.dispatcher.fast_round
+        self.ops.commit()
         self.transport.flush()
+        if served or fast:
+            end = time.perf_counter()
+            for op, started, conn in served:
+                self.timings.observe_request(op, end - started, conn)
+            for count, started in fast:        # the C hot path's batches
+                self.timings.observe_requests(Op.BATCH, end - started, count)
+            first = min([s for _, s, _ in served[:1]] + [s for _, s in fast[:1]])
+            self.timings.observe_commit(len(served) + sum(c for c, _ in fast), end - first)
+            served.clear()
+            fast.clear()
 
     def _promote_for_misses(self) -> None:
         misses = reader_totals(self.slots, self.transport)["misses"]
@@ -243,9 +297,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def _stop_signals(server: Server) -> Iterator[None]:
+def _stop_signals(server: Server) -> Iterator[Any]:
     """SIGTERM and SIGINT stop server by the stop path; a wake-up pipe makes
-    its poll return at once. Restores the previous handlers on leaving."""
+    its poll return at once. Restores the previous handlers on leaving.
+    Yields a function that wakes the loop from another thread."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -254,16 +309,20 @@ def _stop_signals(server: Server) -> Iterator[None]:
                     for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.transport.watch_wakeup(wake_r)
-        server._wake_w = wake_w
-        yield
+        yield lambda: _wake(wake_w)
     finally:
-        with server._wake_lock:
-            server._wake_w = -1
         for s, h in old_handlers.items():
             signal.signal(s, h)
         signal.set_wakeup_fd(old_wakeup)
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _wake(fd: int) -> None:
+    try:
+        os.write(fd, b"\0")
+    except BlockingIOError:
+        pass                    # the pipe is full: the loop wakes anyway
 
 
 def _announce(fd: Optional[int], message: bytes) -> None:

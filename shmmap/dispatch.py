@@ -5,11 +5,12 @@ a reply. The error codes say whose fault a failure is: the client's
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any
 
 from . import protocol
 from .errors import InvalidRequestError, LimitError, MapFullError
-from .ops import Handler
+from .ops import Handler, MapOps
 from .protocol import Err, Op
 from .transport import BadRequest, Connection, Later
 
@@ -29,10 +30,44 @@ class Dispatcher:
     """Turns requests into handler calls and their outcomes into replies;
     counts both."""
 
-    def __init__(self, handlers: dict[int, tuple[Handler, int]]) -> None:
+    def __init__(self, handlers: dict[int, tuple[Handler, int]], ops: MapOps) -> None:
+        """handlers: op -> (handler, arity); ops: the map, whose C hot path
+        (serve_round, serve_bytes) serves batches and counts its writes."""
         self.handlers = handlers
+        self.serve_fast = ops.serve_bytes
+        self.serve_fast_round = ops.serve_round
         self.requests = 0
         self.errors = 0
+        # (op, when its handling started, connection) of each request of
+        # this round: the daemon times them once their replies are sent
+        # (stats.Timings).
+        self.round: list[tuple[int, float, Connection]] = []
+        # (how many, when the round started) of the batches the C hot path
+        # served this round, timed the same way.
+        self.fast_round: list[tuple[int, float]] = []
+
+    def serve_round(self, round_: Any, timeout_ms: int) -> int:
+        """The transport's ServeRound: a round of events, served in C as
+        far as it goes (see shm_round_serve); the number of events."""
+        started = perf_counter()
+        events, served = self.serve_fast_round(round_, timeout_ms)
+        if served:
+            self.requests += served
+            # A blocking wait in the round is not the requests' time: they
+            # arrived when it ended, at the latest; so time from then.
+            self.fast_round.append((served, perf_counter() if timeout_ms else started))
+        return events
+
+    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+                    pos: int) -> tuple[int, int, Any]:
+        """The transport's ServeBytes: the C hot path first; the requests
+        it leaves come back through handle()."""
+        started = perf_counter()
+        pos, stop, arg, served = self.serve_fast(conn, buf, pos)
+        if served:
+            self.requests += served
+            self.fast_round.append((served, started))
+        return pos, stop, arg
 
     def handle(self, conn: Connection, req: Any) -> "list[Any] | Later":
         """The reply to req; BadRequest if req is not a request at all."""
@@ -42,6 +77,7 @@ class Dispatcher:
             self.errors += 1
             raise BadRequest("a request is an array [op, request_id, *args]")
         op, rid, args = req[0], req[1], req[2:]
+        self.round.append((op, perf_counter(), conn))
         entry = self.handlers.get(op)
         if entry is None:
             return self._error(rid, Err.UNKNOWN_OP, f"unknown operation {op}")

@@ -22,6 +22,8 @@ EXPORT_FIRST_BATCH = 64
 EXPORT_BATCH = 4096
 EXPORT_GROWTH = 4
 EXPORT_BUFFER = 4096         # initial bytes of each export buffer; grows
+DELTA_BUFFER = 16384         # initial bytes of each of a delta scan's buffers
+DELTA_BUFFER_MAX = 4 << 20   # ... grown while a scan has more than they take
 
 _unpackb = msgpack.unpackb
 
@@ -145,3 +147,68 @@ class Generation:
     def items(self, snap: int) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) visible at snap, in the entries' order."""
         return chain.from_iterable(zip(k, v) for k, v in self.batches(snap))
+
+    def base_seq(self) -> int:
+        """The seq the generation was built at (its state then is the
+        previous generation's at that seq)."""
+        return int(self.header.base_seq)
+
+
+class Changes:
+    """What changed in one generation since a snapshot, scan after scan:
+    each scan reads the arena from where the last one stopped (shmmap.h,
+    shm_delta_batch), so it costs the writes since, not the map.
+
+    Holds its Generation (the view its C calls use)."""
+
+    __slots__ = ("gen", "since", "_x", "_bufs", "_cap")
+
+    def __init__(self, gen: Generation, snap: int) -> None:
+        """A scan of gen that has seen everything up to snap, a snapshot
+        loaded from gen (at or after its base_seq)."""
+        self.gen = gen
+        self._x = ffi.new("struct shm_delta *")
+        self._cap = 0
+        self._bufs: tuple[Any, Any, Any] = (None, None, None)
+        self._reserve(DELTA_BUFFER)
+        lib.shm_delta_start(gen.view, self._x)
+        self.since = gen.base_seq()
+        self.scan(snap)         # moves past what snap holds; reports nothing new
+
+    def _reserve(self, cap: int) -> None:
+        x = self._x
+        self._cap = cap
+        self._bufs = (ffi.new("uint8_t[]", cap), ffi.new("uint8_t[]", cap),
+                      ffi.new("uint8_t[]", cap))
+        x.keys, x.values, x.dead = self._bufs
+        x.keys_cap = x.values_cap = x.dead_cap = cap
+
+    def scan(self, snap: int) -> tuple[list[tuple], list[list], list[tuple]]:
+        """The keys stored after the last scan up to snap (a snapshot the
+        caller loaded from this generation) with their values at snap, as
+        decoded batches, and the keys deleted. CorruptSegmentError if the
+        arena is not what the daemon writes (the scan is then unusable)."""
+        x = self._x
+        x.since, x.snap = self.since, snap
+        stored_keys: list[tuple] = []
+        stored_values: list[list] = []
+        dead: list[tuple] = []
+        while True:
+            rc = lib.shm_delta_batch(self.gen.view, x)
+            if rc == lib.SHM_EBUFSMALL:
+                self._reserve(max(self._cap * 2, x.need))
+                continue
+            status.check(rc, context=f"{self.gen.segment}: scanning for changes")
+            keys, values, gone = self._bufs
+            if x.count:
+                stored_keys.append(_unpackb(ffi.buffer(keys, x.keys_len), use_list=False,
+                                            raw=False))
+                stored_values.append(_unpackb(ffi.buffer(values, x.values_len), raw=False,
+                                              strict_map_key=False))
+            if x.dead_count:
+                dead.append(_unpackb(ffi.buffer(gone, x.dead_len), use_list=False, raw=False))
+            if rc == 1:
+                self.since = snap
+                return stored_keys, stored_values, dead
+            if self._cap < DELTA_BUFFER_MAX:
+                self._reserve(self._cap * EXPORT_GROWTH)

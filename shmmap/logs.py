@@ -42,10 +42,15 @@ def configure(verbose: bool, fmt: str = "text", stream: TextIO = sys.stderr) -> 
     """Logs warnings and errors; with verbose, every event."""
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r}: one of {', '.join(FORMATS)}")
+    level = logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    # The handler keeps the level too: a trace recording (trace.Recorder)
+    # lowers the daemon logger's level to see every event, and the
+    # terminal must not get them.
+    handler.setLevel(level)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.setLevel(level)

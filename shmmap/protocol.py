@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -30,9 +32,79 @@ DAEMON_SPIN_SECONDS = 50e-6
 RECV_SIZE = 64 * 1024      # bytes per recv: below malloc's mmap threshold
 
 
+class Spin:
+    """How long a waiter polls (yielding the core on each turn) before it
+    sleeps, adapted to what polling bought lately.
+
+    Polling pays when the peer runs on another core and answers within the
+    spin; it costs when processes outnumber cores, because the peer needs
+    this very core (PLATFORM-NOTES: on 2 cores with a third busy process a
+    wake-up beats spinning; measured here, a daemon that spun under that
+    load cut the writer beside an iterating process 3-8 fold). So: no spin
+    while the load average is at least the number of cores (looked at
+    every LOOK_SECONDS); otherwise a wait that ended while spinning doubles
+    the budget (up to limit), one that had to sleep halves it, down to
+    nothing, and a yield that gave the core away for long (another process
+    ran) ends the spin at once. With no budget left, one wait in
+    PROBE_EVERY spins a little, to notice when polling pays again.
+    """
+
+    MIN_SECONDS = 5e-6          # a budget below this is none
+    CONTENDED_SECONDS = lib.SHM_CONTENDED_NS / 1e9   # a yield this long: contended
+    PROBE_EVERY = 64
+    LOOK_SECONDS = 0.1          # how often the load average is read
+    CORES = len(os.sched_getaffinity(0))
+
+    __slots__ = ("limit", "seconds", "_waits", "_crowded_until", "_look_at")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.seconds = limit
+        self._waits = 0
+        self._look_at = 0.0
+        self._crowded_until = 0.0
+
+    def crowded(self) -> bool:
+        """Whether processes outnumber cores (the 1-minute load average)."""
+        now = time.monotonic()
+        if now >= self._look_at:
+            self._look_at = now + self.LOOK_SECONDS
+            self._crowded_until = (now + self.LOOK_SECONDS
+                                   if os.getloadavg()[0] >= self.CORES else 0.0)
+        return now < self._crowded_until
+
+    def budget(self) -> float:
+        """Seconds to poll for the next wait."""
+        if not self.limit or self.crowded():
+            return 0.0
+        if self.seconds:
+            return self.seconds
+        self._waits += 1
+        return self.MIN_SECONDS if self._waits % self.PROBE_EVERY == 0 else 0.0
+
+    def won(self) -> None:
+        """The wait ended while polling."""
+        self.seconds = min(self.limit, max(self.seconds * 2, self.MIN_SECONDS))
+
+    def lost(self) -> None:
+        """The wait had to sleep, or a yield found the cores contended."""
+        half = self.seconds / 2
+        self.seconds = half if half >= self.MIN_SECONDS else 0.0
+
+    def yield_core(self) -> bool:
+        """Gives the core away once (sched_yield); False if that took so
+        long that spinning does not pay now (the spin should end)."""
+        started = time.perf_counter()
+        os.sched_yield()
+        if time.perf_counter() - started > self.CONTENDED_SECONDS:
+            self.lost()
+            return False
+        return True
+
+
 class Op(enum.IntEnum):
     HELLO = 0             # [version]               -> {info}
-    BATCH = 1             # [blob]                  -> None (seq)
+    BATCH = lib.SHM_REQ_BATCH  # [blob]             -> None (seq); served in C
     LOAD_OR_STORE = 2     # [key, value]            -> [loaded, value]
     LOAD_AND_DELETE = 3   # [key]                   -> [loaded, value]
     SWAP = 4              # [key, value]            -> [loaded, previous]
@@ -41,13 +113,15 @@ class Op(enum.IntEnum):
     CLEAR = 7             # []                      -> None (seq)
     PROMOTE = 8           # []                      -> generation
     STATS = 9             # []                      -> {stats}
+    TIMINGS = 10          # []                      -> {"stats": {stats}, histograms}
+    TRACE = 11            # [seconds, slow_seconds] -> start recording; [0, 0] -> events
 
 
 # Ops whose effect is the same if applied twice: a client may resend them
 # after the daemon restarts. The others report "outcome unknown" instead.
-IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS})
+IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS, Op.TIMINGS})
 
-OK = 0
+OK = lib.SHM_REPLY_OK
 
 
 class Err(enum.IntEnum):
@@ -81,6 +155,42 @@ def delete_item(key: bytes) -> bytes:
 def batch_blob(ops: Iterable[tuple[bytes, Optional[bytes]]]) -> bytes:
     """A blob of (key, value) stores and (key, None) deletes."""
     return b"".join(STORE + k + v if v is not None else DELETE + k for k, v in ops)
+
+
+# ---- the lean path: one batch request, and its acknowledgement ----------------
+# A client's synchronous store frames its request without building a list:
+# [BATCH, id, blob] with the id as a msgpack uint64 and the blob as bin32.
+# The daemon echoes the id's bytes as they came, so the acknowledgement
+# [id, OK, nil, seq] is recognised by comparing bytes.
+_BATCH_REQUEST = struct.Struct(">BBBQBI")
+_FIXARRAY3, _FIXARRAY4, _UINT64, _BIN32, _NIL = 0x93, 0x94, 0xcf, 0xc6, 0xc0
+_REQUEST_ID = slice(2, 11)      # the id's bytes in a framed request
+_REQUEST_ID_VALUE = 3           # ... and where its value starts
+_ACK_ID = slice(1, 10)          # the id's bytes in the acknowledgement
+_ACK_STATUS = slice(10, 12)     # OK, nil
+_ACK_SEQ = 12                   # the seq: a msgpack uint
+_ACK_STATUS_BYTES = bytes([OK, _NIL])
+# Bytes a msgpack uint takes, by its first byte.
+_UINT_SIZE = {**{b: 1 for b in range(0x80)}, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9}
+
+
+def batch_request(rid: int, blob: bytes) -> bytes:
+    """The framed request [BATCH, rid, blob]."""
+    return _BATCH_REQUEST.pack(_FIXARRAY3, Op.BATCH, _UINT64, rid, _BIN32, len(blob)) + blob
+
+
+def batch_request_id(request: bytes) -> int:
+    """The id of a request framed by batch_request."""
+    return int.from_bytes(request[_REQUEST_ID_VALUE:_REQUEST_ID.stop], "big")
+
+
+def is_batch_ack(request: bytes, data: bytes) -> bool:
+    """Whether data is exactly the daemon's OK to the request framed by
+    batch_request, and nothing more."""
+    return (len(data) > _ACK_SEQ and data[0] == _FIXARRAY4
+            and data[_ACK_ID] == request[_REQUEST_ID]
+            and data[_ACK_STATUS] == _ACK_STATUS_BYTES
+            and len(data) == _ACK_SEQ + _UINT_SIZE.get(data[_ACK_SEQ], 0))
 
 
 def default_socket_dir() -> Path:

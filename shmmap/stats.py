@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from bisect import bisect_left
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Optional
 
 from .dispatch import Dispatcher
 from .ops import MapOps
+from .protocol import Op
 from .slots import ReaderSlots
 from .transport import Transport
 from .writer import MapWriter
@@ -26,8 +28,10 @@ class Statistics:
     """Gathers the counters of every piece of the daemon into one dict."""
 
     def __init__(self, name: str, writer: MapWriter, slots: ReaderSlots, transport: Transport,
-                 dispatcher: Dispatcher, ops: MapOps) -> None:
+                 dispatcher: Dispatcher, ops: MapOps, timings: "Timings") -> None:
         self.name = name
+        self.timings = timings
+        self.metrics_url = ""             # where --metrics serves, if it does
         self.writer = writer
         self.slots = slots
         self.transport = transport
@@ -74,7 +78,17 @@ class Statistics:
             "builds_failed": st.builds_failed,
             "writes_waited_for_build": st.writes_waited_for_build,
             "replay_fallbacks": st.replay_fallbacks,
+            **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
         }
+
+    def observed(self) -> dict[str, Any]:
+        """snapshot() and the timing histograms, at one moment: what
+        ``shmmap top`` and the Prometheus metrics show."""
+        return {"stats": self.snapshot(), **self.timings.snapshot()}
+
+    def op_timings(self, conn: Any) -> tuple[dict[str, Any], int]:
+        """The handler of Op.TIMINGS."""
+        return self.observed(), 0
 
 
 class PromotionLog:
@@ -83,8 +97,9 @@ class PromotionLog:
     generation, adoption) and the daemon finishes background builds, so
     the daemon compares one counter once per loop round."""
 
-    def __init__(self, writer: MapWriter) -> None:
+    def __init__(self, writer: MapWriter, timings: "Timings") -> None:
         self.writer = writer
+        self.timings = timings
         self._seen = 0
 
     def check(self) -> None:
@@ -102,4 +117,144 @@ class PromotionLog:
                             "generation": rec.generation, "entries": rec.entries,
                             "bytes": rec.bytes, "ms": rec.ms, "replayed": rec.replayed,
                             "background": rec.background, "phases_ms": dict(rec.phases_ms)})
+            self.timings.observe_promotion(rec.ms / 1000)
         self._seen = st.promotions
+
+
+# -- timings: histograms the daemon keeps ------------------------------------
+
+# Upper bounds of the latency buckets, in seconds: 1-2-5 steps from 2 us (a
+# request served within its round) to 10 s (a promotion of tens of millions
+# of keys). Prometheus adds +Inf; top estimates quantiles between bounds.
+BUCKET_BOUNDS: tuple[float, ...] = (
+    2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3,
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Histogram:
+    """Counts of observations per bucket (the last one is +Inf) and their
+    sum: what a Prometheus histogram exports, kept without locks by the one
+    thread that observes (the daemon's loop)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKET_BOUNDS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKET_BOUNDS, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        """{"counts": per bucket (not cumulative), "sum": seconds}."""
+        return {"counts": list(self.counts), "sum": self.sum}
+
+
+def quantile(counts: list[int], q: float) -> Optional[float]:
+    """The q-quantile (0..1) of a histogram's per-bucket counts, linearly
+    interpolated inside its bucket (as Prometheus' histogram_quantile);
+    None without observations. In the +Inf bucket: the last bound."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i == len(BUCKET_BOUNDS):
+                return BUCKET_BOUNDS[-1]
+            low = BUCKET_BOUNDS[i - 1] if i else 0.0
+            return low + (BUCKET_BOUNDS[i] - low) * (rank - seen) / n
+        seen += n
+    return BUCKET_BOUNDS[-1]
+
+
+def counts_between(before: dict[str, Any], after: dict[str, Any]) -> list[int]:
+    """Per-bucket observations made between two Histogram snapshots."""
+    return [b - a for a, b in zip(before["counts"], after["counts"])]
+
+
+def requests_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[int]]:
+    """{op: per-bucket counts} of the requests timed between two
+    Timings.snapshot()s (ops with none left out)."""
+    out = {}
+    for op, hist in after["request_seconds"].items():
+        old = before["request_seconds"].get(op, {"counts": [0] * len(hist["counts"])})
+        counts = counts_between(old, hist)
+        if sum(counts):
+            out[op] = counts
+    return out
+
+
+def summed(per_op: dict[str, list[int]]) -> list[int]:
+    """The bucket counts of every operation together."""
+    return [sum(c) for c in zip(*per_op.values())] if per_op else []
+
+
+class Timings:
+    """How long the daemon takes: each request by operation, each round's
+    commit, each promotion. The loop calls the observe_* methods; these
+    are the one interface a request path (Python or C) reports through.
+
+    A request's duration runs from the moment the daemon starts handling it
+    to the moment its reply, committed, is handed to the socket: what a
+    client waits for inside the daemon, group commit included."""
+
+    def __init__(self) -> None:
+        self.requests: dict[int, Histogram] = {}     # by op
+        self.commits = Histogram()
+        self.commit_requests = 0          # requests acknowledged by those commits
+        self.promotions = Histogram()
+        # Set while `shmmap trace` records (trace.Recorder): also told of
+        # each round and each request slower than its threshold.
+        self.recorder: Optional[Any] = None
+
+    def observe_request(self, op: int, seconds: float, conn: Any = None) -> None:
+        """One request of op took seconds; conn (a transport.Connection)
+        names its client in a trace."""
+        hist = self.requests.get(op)
+        if hist is None:
+            hist = self.requests[op] = Histogram()
+        # Histogram.observe inlined: this runs once per request.
+        hist.counts[bisect_left(BUCKET_BOUNDS, seconds)] += 1
+        hist.sum += seconds
+        if self.recorder is not None:
+            self.recorder.request(op, seconds, conn)
+
+    def observe_requests(self, op: int, seconds: float, count: int) -> None:
+        """count requests of op took seconds each (those the C hot path
+        served in one go); a trace gets one slow-request event for them."""
+        hist = self.requests.get(op)
+        if hist is None:
+            hist = self.requests[op] = Histogram()
+        hist.counts[bisect_left(BUCKET_BOUNDS, seconds)] += count
+        hist.sum += seconds * count
+        if self.recorder is not None:
+            self.recorder.request(op, seconds, None)
+
+    def observe_commit(self, requests: int, seconds: float) -> None:
+        self.commits.observe(seconds)
+        self.commit_requests += requests
+        if self.recorder is not None:
+            self.recorder.commit(requests, seconds)
+
+    def observe_promotion(self, seconds: float) -> None:
+        self.promotions.observe(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "bucket_bounds": list(BUCKET_BOUNDS),
+            "request_seconds": {_op_name(op): h.snapshot()
+                                for op, h in sorted(self.requests.items())},
+            "commit_seconds": self.commits.snapshot(),
+            "commit_requests": self.commit_requests,
+            "promotion_seconds": self.promotions.snapshot(),
+        }
+
+
+def _op_name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return "UNKNOWN"

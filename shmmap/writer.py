@@ -176,7 +176,7 @@ class MapWriter:
             g.close()
             self._release_header()
             raise
-        self._set_limits(g)
+        self._take(g)
         self.generation = g
         self.seq = int(g.header.committed_seq)
         self.set_socket_path(socket_path)
@@ -235,10 +235,14 @@ class MapWriter:
         except BaseException:
             segments.unlink(seg)
             raise
-        self._set_limits(g)
+        self._take(g)
         return g
 
-    def _set_limits(self, g: Generation) -> None:
+    def _take(self, g: Generation) -> None:
+        """Makes g one this writer writes: its limits, and the map header
+        whose version word its commits and its retirement move on (which
+        tells clients' caches to refresh: see shmmap.h)."""
+        g.view.map = self.header
         g.view.max_key = self.limits.max_key
         g.view.max_value = self.limits.max_value
         g.view.max_live_bytes = self.limits.max_live_bytes

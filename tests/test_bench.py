@@ -75,8 +75,12 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     for scenario in WRITE_SCENARIOS - {"iteration under 1 writer"}:
         row = shm[scenario]
         assert row["value"] > 0 and row["unit"] == "writes/s", row
-        # the daemon's CPU time is counted beside the writers'
-        assert 0 < row["extra"]["server_cpu_us_per_write"] < row["extra"]["cpu_us_per_write"]
+        # The daemon's CPU time is counted within the total. It comes from
+        # /proc/PID/stat in clock ticks (10 ms), so a run this short may
+        # give the daemon none at all.
+        extra = row["extra"]
+        assert 0 <= extra["server_cpu_us_per_write"] <= extra["cpu_us_per_write"], extra
+        assert extra["cpu_us_per_write"] > 0, extra
     assert shm["2 writers together"]["extra"]["writers"] == 2
     assert len(shm["2 writers together"]["extra"]["per_writer"]) == 2
 

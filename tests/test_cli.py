@@ -8,6 +8,7 @@ import math
 import multiprocessing as mp
 import os
 import pty
+import select
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from shmmap.progress import Progress
 from conftest import remove_map, unique_map_name
 
 COMMANDS = ["serve", "get", "set", "del", "dump", "load", "stats", "promote", "ls", "cleanup",
-            "demo", "soak", "bench"]
+            "top", "trace", "doctor", "demo", "soak", "bench"]
 CLIENTS = Path(__file__).resolve().parent.parent / "clients"
 
 
@@ -330,7 +331,10 @@ def test_progress_is_redrawn_on_a_terminal_only() -> None:
         with open(slave, "w", closefd=False) as tty, Progress(tty, tty_every=0) as shown:
             shown.update("one")
             shown.update("two")
-        drawn = os.read(master, 1024).decode()
+        drawn = ""
+        while not drawn.endswith("\n"):                # a pty hands writes over in pieces
+            assert select.select([master], [], [], 10)[0], f"only {drawn!r} arrived"
+            drawn += os.read(master, 1024).decode()
         assert drawn.startswith("\r\033[Kone\r\033[Ktwo") and drawn.endswith("\n")
     finally:
         os.close(master)

@@ -97,7 +97,7 @@ def _operations(m: shmmap.SharedMap) -> dict[str, Callable[[], Any]]:
         "load_and_delete": lambda: m.load_and_delete(1), "swap": lambda: m.swap("x", 2),
         "compare_and_swap": lambda: m.compare_and_swap(1, 1, 2),
         "compare_and_delete": lambda: m.compare_and_delete(1, 1),
-        "batch": batch, "promote": m.promote, "stats": m.stats, "refresh": m.refresh,
+        "batch": batch, "pipeline": m.pipeline, "promote": m.promote, "stats": m.stats, "refresh": m.refresh,
         "generation": lambda: m.generation, "socket_path": lambda: m.socket_path,
         "__enter__": enter, "pickle": lambda: pickle.dumps(m), "copy": lambda: copy.copy(m),
         # A key or value that cannot be encoded: still the closed error first.
@@ -113,11 +113,14 @@ def _after_close(name: str) -> dict[str, str]:
     open_batch = m.batch()
     b = open_batch.__enter__()
     b["late"] = 1
+    pipeline = m.pipeline()
+    pipeline["late"] = 1
     m.close()
     m.close()                           # closing twice does nothing
     seen = {}
     ops = _operations(m)
     ops["batch begun before close"] = lambda: open_batch.__exit__(None, None, None)
+    ops["pipeline begun before close"] = pipeline.sync
     for what, op in ops.items():
         try:
             op()

@@ -3,6 +3,11 @@ daemon. It must answer every request that is well-formed msgpack with a
 reply, close a connection on bytes that are not a request, stay up, and
 afterwards hold exactly the effect of the writes it reported as applied.
 
+Half the batch requests come framed as a client's lean path frames them,
+and the bytes of a round reach the daemon cut at random places: the
+daemon's C path (cext/serve.c) serves what it can and leaves the rest to
+Python, and the outcome must be the same.
+
 Seeded, so a failure reproduces: SHMMAP_FUZZ_SEED overrides the seed.
 """
 from __future__ import annotations
@@ -17,7 +22,7 @@ import msgpack
 import shmmap
 from shmmap.codec import decode_key, decode_value, encode_key, encode_value
 from shmmap.protocol import OK, Err, Op
-from shmmap.protocol import DELETE, STORE
+from shmmap.protocol import DELETE, STORE, batch_request
 
 SEED = int(os.environ.get("SHMMAP_FUZZ_SEED", "20261124"))
 ROUNDS = 95          # rounds of pipelined requests on one connection
@@ -151,14 +156,33 @@ def _decode_items(blob: bytes) -> list[tuple[int, Any, Any]]:
         out.append((op, decode_key(key_bytes), value))
 
 
-def _connect(path: str) -> socket.socket:
+def _frame(rng: random.Random, req: list[Any]) -> bytes:
+    """A request's bytes: as msgpack packs it, or as a client's lean path
+    frames a batch (a uint64 id, a bin32 blob): the daemon's C path serves
+    both."""
+    if req[0] == Op.BATCH and len(req) == 3 and isinstance(req[2], bytes) and rng.random() < 0.5:
+        return batch_request(req[1], req[2])
+    return msgpack.packb(req, use_bin_type=True)
+
+
+def _send_in_pieces(rng: random.Random, sock: socket.socket, data: bytes) -> None:
+    """Sends data whole, or cut at random places into up to 50 sends, so
+    that requests reach the daemon cut anywhere."""
+    cuts = sorted(rng.sample(range(1, len(data)), min(rng.choice([0, 5, 50]), len(data) - 1)))
+    for start, end in zip([0, *cuts], [*cuts, len(data)]):
+        sock.sendall(data[start:end])
+
+
+def connect_raw(path: str) -> socket.socket:
+    """A bare connection to a daemon's socket (no hello)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(path)
     return s
 
 
-def _replies(sock: socket.socket, count: int) -> list[Any]:
+def read_replies(sock: socket.socket, count: int) -> list[Any]:
+    """The next count replies on sock."""
     up = msgpack.Unpacker(raw=False)
     out: list[Any] = []
     while len(out) < count:
@@ -192,13 +216,13 @@ def test_fuzzed_protocol_leaves_daemon_up_and_map_equal_to_model(map_name: str) 
     sent = 0
     with shmmap.Daemon(map_name) as daemon:
         path = str(daemon.socket_path)
-        sock = _connect(path)
+        sock = connect_raw(path)
         try:
             for _ in range(ROUNDS):
                 reqs = [_request(rng, sent + i) for i in range(PER_ROUND)]
-                sock.sendall(b"".join(msgpack.packb(r, use_bin_type=True) for r in reqs))
+                _send_in_pieces(rng, sock, b"".join(_frame(rng, r) for r in reqs))
                 sent += len(reqs)
-                for req, reply in zip(reqs, _replies(sock, len(reqs))):
+                for req, reply in zip(reqs, read_replies(sock, len(reqs))):
                     assert reply[0] == req[1], "replies come in request order"
                     if reply[1] == OK:
                         _apply_to_model(model, req, reply[2])
@@ -211,7 +235,7 @@ def test_fuzzed_protocol_leaves_daemon_up_and_map_equal_to_model(map_name: str) 
         bystander = daemon.connect()      # connected through all of it
         for _ in range(GARBAGE):
             g = _garbage(rng)
-            s = _connect(path)
+            s = connect_raw(path)
             data = b""
             try:
                 s.sendall(g)

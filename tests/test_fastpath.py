@@ -1,0 +1,220 @@
+"""The daemon's C hot path (cext/serve.c) over a real socket: batch requests
+served from the received bytes however they are cut, the requests it leaves
+answered by Python in order, a failed apply answered by Python with nothing
+applied, and the counters counting both."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import msgpack
+import pytest
+
+import shmmap
+from shmmap import protocol
+from shmmap.codec import encode_key, encode_value
+from shmmap.protocol import MAX_REQUEST, OK, Err, Op, batch_request, delete_item, store_item
+from test_protocol_fuzz import connect_raw, read_replies
+
+# Every form msgpack has for a request id: the daemon echoes it as it came.
+IDS = [0, 5, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, 2**64 - 1,
+       -1, -32, -33, -128, -129, -2**15 - 1, -2**31 - 1, -2**63]
+
+
+def _closed(sock: socket.socket) -> list[Any]:
+    """The replies until the daemon closes the connection."""
+    up = msgpack.Unpacker(raw=False)
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return list(up)
+        up.feed(data)
+
+
+def _store(key: Any, value: Any) -> bytes:
+    return store_item(encode_key(key), encode_value(value))
+
+
+def test_batches_cut_anywhere_are_answered_in_order_with_every_id_form(map_name: str) -> None:
+    rng = random.Random(7)
+    reqs, model = [], {}
+    for i, rid in enumerate(IDS * 3):
+        if i % 5 == 4:      # now and then a request the C path leaves to Python
+            reqs.append([Op.LOAD_OR_STORE, rid, encode_key(("los", i)), encode_value(i)])
+            model[("los", i)] = i
+        else:
+            reqs.append([Op.BATCH, rid, _store(i % 7, i) + _store(("k", i), [i] * (i % 4))])
+            model[i % 7] = i
+            model[("k", i)] = [i] * (i % 4)
+    data = b"".join(msgpack.packb(r, use_bin_type=True) for r in reqs)
+    with shmmap.Daemon(map_name) as d:
+        sock = connect_raw(str(d.socket_path))
+        try:
+            pos = 0
+            while pos < len(data):          # 1 to 9 bytes a send: every cut
+                step = rng.randrange(1, 10)
+                sock.sendall(data[pos:pos + step])
+                pos += step
+            replies = read_replies(sock, len(reqs))
+        finally:
+            sock.close()
+        assert [r[0] for r in replies] == [r[1] for r in reqs]
+        assert all(r[1] == OK for r in replies), replies
+        seqs = [r[3] for r in replies]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        with d.connect() as m:
+            assert m.snapshot() == model
+            stats = m.stats()
+            assert stats["writes"] == len(reqs)
+            # the hello and this stats request besides
+            assert stats["requests"] >= len(reqs) + 2
+            assert stats["errors"] == 0
+
+
+def test_failed_apply_is_answered_by_python_and_applies_nothing(map_name: str) -> None:
+    good = _store("a", 1)
+    bad_key = store_item(b"\xc1", encode_value(1))          # no msgpack
+    too_big = _store("big", "x" * 200)
+    reqs = [
+        batch_request(1, good),
+        batch_request(2, good + bad_key),                 # one bad item: none applied
+        batch_request(3, too_big),                        # over --max-value
+        batch_request(4, _store("b", 2) + delete_item(encode_key("a"))),
+    ]
+    with shmmap.Daemon(map_name, max_value=100) as d:
+        sock = connect_raw(str(d.socket_path))
+        try:
+            sock.sendall(b"".join(reqs))
+            r1, r2, r3, r4 = read_replies(sock, 4)
+        finally:
+            sock.close()
+        assert r1[:3] == [1, OK, None]
+        assert r2[:2] == [2, Err.INVALID] and "item 1" in r2[2]
+        assert r3[:2] == [3, Err.LIMIT] and "limit" in r3[2]
+        assert r4[:3] == [4, OK, None] and r4[3] == r1[3] + 1   # the failures took no seq
+        with d.connect() as m:
+            assert m.snapshot() == {"b": 2}
+            assert m.stats()["errors"] == 2
+
+
+def test_full_generation_is_promoted_between_fast_batches(map_name: str) -> None:
+    """More new keys in one burst than a first generation holds: the C
+    path stops at the request that does not fit, Python promotes and
+    applies it, and the C path goes on after it."""
+    n = 5000
+    reqs = [batch_request(i + 1, _store(i, i)) for i in range(n)]
+    with shmmap.Daemon(map_name) as d:
+        sock = connect_raw(str(d.socket_path))
+        try:
+            sock.sendall(b"".join(reqs))
+            replies = read_replies(sock, n)
+        finally:
+            sock.close()
+        assert [r[:3] for r in replies] == [[i + 1, OK, None] for i in range(n)]
+        with d.connect() as m:
+            assert m.snapshot() == {i: i for i in range(n)}
+            assert m.stats()["promotions"] >= 2      # adoption's first, then at least one
+
+
+def test_large_other_requests_arriving_in_pieces(map_name: str) -> None:
+    """Requests the C path leaves, larger than one receive, their bytes
+    arriving in pieces: one whose bulk is a bin, and one of 60,000 small
+    objects, whose scan resumes where it stopped as its bytes arrive."""
+    value = {"list": list(range(30_000)), "s": "é" * 1000}
+    swap = msgpack.packb([Op.SWAP, 9, encode_key("big"), encode_value(value)], use_bin_type=True)
+    many = msgpack.packb([Op.STATS, 10, list(range(60_000))])     # a wrong argument
+    assert len(swap) > protocol.RECV_SIZE and len(many) > protocol.RECV_SIZE
+    with shmmap.Daemon(map_name) as d:
+        sock = connect_raw(str(d.socket_path))
+        try:
+            for req in (swap, many):
+                for i in range(0, len(req), 4096):
+                    sock.sendall(req[i:i + 4096])
+            sock.sendall(batch_request(11, _store("after", 1)))
+            swapped, wrong, after = read_replies(sock, 3)
+        finally:
+            sock.close()
+        assert swapped[:3] == [9, OK, [False, None]]
+        assert wrong[:2] == [10, Err.INVALID] and "STATS takes 0 arguments" in wrong[2]
+        assert after[:3] == [11, OK, None]
+        with d.connect() as m:
+            assert m["big"] == value and m["after"] == 1
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xc6" + (MAX_REQUEST + 1).to_bytes(4, "big"),          # a bin over the limit
+    b"\x93\x01\x05\xc6" + (MAX_REQUEST).to_bytes(4, "big"),  # a batch over the limit
+    b"\xdd\xff\xff\xff\xff",                                 # more elements than bytes
+    b"\x93\x01\x05\xc1",                                     # the byte msgpack never uses
+    b"\x05",                                                 # not an array
+])
+def test_bytes_that_are_no_request_after_batches(map_name: str, garbage: bytes) -> None:
+    """The batches before the garbage are answered and applied; then the
+    protocol error, and the connection is closed."""
+    with shmmap.Daemon(map_name) as d:
+        sock = connect_raw(str(d.socket_path))
+        try:
+            sock.sendall(batch_request(1, _store("a", 1)) + batch_request(2, _store("b", 2))
+                         + garbage)
+            replies = _closed(sock)
+        finally:
+            sock.close()
+        assert [r[:3] for r in replies[:2]] == [[1, OK, None], [2, OK, None]]
+        assert replies[2][:2] == [None, Err.PROTOCOL]
+        assert len(replies) == 3
+        with d.connect() as m:
+            assert m.snapshot() == {"a": 1, "b": 2}
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_daemon_and_client_sleep_after_a_burst(map_name: str) -> None:
+    """Spinning is bounded: once the writes stop, neither the daemon nor
+    the client that wrote burns a core."""
+    with shmmap.Daemon(map_name) as d, d.connect() as m:
+        for i in range(2000):
+            m[i] = i
+        pid = m.daemon_info["pid"]
+        daemon0, client0 = _cpu_seconds(pid), time.process_time()
+        wall = time.monotonic()
+        time.sleep(1.0)
+        wall = time.monotonic() - wall
+        assert _cpu_seconds(pid) - daemon0 < 0.2 * wall
+        assert time.process_time() - client0 < 0.2 * wall
+        assert m[1999] == 1999
+
+
+class _Uncrowded(protocol.Spin):
+    CORES = 10**9           # the load average is always below it
+
+
+class _Crowded(protocol.Spin):
+    CORES = 0               # ... always at least it
+
+
+def test_no_spin_while_processes_outnumber_cores() -> None:
+    spin = _Crowded(100e-6)
+    for _ in range(10):
+        spin.won()
+    assert [spin.budget() for _ in range(200)] == [0.0] * 200
+
+
+def test_spin_budget_follows_what_spinning_bought() -> None:
+    spin = _Uncrowded(100e-6)
+    assert spin.budget() == 100e-6
+    for _ in range(10):                 # waits that had to sleep: down to nothing
+        spin.lost()
+    assert spin.seconds == 0.0
+    budgets = [spin.budget() for _ in range(protocol.Spin.PROBE_EVERY)]
+    assert budgets.count(0.0) == protocol.Spin.PROBE_EVERY - 1    # one probe
+    assert max(budgets) == protocol.Spin.MIN_SECONDS
+    for _ in range(10):                 # spins that paid: back up to the limit
+        spin.won()
+    assert spin.seconds == 100e-6
