@@ -269,10 +269,11 @@ class Server:
             end = time.perf_counter()
             for op, started, conn in served:
                 self.timings.observe_request(op, end - started, conn)
-            for count, started in fast:        # the C hot path's batches
-                self.timings.observe_requests(Op.BATCH, end - started, count)
-            first = min([s for _, s, _ in served[:1]] + [s for _, s in fast[:1]])
-            self.timings.observe_commit(len(served) + sum(c for c, _ in fast), end - first)
+            for count, started, fds in fast:   # the C hot path's batches
+                conns = [self.transport.connections.get(fd) for fd in fds]
+                self.timings.observe_requests(Op.BATCH, end - started, count, conns)
+            first = min([s for _, s, _ in served[:1]] + [s for _, s, _ in fast[:1]])
+            self.timings.observe_commit(len(served) + sum(c for c, _, _ in fast), end - first)
             served.clear()
             fast.clear()
 

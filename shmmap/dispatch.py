@@ -42,9 +42,10 @@ class Dispatcher:
         # this round: the daemon times them once their replies are sent
         # (stats.Timings).
         self.round: list[tuple[int, float, Connection]] = []
-        # (how many, when the round started) of the batches the C hot path
-        # served this round, timed the same way.
-        self.fast_round: list[tuple[int, float]] = []
+        # (how many, when they started, the fds of the connections they came
+        # on) of the batches the C hot path served this round, timed the
+        # same way.
+        self.fast_round: list[tuple[int, float, tuple[int, ...]]] = []
 
     def serve_round(self, round_: Any, timeout_ms: int) -> int:
         """The transport's ServeRound: a round of events, served in C as
@@ -55,7 +56,8 @@ class Dispatcher:
             self.requests += served
             # A blocking wait in the round is not the requests' time: they
             # arrived when it ended, at the latest; so time from then.
-            self.fast_round.append((served, perf_counter() if timeout_ms else started))
+            fds = tuple(round_.replies[i].fd for i in range(round_.reply_count))
+            self.fast_round.append((served, perf_counter() if timeout_ms else started, fds))
         return events
 
     def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
@@ -66,7 +68,7 @@ class Dispatcher:
         pos, stop, arg, served = self.serve_fast(conn, buf, pos)
         if served:
             self.requests += served
-            self.fast_round.append((served, started))
+            self.fast_round.append((served, started, (conn.fd,)))
         return pos, stop, arg
 
     def handle(self, conn: Connection, req: Any) -> "list[Any] | Later":

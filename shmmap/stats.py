@@ -222,16 +222,18 @@ class Timings:
         if self.recorder is not None:
             self.recorder.request(op, seconds, conn)
 
-    def observe_requests(self, op: int, seconds: float, count: int) -> None:
-        """count requests of op took seconds each (those the C hot path
-        served in one go); a trace gets one slow-request event for them."""
+    def observe_requests(self, op: int, seconds: float, count: int, conns: list[Any]) -> None:
+        """count requests of op took seconds each: those the C hot path
+        served in one go, from the connections conns (None for one gone
+        since); a trace gets one slow-request event per connection."""
         hist = self.requests.get(op)
         if hist is None:
             hist = self.requests[op] = Histogram()
         hist.counts[bisect_left(BUCKET_BOUNDS, seconds)] += count
         hist.sum += seconds * count
         if self.recorder is not None:
-            self.recorder.request(op, seconds, None)
+            for conn in conns or [None]:
+                self.recorder.request(op, seconds, conn)
 
     def observe_commit(self, requests: int, seconds: float) -> None:
         self.commits.observe(seconds)
