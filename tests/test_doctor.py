@@ -170,7 +170,11 @@ def test_doctor_finds_promotions_too_frequent_for_the_writes(map_name: str) -> N
         m.update((i, i) for i in range(20 * KEYS))
         report = _while(m.promote, map_name)
     (f,) = [f for f in report.findings if f.check == "promotion_rate"]
-    assert f.data["promotions"] >= 2 and f.data["by_reason"] == {"requested": f.data["promotions"]}
+    # (20 * KEYS keys are enough for a build before the generation fills:
+    # one for the runway besides the requested ones, at most.)
+    by_reason = dict(f.data["by_reason"])
+    assert by_reason.pop("runway", 0) <= 1 and by_reason == {"requested": by_reason["requested"]}
+    assert f.data["promotions"] >= 2 and by_reason["requested"] >= f.data["promotions"] - 1
     assert "promotions in" in f.problem and "(" in f.problem
     assert f.advice.startswith("a client calls promote() this often")
 
