@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
-import uuid
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import shmmap
+from conftest import unique_map_name
 
 CTX = mp.get_context("spawn")
 keys = st.one_of(st.integers(-3, 12), st.sampled_from(["a", "b", "é"]),
@@ -26,7 +26,7 @@ values = st.one_of(st.none(), st.integers(-5, 5), st.text(max_size=4),
 class ClientModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.name = f"cm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.name = unique_map_name("cm-")
         self.daemon = shmmap.Daemon(self.name).start()
         self.m = self.daemon.connect()
         self.model: dict[Any, Any] = {}
