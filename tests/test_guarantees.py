@@ -341,7 +341,7 @@ def test_full_dev_shm_fails_the_write_with_a_clear_error() -> None:
 
 
 FAILED_PROMOTION_SCRIPT = r"""
-import os, signal, time
+import atexit, os, signal, time
 import shmmap
 
 def fill_dev_shm():
@@ -355,6 +355,8 @@ def fill_dev_shm():
     os.close(fd)
 
 d = shmmap.Daemon("full").start()
+# Should an assertion below fail, the daemon must not outlive the test.
+atexit.register(lambda: d.process.poll() is None and d.process.kill())
 m = d.connect(cache_keys=0)     # its lookups must reach shared memory to count misses
 acked = {}
 batch = 0
