@@ -502,6 +502,10 @@ def _map_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+
+
 def _sub(sub: Any, name: str, run: Callable[[argparse.Namespace], int], help: str,
          description: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description)
@@ -517,7 +521,7 @@ def _add_serve(sub: Any) -> None:
              "crash, kill -9, an error) leaves the map, with every acknowledged write, for "
              "the next 'shmmap serve NAME' to adopt. If a daemon already serves NAME, it "
              "refuses (exit 1) and touches nothing.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("--socket", help="Unix socket path (default: $XDG_RUNTIME_DIR/shmmap/"
                    "NAME.sock or <tmp>/shmmap-<uid>/NAME.sock)")
     p.add_argument("--mode", type=_mode, default=0o600,
@@ -589,29 +593,29 @@ def _add_data_commands(sub: Any) -> None:
     p = _sub(sub, "get", _run_get, "print one value as JSON",
              "Print the value of KEY in map NAME as JSON (read from shared memory: no "
              "daemon needed). Exit 1 if the key is absent.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     _add_key(p)
     p = _sub(sub, "set", _run_set, "store one value given as JSON",
              "Store VALUE (JSON) under KEY in map NAME.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     _add_key(p)
     p.add_argument("value", metavar="VALUE", help='the value as JSON, e.g. 42, "text", [1, 2], {"a": 1}')
     p = _sub(sub, "del", _run_del, "delete one key",
              "Delete KEY from map NAME. Exit 1 if it was absent.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     _add_key(p)
     p = _sub(sub, "dump", _run_dump, "print the map as JSON lines",
              'Print one consistent snapshot of map NAME, one {"key": ..., "value": ...} '
              "per line, in the tagged JSON of 'shmmap --help' ('keys and values'): "
              "'shmmap load' reads it back as the same keys and values. Reads shared "
              "memory: no daemon needed.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p = _sub(sub, "load", _run_load, "store the keys of a dump",
              "Store every key and value of FILE (what 'shmmap dump' prints: one "
              '{"key": ..., "value": ...} per line) in map NAME; other keys stay unless '
              "--clear. Every line is checked first: a bad line stores nothing. The keys "
              "are sent pipelined, not as one atomic batch.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("file", metavar="FILE", nargs="?", default="-",
                    help="the dump to read (default '-': stdin)")
     p.add_argument("--clear", action="store_true",
@@ -624,11 +628,11 @@ def _add_admin_commands(sub: Any) -> None:
              "Print map NAME's statistics: lookups and misses of all clients, promotions "
              "and why, compactions, bytes copied, the current generation's fill, older "
              "generations clients still map, connected clients.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = _sub(sub, "promote", _run_promote, "make the daemon promote now",
              "Ask map NAME's daemon to build the next generation now; print its number.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("--json", action="store_true", help='print {"generation": N}')
     p = _sub(sub, "ls", _run_ls, "the maps on this host",
              "List the maps in /dev/shm: whether their daemon lives (live; stale: it "
@@ -661,7 +665,7 @@ def _add_watch_commands(sub: Any) -> None:
              "promotions and how long the last took, live keys and bytes, clients, older "
              "generations clients still map, and the daemon's request latency (p50, p99, by "
              "operation) over each interval. Ctrl-C leaves it.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("--interval", type=_seconds, default=1.0,
                    help="seconds between frames (default 1)")
     p.add_argument("--once", action="store_true",
@@ -679,7 +683,7 @@ def _add_watch_commands(sub: Any) -> None:
              "the writes; /dev/shm too small for the next generation; logind's RemoveIPC=yes "
              "for the map's owner; a busy daemon waiting for a CPU more than it runs. Exit "
              "0 when it finds no problem (notes allowed), 1 when it does.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("--interval", type=_seconds, default=1.0,
                    help="seconds to watch the daemon's counters (default 1)")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
@@ -696,7 +700,7 @@ def _add_trace(sub: Any) -> None:
              "EVENTS (or connect(name, trace=EVENTS)) append their iterations and waits for "
              "the daemon to EVENTS; those of the recording's time span are merged in, each "
              "process in its own lane.")
-    p.add_argument("name", metavar="NAME", type=_map_name, help="the map's name")
+    _add_name(p)
     p.add_argument("--duration", type=_seconds, default=5.0,
                    help="seconds to record (default 5)")
     p.add_argument("--output", "-o", metavar="FILE", required=True,
