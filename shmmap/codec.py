@@ -50,6 +50,7 @@ def encode_key(key: Key) -> bytes:
 
 
 def decode_key(data: bytes) -> Key:
+    """The key whose canonical encoding is data (a tuple key as a tuple)."""
     return msgpack.unpackb(data, use_list=False, raw=False)
 
 
@@ -62,4 +63,5 @@ def encode_value(value: Any) -> bytes:
 
 
 def decode_value(data: Any) -> Any:
+    """The value encoded in data (lists as lists, any map key allowed)."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -103,6 +103,8 @@ class Spin:
 
 
 class Op(enum.IntEnum):
+    """The first element of a request: which operation it asks for."""
+
     HELLO = 0             # [version]               -> {info}
     BATCH = lib.SHM_REQ_BATCH  # [blob]             -> None (seq); served in C
     LOAD_OR_STORE = 2     # [key, value]            -> [loaded, value]
@@ -125,6 +127,9 @@ OK = lib.SHM_REPLY_OK
 
 
 class Err(enum.IntEnum):
+    """The error code of a reply that is not OK (errors.reply_error turns
+    it into an exception)."""
+
     INVALID = 1           # a key, value or argument is malformed
     LIMIT = 2             # over a configured limit
     FULL = 3              # the map cannot grow
@@ -202,4 +207,5 @@ def default_socket_dir() -> Path:
 
 
 def default_socket_path(name: str) -> Path:
+    """Where map name's daemon listens unless told otherwise (--socket)."""
     return default_socket_dir() / f"{name}.sock"

@@ -72,6 +72,8 @@ class Daemon:
         return cmd
 
     def start(self) -> "Daemon":
+        """Starts the daemon and returns once it serves the map (or raises
+        DaemonRunningError, DaemonStartError with the daemon's own words)."""
         if self.process is not None or self._log is None:
             raise RuntimeError("a Daemon starts once; make another for a new daemon")
         ready_r, ready_w = os.pipe()
@@ -119,10 +121,13 @@ class Daemon:
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
+        """The daemon's process id (once started)."""
+        if self.process is None:
+            raise RuntimeError("the daemon has not been started")
         return self.process.pid
 
     def connect(self, **kwargs: Any) -> SharedMap:
+        """shmmap.connect() to this daemon's map, with connect()'s options."""
         return connect(self.name, **kwargs)
 
     def stop(self) -> int:
