@@ -10,7 +10,8 @@
 from .client import Batch, Pipeline, SharedMap, connect
 from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonStartError,
                      DaemonUnavailableError, InvalidNameError, InvalidRequestError, LimitError,
-                     MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
+                     MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError,
+                     WriteTimeoutError)
 from .service import Daemon
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from .maplock import is_served
 from .errors import AccessDeniedError, CorruptSegmentError, DaemonRunningError, MapNotFoundError, ShmmapError
 from .reader import MapReader
 from .service import cleanup
+from .top import human_bytes
 from .writer import Limits
 
 EPILOG = """\
@@ -281,17 +282,9 @@ def _stat_rows(st: dict[str, Any], indent: str = "") -> list[tuple[str, str]]:
         else:
             text = f"{value:,}"
             if ("bytes" in key or key.startswith("arena")) and abs(value) >= 1024:
-                text += f" ({_human_bytes(value)})"
+                text += f" ({human_bytes(value)})"
             rows.append((indent + key, text))
     return rows
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def stats_table(st: dict[str, Any]) -> str:

@@ -39,9 +39,6 @@ from .trace import client_tracer, now_us
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
 PIPELINE_WRITES = 256      # writes a pipeline sends per round trip
-# Requests that change nothing: one that times out raises
-# DaemonUnavailableError; any other, WriteTimeoutError (outcome unknown).
-_CHANGES_NOTHING = frozenset({Op.HELLO, Op.STATS})
 _ONE_BATCH = (Op.BATCH,)   # the ops of _write's one request
 _BATCH_RESULT = [None]     # ... and its results
 _BATCHES = [Op.BATCH]      # the ops of _write_many's requests
@@ -486,7 +483,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             except TimeoutError as exc:
                 if not sent:        # a request cut short: the stream is unusable
                     self._disconnect(reader)
-                if all(op in _CHANGES_NOTHING for op in ops):
+                if all(op in protocol.READ_ONLY for op in ops):
                     raise DaemonUnavailableError(
                         f"map {self.name!r}: no reply from the daemon within "
                         f"{self.timeout} s") from None

@@ -122,6 +122,9 @@ class Op(enum.IntEnum):
 # Ops whose effect is the same if applied twice: a client may resend them
 # after the daemon restarts. The others report "outcome unknown" instead.
 IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS, Op.TIMINGS})
+# Ops that change nothing: one that times out means the daemon does not
+# answer (DaemonUnavailableError), not that a write's outcome is unknown.
+READ_ONLY = frozenset({Op.HELLO, Op.STATS, Op.TIMINGS})
 
 OK = lib.SHM_REPLY_OK
 

@@ -104,9 +104,9 @@ def _lat(us: Optional[float]) -> str:
 
 
 def human_bytes(n: float) -> str:
-    """n bytes as B, KiB, MiB or GiB with one decimal."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    """n bytes as B, KiB, MiB, GiB or TiB with one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
