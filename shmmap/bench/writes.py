@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from array import array
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .cpu import own_cpu, processes_cpu, summary, us_per
 from .peers import Peer, Store
