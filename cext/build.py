@@ -17,7 +17,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["status.c", "hash.c", "mpack.c", "maphdr.c", "view.c", "read.c", "delta.c", "write.c",
-           "validate.c", "serve.c", "call.c"]
+           "validate.c", "serve.c", "call.c", "chan.c"]
 # SHMMAP_SANITIZE=1 builds the core with AddressSanitizer and
 # UndefinedBehaviorSanitizer (tools/sanitize.sh runs the suite against it).
 # -fno-wrapv undoes Python's -fwrapv, which would hide signed overflow.

@@ -14,11 +14,22 @@
  * and sends the replies after that (a write is acknowledged only once it
  * is visible).
  */
+/* syscall(SYS_futex): GNU/Linux. */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 #include "internal.h"
+
+#define NS_PER_SEC          1000000000LL
+#define NS_PER_MS           1000000LL
 
 #define MP_FIXARRAY_3       (MP_FIXARRAY | 3)
 #define MP_FIXARRAY_4       (MP_FIXARRAY | 4)
@@ -262,23 +273,158 @@ static int serve_connection(struct shm_round *r, struct shm_serve *s,
     return 0;
 }
 
+/* ---- channels ---------------------------------------------------------- */
+
+/* The ticket posted on e's channel if it is one not yet taken, else 0
+ * (with *posted unset). */
+static int posted_request(const struct shm_chan_end *e, uint32_t *posted,
+                          int order)
+{
+    if (e->chan == NULL || e->state != SHM_CHAN_IDLE)
+        return 0;
+    /* Acquire (or seq_cst): pairs with the client's seq_cst store of
+     * posted, which it made after the request's bytes and length. Loaded
+     * once; compared with the daemon's own ticket, never with `done`. */
+    uint32_t p = __atomic_load_n(&e->chan->posted, order);
+    if (p == e->done)
+        return 0;
+    *posted = p;
+    return 1;
+}
+
+/* Says to every channel's client whether the daemon sleeps. Before it
+ * sleeps, the caller then looks for posted requests once more (see
+ * chan.c's top: the store-load pair with the client's post). */
+static void set_sleeping(struct shm_round *r, uint32_t sleeps)
+{
+    for (uint64_t i = 0; i < r->chan_len; i++)
+        if (r->chans[i].chan != NULL)
+            __atomic_store_n(&r->chans[i].chan->daemon_sleeps, sleeps,
+                             __ATOMIC_SEQ_CST);
+}
+
+static int any_posted(const struct shm_round *r)
+{
+    uint32_t posted;
+    for (uint64_t i = 0; i < r->chan_len; i++)
+        if (posted_request(&r->chans[i], &posted, __ATOMIC_SEQ_CST))
+            return 1;
+    return 0;
+}
+
+/* Takes the request posted on channel i: copies it into the round's inbuf
+ * (the client may write the channel meanwhile: what is parsed must not
+ * change), then serves it if it is one batch request that applies, or
+ * leaves it to the caller. 0 if there was no room to take it this round
+ * (the next round does; the daemon does not sleep meanwhile). */
+static int take_request(struct shm_round *r, struct shm_serve *s, uint64_t i,
+                        uint32_t posted)
+{
+    struct shm_chan_end *e = &r->chans[i];
+    /* Loaded once: the client may change it right after. */
+    uint64_t len = __atomic_load_n(&e->chan->request_len, __ATOMIC_RELAXED);
+    uint64_t copy = len <= SHM_CHAN_REQUEST ? len : 0;
+    if (SHM_ROUND_IN - r->in_used < copy ||
+        SHM_ROUND_OUT - s->out_len < SHM_REPLY_MAX)
+        return 0;
+    uint8_t *p = r->inbuf + r->in_used;
+    memcpy(p, e->chan->request, copy);
+    e->ticket = posted;
+    e->in_at = r->in_used;
+    e->in_len = len;                /* over SHM_CHAN_REQUEST: the caller
+                                       answers that it is too big */
+    r->in_used += copy;
+    struct batch b;
+    uint64_t out0 = s->out_len;
+    if (len == copy && look_batch(p, len, &b) == LOOK_BATCH && b.size == len &&
+        serve_batch(s, p, &b)) {
+        e->reply_len = s->out_len - out0;
+        memcpy(e->reply, s->out + out0, e->reply_len);
+        s->out_len = out0;          /* the reply is the channel's */
+        e->state = SHM_CHAN_ANSWERED;
+        r->chan_answered[r->chan_answered_count++] = (uint32_t)i;
+        r->served++;
+    } else {
+        e->state = SHM_CHAN_LEFT;
+        r->chan_left[r->chan_left_count++] = (uint32_t)i;
+    }
+    return 1;
+}
+
+/* Takes every posted request; how many it took. */
+static uint64_t serve_chans(struct shm_round *r, struct shm_serve *s)
+{
+    uint64_t taken = 0;
+    uint32_t posted;
+    for (uint64_t i = 0; i < r->chan_len; i++)
+        if (posted_request(&r->chans[i], &posted, __ATOMIC_ACQUIRE))
+            taken += (uint64_t)take_request(r, s, i, posted);
+    return taken;
+}
+
+/* Publishes the reply of channel entry e and wakes its client if it
+ * sleeps. */
+static void publish(struct shm_chan_end *e)
+{
+    struct shm_chan *c = e->chan;
+    memcpy(c->reply, e->reply, e->reply_len);
+    __atomic_store_n(&c->reply_len, e->reply_len, __ATOMIC_RELAXED);
+    /* seq_cst: a release for the reply's bytes and length (the client
+     * acquires done before it reads them), and the store half of the
+     * store-load pair with the client's client_sleeps (chan.c's top). */
+    __atomic_store_n(&c->done, e->ticket, __ATOMIC_SEQ_CST);
+    e->done = e->ticket;
+    e->state = SHM_CHAN_IDLE;
+    if (__atomic_load_n(&c->client_sleeps, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &c->done, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static void publish_chans(struct shm_round *r)
+{
+    for (uint64_t k = 0; k < r->chan_answered_count; k++) {
+        struct shm_chan_end *e = &r->chans[r->chan_answered[k]];
+        /* Closed since it was answered (its connection dropped): its
+         * entry may be free or a new channel's. */
+        if (e->chan != NULL && e->state == SHM_CHAN_ANSWERED)
+            publish(e);
+    }
+    r->chan_answered_count = 0;
+}
+
+/* ---- a round ------------------------------------------------------------- */
+
 int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
                         int timeout_ms)
 {
     struct epoll_event ev[SHM_ROUND_EVENTS];
     r->in_used = r->served = r->left_count = r->reply_count = 0;
+    r->chan_left_count = 0;
     s->out = r->outbuf;
     s->out_cap = SHM_ROUND_OUT;
     s->out_len = 0;
+    int sleeping = timeout_ms != 0 && r->chan_len > 0;
+    if (sleeping) {
+        set_sleeping(r, 1);
+        if (any_posted(r))
+            timeout_ms = 0;
+    }
     int n = epoll_wait(r->epfd, ev, SHM_ROUND_EVENTS, timeout_ms);
+    if (sleeping)
+        set_sleeping(r, 0);         /* awake: clients need not ring */
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {
         int fd = ev[i].data.fd;
         uint32_t events = ev[i].events;
+        if (fd >= 0 && fd < r->fast_len && r->fast[fd] == SHM_FAST_DOORBELL) {
+            uint64_t count;
+            ssize_t got = read(fd, &count, sizeof count);   /* reset it */
+            (void)got;
+            continue;
+        }
         /* Room for a whole receive, and for the replies of its requests
          * (each at least 4 bytes, each reply at most SHM_REPLY_MAX). */
-        if (fd < 0 || fd >= r->fast_len || !r->fast[fd] ||
+        if (fd < 0 || fd >= r->fast_len || r->fast[fd] != SHM_FAST_CONN ||
             events != EPOLLIN || SHM_ROUND_IN - r->in_used < SHM_ROUND_RECV ||
             SHM_ROUND_OUT - s->out_len < SHM_ROUND_RECV / 4 * SHM_REPLY_MAX) {
             leave(r, fd, events, 0, 0, 0, 0);
@@ -286,11 +432,12 @@ int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
         }
         serve_connection(r, s, fd, events);
     }
-    return n;
+    return n + (int64_t)serve_chans(r, s);
 }
 
 int64_t shm_round_send(struct shm_round *r)
 {
+    publish_chans(r);
     r->left_count = 0;
     for (uint64_t i = 0; i < r->reply_count; i++) {
         const struct shm_round_reply *rep = &r->replies[i];
@@ -305,4 +452,123 @@ int64_t shm_round_send(struct shm_round *r)
     }
     r->reply_count = 0;
     return (int64_t)r->left_count;
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * NS_PER_SEC + t.tv_nsec;
+}
+
+static uint64_t bucket(const struct shm_loop *L, int64_t ns)
+{
+    uint64_t i = 0;
+    while (i < L->nbounds && ns > L->bounds_ns[i])
+        i++;
+    return i;
+}
+
+/* Times a round that served `served` requests in ns: each request took
+ * the round's time (group commit: they were answered together). */
+static void observe_round(struct shm_loop *L, uint64_t served, int64_t ns)
+{
+    uint64_t b = bucket(L, ns);
+    L->request_counts[b] += served;
+    L->request_ns += (uint64_t)ns * served;
+    L->commit_counts[b]++;
+    L->commit_ns += (uint64_t)ns;
+    L->commits++;
+    L->served += served;
+}
+
+/* Whether the generation has no more room than the caller's thresholds:
+ * the caller starts a background build then (writer.runway_short). */
+static int runway_short(const struct shm_loop *L, const struct shm_view *v)
+{
+    return v->live_count >= L->min_live &&
+           (v->dirty_cap - v->dirty_count <= L->dirty_room ||
+            v->arena_hi - v->arena_lo - v->arena_used <= L->arena_room);
+}
+
+/* The next round's epoll timeout: 0 while the spin lasts, else until the
+ * deadline (rounded up: a wait never ends before it). */
+static int round_timeout(int64_t now, int64_t spin_until, int64_t deadline)
+{
+    if (now < spin_until)
+        return 0;
+    int64_t ms = (deadline - now + NS_PER_MS - 1) / NS_PER_MS;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* Adapts the spin budget to a round that found work: one found while
+ * polling doubles it; one that had to wake after `gap` ns of quiet sets it
+ * to cover such a gap (with half again as margin) if polling that long is
+ * within the limit, else halves it. So it follows the gaps between a
+ * client's requests, however the client itself waits. */
+static void adapt_spin(struct shm_loop *L, int spinning, int64_t gap)
+{
+    int64_t ns = L->spin_ns;
+    if (spinning)
+        ns = ns * 2 > SHM_SPIN_MIN_NS ? ns * 2 : SHM_SPIN_MIN_NS;
+    else if (gap <= L->spin_limit_ns)
+        ns = gap + gap / 2 > SHM_SPIN_MIN_NS ? gap + gap / 2 : SHM_SPIN_MIN_NS;
+    else
+        ns /= 2;
+    L->spin_ns = ns > L->spin_limit_ns ? L->spin_limit_ns
+               : ns < SHM_SPIN_MIN_NS ? 0 : ns;
+}
+
+int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
+                       struct shm_loop *L)
+{
+    int64_t spin_until = 0, quiet_since = now_ns();
+    for (;;) {
+        int64_t now = now_ns();
+        if (now >= L->deadline_ns) {
+            L->stop = SHM_LOOP_DEADLINE;
+            return 0;
+        }
+        int spinning = now < spin_until;
+        int64_t n = shm_round_serve(r, s, round_timeout(now, spin_until,
+                                                        L->deadline_ns));
+        if (n < 0)
+            return n;
+        int64_t started = now_ns();
+        if (r->left_count || r->chan_left_count) {
+            L->stop = SHM_LOOP_LEFT;
+            return n;
+        }
+        if (r->served) {
+            shm_commit(s->view, s->seq);
+            int64_t unsent = shm_round_send(r);
+            observe_round(L, r->served, now_ns() - started);
+            if (unsent) {
+                L->stop = SHM_LOOP_UNSENT;
+                return n;
+            }
+            if (runway_short(L, s->view)) {
+                L->stop = SHM_LOOP_RUNWAY;
+                return n;
+            }
+        }
+        if (n > 0) {
+            adapt_spin(L, spinning, started - quiet_since);
+            quiet_since = now_ns();
+            spin_until = quiet_since + L->spin_ns;
+        }
+        if (now_ns() < spin_until) {
+            /* Give the core away on each turn: when processes outnumber
+             * cores, the client we wait for may need this very core. A
+             * yield that took long says so: stop polling. */
+            int64_t before = now_ns();
+            sched_yield();
+            if (now_ns() - before > SHM_CONTENDED_NS) {
+                spin_until = 0;
+                L->spin_ns /= 2;
+            }
+        }
+    }
 }

@@ -622,18 +622,71 @@ struct shm_round {
     uint64_t reply_count;
     struct shm_round_event left[SHM_ROUND_EVENTS];
     struct shm_round_reply replies[SHM_ROUND_EVENTS];
+    /* The channels (see below), served after the connections. */
+    struct shm_chan_end *chans;     /* in: the daemon's channel entries */
+    uint64_t chan_len;              /* in: entries in use (the highest + 1) */
+    uint32_t *chan_left;            /* in: room for chan_len indices */
+    uint32_t *chan_answered;        /* in: room for chan_len indices */
+    uint64_t chan_left_count;       /* out: requests left to the caller */
+    uint64_t chan_answered_count;   /* replies shm_round_send publishes */
 };
 
 /* Waits up to timeout_ms for events on r->epfd and serves what it can
- * through s (whose reply buffer becomes r->outbuf). Returns the number of
- * events (0 on a timeout or a signal) or -errno. Nothing it applied is
- * visible before the caller's shm_commit. */
+ * through s (whose reply buffer becomes r->outbuf), then the requests
+ * posted on channels (those it cannot serve are left in r->chan_left).
+ * Returns the number of events plus channel requests taken (0 on a
+ * timeout or a signal) or -errno. Nothing it applied is visible before
+ * the caller's shm_commit. */
 int64_t  shm_round_serve(struct shm_round *r, struct shm_serve *s,
                          int timeout_ms);
-/* Sends the replies of the connections shm_round_serve served whole (call
- * it after the commit). Each it could not send whole is left in r->left
- * with its rest (events 0); returns how many. */
+/* Publishes the channels' replies, then sends the replies of the
+ * connections shm_round_serve served whole (call it after the commit).
+ * Each it could not send whole is left in r->left with its rest (events
+ * 0); returns how many. */
 int64_t  shm_round_send(struct shm_round *r);
+
+/* ---- the daemon's loop in C (serve.c) ----
+ * Round after round while each is served whole in C: a round's writes are
+ * committed (shm_commit), then its replies published and sent, then the
+ * next round waits -- polling for a while after a round that served
+ * something (the next request of a busy client comes sooner than a
+ * wake-up), then asleep in epoll. It returns to the caller when a round
+ * left something to it (s's writes of that round then not committed:
+ * the caller handles what was left, commits and sends), when replies
+ * could not all be sent, when the generation's room runs short, or at the
+ * deadline. It times requests and rounds into the caller's histograms. */
+#define SHM_LOOP_DEADLINE    0         /* the deadline passed */
+#define SHM_LOOP_LEFT        1         /* r->left / r->chan_left hold work,
+                                          the round not committed */
+#define SHM_LOOP_UNSENT      2         /* committed; r->left holds replies
+                                          not sent whole (events 0) */
+#define SHM_LOOP_RUNWAY      3         /* committed; the room runs short */
+#define SHM_LOOP_BUCKETS     32        /* most histogram buckets */
+
+struct shm_loop {
+    int64_t deadline_ns;            /* in: CLOCK_MONOTONIC, return by then */
+    int64_t spin_limit_ns;          /* in: most polling after a round (0:
+                                       never: the cores are crowded) */
+    int64_t spin_ns;                /* in/out: the budget, adapted */
+    uint64_t min_live;              /* in: the room is checked from this */
+    uint64_t dirty_room;            /*   many live keys on: return when */
+    uint64_t arena_room;            /*   no more than these are left */
+    uint64_t nbounds;               /* in: bucket upper bounds, ns */
+    int64_t bounds_ns[SHM_LOOP_BUCKETS];
+    uint64_t request_counts[SHM_LOOP_BUCKETS + 1];  /* out, added to: */
+    uint64_t commit_counts[SHM_LOOP_BUCKETS + 1];   /*   by bucket */
+    uint64_t request_ns;            /* out, added to: sums, and counts */
+    uint64_t commit_ns;
+    uint64_t commits;
+    uint64_t served;                /* requests served (all rounds) */
+    uint64_t stop;                  /* out: SHM_LOOP_* */
+};
+
+/* Runs rounds (shm_round_serve) on r through s until one of the
+ * SHM_LOOP_* reasons; returns the last round's shm_round_serve result
+ * (-errno stops it too). */
+int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
+                        struct shm_loop *L);
 
 /* ---- a client's wait for a reply (call.c) ----
  * A synchronous write waits for its acknowledgement. Polling finds it a
@@ -648,6 +701,8 @@ int64_t  shm_round_send(struct shm_round *r);
                                           long: it stopped polling, slept */
 #define SHM_WAIT_SLEPT_ONLY  4         /* no budget: it slept at once */
 #define SHM_CONTENDED_NS     50000     /* a yield this long: contended */
+#define SHM_SPIN_MIN_NS      5000      /* a spin budget below this is none
+                                          (protocol.Spin.MIN_SECONDS) */
 
 /* Receives from the non-blocking stream socket fd into buf[0..cap): polls
  * for up to spin_ns, then sleeps in poll() for up to timeout_ms. Returns
@@ -656,6 +711,112 @@ int64_t  shm_round_send(struct shm_round *r);
  * how the wait went (SHM_WAIT_*). */
 int64_t  shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
                        int timeout_ms, int32_t *how);
+
+/* ---- request channels (chan.c): a synchronous write without the socket ----
+ * A channel is one client's request slot in shared memory: a memfd the
+ * daemon creates per connection on request (Op.CHANNEL), sizes, seals
+ * against shrinking and growing, and passes to the client with an eventfd
+ * (its doorbell) over the socket (SCM_RIGHTS). Nothing is named in
+ * /dev/shm, and only the two processes map it. The client writes one
+ * request -- the same msgpack bytes it would send on the socket,
+ * [BATCH, id, bin] -- and posts it; the daemon serves it in its round,
+ * commits, writes the reply bytes and marks it done. Both sides poll a
+ * little (the other may answer within microseconds) and then sleep: the
+ * daemon in epoll, woken by the doorbell; the client on a futex on `done`.
+ * Each side rings or wakes the other only when that one said it sleeps,
+ * so a busy pair makes no system call at all.
+ *
+ * The client can write every byte of the channel at any time, so the
+ * daemon trusts none of it: it loads each word once, copies the request
+ * into private memory before it parses it, and never reads back what it
+ * wrote itself (its own tickets are private, struct shm_chan_end). The
+ * seals mean the client cannot shrink the memfd under the daemon's
+ * mapping (a SIGBUS). A socket stays open beside the channel: connecting,
+ * authorisation, every other request, and the end of either side. */
+#define SHM_CHAN_REQUEST     65536     /* bytes one channel request may take */
+#define SHM_CHAN_REPLY       4096      /* bytes of the reply area */
+#define SHM_CHAN_CHECK_NS    20000000  /* a sleeping client looks at its
+                                          socket this often: the daemon's
+                                          death ends a wait this soon */
+/* Values of struct shm_round.fast[fd] (0: not served in C) */
+#define SHM_FAST_CONN        1         /* a connection served by the round */
+#define SHM_FAST_DOORBELL    2         /* a channel's eventfd: drained */
+
+/* The shared memory of one channel. Words the client writes and words the
+ * daemon writes lie on separate cache lines (no false sharing while both
+ * poll). Tickets are the client's count of requests: it posts ticket n,
+ * the daemon answers with done = n; both compare by equality (they wrap). */
+struct shm_chan {
+    /* Written by the client. */
+    uint32_t posted;                /* atomic: the ticket of the request in
+                                       `request`; seq_cst store after the
+                                       request's bytes and request_len */
+    uint32_t client_sleeps;         /* atomic: 1 while the client sleeps,
+                                       or is about to, on `done` */
+    uint64_t request_len;           /* bytes of the request */
+    uint8_t  client_pad[SHM_CACHE_LINE - 16];
+    /* Written by the daemon. */
+    uint32_t done;                  /* atomic, the client's futex word: the
+                                       ticket answered; seq_cst store after
+                                       the reply's bytes and reply_len */
+    uint32_t daemon_sleeps;         /* atomic: 1 while the daemon sleeps, or
+                                       is about to, in epoll */
+    uint64_t reply_len;             /* bytes of the reply */
+    uint8_t  daemon_pad[SHM_CACHE_LINE - 16];
+    uint8_t  request[SHM_CHAN_REQUEST];
+    uint8_t  reply[SHM_CHAN_REPLY];
+};
+
+/* What becomes of a channel's request in a round (shm_chan_end.state). */
+#define SHM_CHAN_IDLE        0         /* nothing taken */
+#define SHM_CHAN_LEFT        1         /* taken, left to the caller */
+#define SHM_CHAN_ANSWERED    2         /* its reply waits for the commit */
+
+/* The daemon's side of a channel: private, so nothing in it is the
+ * client's to change. An entry with chan NULL is free. */
+struct shm_chan_end {
+    struct shm_chan *chan;          /* the daemon's mapping */
+    int32_t efd;                    /* the doorbell (an eventfd) */
+    int32_t conn_fd;                /* its connection (the caller's, to
+                                       name the client of a request) */
+    uint32_t state;                 /* SHM_CHAN_* */
+    uint32_t done;                  /* the ticket last answered */
+    uint32_t ticket;                /* the ticket taken this round */
+    uint64_t in_at, in_len;         /* LEFT: the request, in the round's
+                                       inbuf */
+    uint64_t reply_len;
+    uint8_t  reply[SHM_CHAN_REPLY]; /* ANSWERED: the reply to publish */
+};
+
+/* Daemon: creates a channel into the free entry e (its memfd sealed, both
+ * mapped, the doorbell made); *memfd is the descriptor to pass to the
+ * client, which the caller closes once passed. SHM_OK or -errno. */
+int      shm_chan_open(struct shm_chan_end *e, int32_t *memfd);
+/* Daemon: unmaps e's channel, closes its doorbell, frees e. */
+void     shm_chan_close(struct shm_chan_end *e);
+/* Daemon: the reply (msgpack bytes) to e's request that the caller
+ * served; published with the round's (shm_round_send). SHM_EBUFSMALL if
+ * it is over SHM_CHAN_REPLY bytes. */
+int      shm_chan_answer(struct shm_round *r, uint64_t index,
+                         const char *reply, uint64_t len);
+/* Client: maps the channel memfd the daemon passed (and checks it is
+ * one: its size and seals); NULL with errno set if it is not. */
+struct shm_chan *shm_chan_attach(int memfd);
+void     shm_chan_detach(struct shm_chan *c);
+/* Client: writes request[0..len) (at most SHM_CHAN_REQUEST bytes) as
+ * ticket, rings the doorbell efd if the daemon sleeps, then waits as
+ * shm_chan_wait does. */
+int64_t  shm_chan_call(struct shm_chan *c, int efd, int sockfd,
+                       const char *request, uint64_t len, uint32_t ticket,
+                       int64_t spin_ns, int timeout_ms, int32_t *how);
+/* Client: waits for the reply to ticket: polls up to spin_ns, then sleeps
+ * on the futex, looking at sockfd every SHM_CHAN_CHECK_NS. Returns the
+ * reply's length (its bytes in c->reply), -ETIMEDOUT, -EINTR (a signal:
+ * call again), or -EPIPE when sockfd became readable (the daemon closed
+ * the connection or wrote on it: the caller reads it). *how as for
+ * shm_wait_recv. */
+int64_t  shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
+                       int64_t spin_ns, int timeout_ms, int32_t *how);
 
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */

@@ -1,9 +1,11 @@
 """The client map: ``shmmap.connect(name)``.
 
 Reads go straight to shared memory (see MapReader): no message, no lock,
-no system call. Writes are requests to the daemon over its Unix socket; a
-write returns once the daemon has committed it, so this process, and any
-other that reads afterwards, sees it.
+no system call. Writes are requests to the daemon: a synchronous store or
+delete through this connection's channel in shared memory (see
+shmmap.channel), everything else over its Unix socket. A write returns
+once the daemon has committed it, so this process, and any other that
+reads afterwards, sees it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import msgpack
 
 from . import protocol, segments
 from ._core import ffi, lib
+from .channel import REQUEST_BYTES as CHANNEL_REQUEST_BYTES
+from .channel import Channel, receive_fds
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .codec import decode_value, encode_key, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
@@ -100,13 +104,14 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
                  cache_keys: int = DEFAULT_CACHE_KEYS,
                  cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 trace: Optional[str] = None) -> None:
+                 trace: Optional[str] = None, channel: bool = True) -> None:
         """Maps map name and connects to its daemon (within timeout)."""
-        self._setup(name, timeout, cache_keys, cache_bytes, trace)
+        self._setup(name, timeout, cache_keys, cache_bytes, trace, channel)
         self._open()
 
     def _setup(self, name: str, timeout: float, cache_keys: int = DEFAULT_CACHE_KEYS,
-               cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None) -> None:
+               cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None,
+               channel: bool = True) -> None:
         """The state of a map not yet opened (connect() opens it at once,
         unpickling on first use)."""
         self.name = segments.check_map_name(name)
@@ -125,6 +130,8 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._closed = False
         self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
+        self._use_channel = channel
+        self._chan: Optional[Channel] = None    # the connection's channel, if it has one
         self._poller: Optional[select.poll] = None
         self._unpacker = msgpack.Unpacker(raw=False)
         self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
@@ -207,7 +214,8 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise MapClosedError(f"map {self.name!r} is closed")
         return (_connect_on_first_use, (self.name, {
             "timeout": self.timeout, "cache_keys": self.cache_limits.max_keys,
-            "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path}))
+            "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path,
+            "channel": self._use_channel}))
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
@@ -215,7 +223,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._lock = threading.Lock()
         if self._sock is not None:
             self._sock.close()          # our copy of the fd; the parent keeps its own
-        self._sock = self._poller = None
+        if self._chan is not None:
+            self._chan.close()          # our mapping and fd; the parent's stay
+        self._sock = self._poller = self._chan = None
         if self._reader is not None:
             self._reader.after_fork()
         if isinstance(self._cache, ReadCache):
@@ -269,6 +279,46 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self.daemon_info = info
         if info["slot"] >= 0:
             reader.use_slot(ClientSlot(self.name, info["slot"]))
+        if self._use_channel and info.get("channel"):
+            try:
+                self._open_channel(deadline)
+            except (OSError, ValueError) as exc:
+                self._disconnect(reader)
+                raise DaemonUnavailableError(
+                    f"the daemon of map {self.name!r} gave no channel: {exc}") from None
+
+    def _open_channel(self, deadline: float) -> None:
+        """Asks the daemon for a channel (Op.CHANNEL), whose descriptors
+        come with the reply. A daemon that answers with an error gives
+        none: writes then all go on the socket."""
+        assert self._sock is not None
+        rid = self._new_id()
+        self._send_all(self._packer.pack([Op.CHANNEL, rid]), deadline)
+        fds: list[int] = []
+        try:
+            reply = next(self._unpacker, None)
+            while reply is None:
+                self._wait(select.POLLIN, deadline)
+                try:
+                    data, passed = receive_fds(self._sock, protocol.RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                fds += passed
+                if not data:
+                    raise ConnectionResetError("the daemon closed the connection")
+                self._feed(data)
+                reply = next(self._unpacker, None)
+            if not isinstance(reply, list) or len(reply) < 3 or reply[0] != rid:
+                raise ValueError(f"a garbled reply to CHANNEL: {reply!r:.100}")
+            if reply[1] == protocol.OK:
+                if len(fds) != 2:
+                    raise ValueError(f"CHANNEL's reply carried {len(fds)} descriptors, not 2")
+                memfd, efd = fds
+                fds = []
+                self._chan = Channel(memfd, efd)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _refusal(self, deadline: float) -> Optional[ShmmapError]:
         """The error a daemon that refused this connection (too many
@@ -295,6 +345,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if self._sock is not None:
             self._sock.close()
             self._sock = self._poller = None
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
         if reader is not None:
             reader.use_slot(None)
 
@@ -351,12 +404,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             left_ms = math.ceil((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            started = time.perf_counter()
             got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE,
                                     int(spin.budget() * 1e9), left_ms, how)
-            if how[0] == lib.SHM_WAIT_WON:
-                spin.won()
-            elif how[0] != lib.SHM_WAIT_SLEPT_ONLY:
-                spin.lost()
+            spin.waited(time.perf_counter() - started, how[0])
             if got > 0:
                 return self._recv_bytes[0:got]
             if got == 0:
@@ -365,6 +416,66 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
             if got != -errno.EINTR:     # a signal: its handler ran; wait on
                 raise OSError(-got, os.strerror(-got))
+
+    def _call_channel(self, chan: Channel, request: bytes, deadline: float) -> None:
+        """Sends one framed batch request through the channel and waits
+        for its acknowledgement; raises the daemon's error, TimeoutError,
+        or what the socket says when the daemon goes away meanwhile."""
+        assert self._sock is not None
+        fd, spin, how = self._sock.fileno(), self._spin, self._how
+        started = time.perf_counter()
+        got = chan.call(request, fd, int(spin.budget() * 1e9), self._left_ms(deadline), how)
+        while True:
+            spin.waited(time.perf_counter() - started, how[0])
+            if got >= 0:
+                break
+            if got == -errno.ETIMEDOUT:
+                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            if got == -errno.EPIPE:     # the socket speaks: the daemon's end, or its error
+                self._receive(batch_request_id(request), 1, deadline)
+                raise ValueError("the daemon answered a channel request on the socket")
+            if got != -errno.EINTR:     # a signal: its handler ran; wait on
+                raise OSError(-got, os.strerror(-got))
+            got = chan.wait(fd, 0, self._left_ms(deadline), how)
+        reply = chan.reply(got)
+        if not is_batch_ack(request, reply):
+            self._raise_reply(msgpack.unpackb(reply, raw=False))
+
+    def _settle(self, chan: Channel, deadline: float) -> None:
+        """Waits for the answer to a channel request that timed out (or
+        was interrupted) before anything else is sent, so that the daemon
+        applies this connection's requests in order. If it does not come,
+        nothing is sent: _NothingSent(TimeoutError)."""
+        if chan.outstanding is None:
+            return
+        assert self._sock is not None
+        while True:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            got = (chan.wait(self._sock.fileno(), 0, left_ms, self._how) if left_ms > 0
+                   else -errno.ETIMEDOUT)
+            if got >= 0:
+                chan.reply(got)         # the outcome of a write already reported unknown
+                return
+            if got == -errno.EPIPE:
+                raise _NothingSent() from ConnectionResetError("the daemon went away")
+            if got != -errno.EINTR:
+                raise _NothingSent() from TimeoutError(
+                    f"an earlier write is still unanswered after {self.timeout} s")
+
+    def _left_ms(self, deadline: float) -> int:
+        """Milliseconds to deadline; TimeoutError if it passed."""
+        left = math.ceil((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+        return left
+
+    @staticmethod
+    def _raise_reply(reply: Any) -> None:
+        """Raises the error a reply carries (or ValueError if it is no reply)."""
+        if not isinstance(reply, list) or len(reply) < 3:
+            raise ValueError(f"a garbled reply from the daemon: {reply!r:.100}")
+        if reply[1] != protocol.OK:
+            raise reply_error(reply[1], reply[2])
 
     def _feed(self, data: bytes) -> None:
         self._unpacker.feed(data)
@@ -460,12 +571,21 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 self._connect(reader, deadline)
             sent = False
             try:
-                self._send_all(data, deadline)
-                sent = True
-                if ops is _ONE_BATCH:
+                chan = self._chan
+                if chan is not None:
+                    self._settle(chan, deadline)
+                if ops is _ONE_BATCH and chan is not None and len(data) <= CHANNEL_REQUEST_BYTES:
+                    sent = True         # posting is all or nothing
+                    self._call_channel(chan, data, deadline)
+                    results = _BATCH_RESULT
+                elif ops is _ONE_BATCH:
+                    self._send_all(data, deadline)
+                    sent = True
                     self._receive_batch(data, deadline)
                     results = _BATCH_RESULT
                 else:
+                    self._send_all(data, deadline)
+                    sent = True
                     results = self._receive(first_id, count, deadline)
                 if self._trace is not None:
                     self._trace.wait(self.name, list(ops), traced)
@@ -483,6 +603,11 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             except TimeoutError as exc:
                 if not sent:        # a request cut short: the stream is unusable
                     self._disconnect(reader)
+                elif self._chan is not None and self._chan.outstanding is None:
+                    # A late reply may still come on the socket: the
+                    # channel's requests could overtake it. Socket only.
+                    self._chan.close()
+                    self._chan = None
                 if all(op in protocol.READ_ONLY for op in ops):
                     raise DaemonUnavailableError(
                         f"map {self.name!r}: no reply from the daemon within "
@@ -868,7 +993,7 @@ class Pipeline:
 def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
             cache_keys: int = DEFAULT_CACHE_KEYS,
             cache_bytes: int = DEFAULT_CACHE_BYTES,
-            trace: Optional[str] = None) -> SharedMap:
+            trace: Optional[str] = None, channel: bool = True) -> SharedMap:
     """Opens map name, which a daemon (``shmmap serve name``) must serve.
 
     timeout bounds each operation that talks to the daemon: connecting,
@@ -884,9 +1009,15 @@ def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
 
     trace (or the environment variable SHMMAP_TRACE) names a file this
     process appends trace events to: each iteration and each wait for the
-    daemon, which ``shmmap trace`` merges into its trace."""
+    daemon, which ``shmmap trace`` merges into its trace.
+
+    channel: a synchronous store or delete (and a batch of up to 64 KiB)
+    travels through a channel in shared memory that the daemon makes for
+    this connection, not the socket: no system call when both sides are
+    busy, a futex wake-up when they are not. False sends every write on
+    the socket."""
     return SharedMap(name, timeout=timeout, cache_keys=cache_keys, cache_bytes=cache_bytes,
-                     trace=trace)
+                     trace=trace, channel=channel)
 
 
 def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:

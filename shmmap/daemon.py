@@ -43,8 +43,10 @@ from .writer import Limits, MapWriter
 log = logging.getLogger("shmmap.daemon")
 
 MISS_CHECK_SECONDS = 0.1     # how often readers' miss counts are summed
-# Descriptors the daemon holds besides one per client: stdio, the listener,
-# epoll, the wake-up pipe, and one per mapped segment (mmap keeps a dup).
+# Descriptors the daemon holds per client: its socket and its channel's
+# doorbell; and besides: stdio, the listener, epoll, the wake-up pipe, one
+# per mapped segment (mmap keeps a dup), and a channel's memfd until passed.
+FDS_PER_CLIENT = 2
 FDS_BESIDES_CLIENTS = 64
 READY = b"ready\n"           # what the daemon writes to --ready-fd once it serves
 
@@ -92,7 +94,8 @@ class Server:
             self.transport = Transport(
                 self.socket_path, mode=config.mode, group=config.group,
                 max_connections=config.max_connections, authorize=self._authorize,
-                serve_round=self.dispatcher.serve_round, serve_bytes=self.dispatcher.serve_bytes,
+                serve_round=self.dispatcher.serve_round, serve_loop=self.dispatcher.serve_loop,
+                serve_bytes=self.dispatcher.serve_bytes,
                 on_request=self.dispatcher.handle, on_drop=self._release_slot)
         except BaseException:
             # Nothing was served yet. A map created just now holds nothing:
@@ -109,12 +112,14 @@ class Server:
     def _observe(self, slots: ReaderSlots) -> None:
         """Statistics, timings, the trace recorder and their requests."""
         self.timings = Timings()
+        self._c_loop = self.timings.new_loop()      # the C loop's (see _loop)
         self.statistics = Statistics(self.name, self.writer, slots, self.transport,
                                      self.dispatcher, self.ops, self.timings)
         self.promotions = PromotionLog(self.writer, self.timings)
         self.recorder = Recorder(self.timings, self._trace_counters)
         self.dispatcher.handlers[Op.TIMINGS] = (self.statistics.op_timings, 0)
         self.dispatcher.handlers[Op.TRACE] = (self.recorder.op_trace, 2)
+        self.dispatcher.handlers[Op.CHANNEL] = (self._op_channel, 0)
         if self.metrics is not None:
             self.statistics.metrics_url = self.metrics.url
 
@@ -177,6 +182,13 @@ class Server:
             return None
         return f"uid {peer.uid} may not use map {self.name!r}"
 
+    def _op_channel(self, conn: Connection) -> tuple[dict[str, int], int]:
+        """Makes conn's channel; its descriptors go with the reply."""
+        try:
+            return {"bytes": self.transport.open_channel(conn)}, 0
+        except (OSError, ValueError) as exc:
+            raise LimitError(f"no channel: {exc}") from None
+
     def _release_slot(self, conn: Connection) -> None:
         if conn.slot >= 0:
             self.slots.release(conn.slot)
@@ -223,29 +235,8 @@ class Server:
         spin = protocol.Spin(protocol.DAEMON_SPIN_SECONDS)
         self.promotions.check()                 # adoption's promotion
         while not self.stopping:
-            # Right after serving, poll without sleeping for a moment: the
-            # next request of a synchronous client may come sooner than a
-            # wake-up from epoll would (protocol.Spin: for as long as that
-            # pays lately).
-            spinning = busy_until > 0.0 and time.perf_counter() < busy_until
-            if busy_until > 0.0 and not spinning:
-                spin.lost()                     # the spin ran out: sleep
-                busy_until = 0.0
-            # Give the core away on each turn: when processes outnumber
-            # cores, the client whose request we wait for may need this
-            # very core to send it (PLATFORM-NOTES: with a third busy
-            # process, a spin that never yields cut writes 5-fold). No spin
-            # while a promotion is built: the build's thread takes a core,
-            # and a loop that yields it may wait for the scheduler's tick to
-            # get it back (p99 3 ms); one that sleeps in epoll is woken by
-            # the request and preempts the build.
-            if spinning and (self.promoter.building or not spin.yield_core()):
-                spinning, busy_until = False, 0.0
-            if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
-                if spinning:
-                    spin.won()
-                budget = spin.budget()
-                busy_until = time.perf_counter() + budget if budget else 0.0
+            if not self._serve_in_c(next_miss_check, spin):
+                busy_until = self._poll(spin, busy_until)
             # A background build that is done is replayed and published
             # before this round's replies go out (see promotion.py).
             self.promoter.check()
@@ -257,6 +248,50 @@ class Server:
             if self.snapshots is not None and self.snapshots.pending:
                 self.snapshots.serve()          # a metrics scrape waits for this
         self._commit_round()                    # answer what was read
+
+    def _serve_in_c(self, deadline: float, spin: protocol.Spin) -> bool:
+        """Serves rounds in C -- each committed, published and sent there,
+        with no Python per request -- until one needs Python or deadline
+        passes (Transport.serve). Not while a build runs (the loop replays
+        and publishes it), nor while a trace records (it wants each
+        request's client): False then, and _poll serves a round."""
+        if self.promoter.building or self.timings.recorder is not None:
+            return False
+        room = self.writer.runway_room()
+        # A build that failed for lack of room is not retried in this
+        # generation (promotion.py): then the room needs no watching.
+        live_min = (lib.SHM_BACKGROUND_MIN_LIVE if self.promoter.runway_may_start()
+                    else 2**64 - 1)
+        self.transport.serve(self._c_loop, deadline, spin, (live_min, *room))
+        self.timings.observe_loop(self._c_loop)
+        return True
+
+    def _poll(self, spin: protocol.Spin, busy_until: float) -> float:
+        """One round served by poll(); returns until when to spin next.
+
+        Right after serving, it polls without sleeping for a moment: the
+        next request of a synchronous client may come sooner than a
+        wake-up from epoll would (protocol.Spin: for as long as that pays
+        lately). It gives the core away on each turn: when processes
+        outnumber cores, the client whose request it waits for may need
+        this very core to send it (PLATFORM-NOTES: with a third busy
+        process, a spin that never yields cut writes 5-fold). No spin while
+        a promotion is built: the build's thread takes a core, and a loop
+        that yields it may wait for the scheduler's tick to get it back
+        (p99 3 ms); one that sleeps in epoll is woken by the request and
+        preempts the build."""
+        spinning = busy_until > 0.0 and time.perf_counter() < busy_until
+        if busy_until > 0.0 and not spinning:
+            spin.lost()                     # the spin ran out: sleep
+            busy_until = 0.0
+        if spinning and (self.promoter.building or not spin.yield_core()):
+            spinning, busy_until = False, 0.0
+        if self.transport.poll(0 if spinning else MISS_CHECK_SECONDS):
+            if spinning:
+                spin.won()
+            budget = spin.budget()
+            busy_until = time.perf_counter() + budget if budget else 0.0
+        return busy_until
 
     def _commit_round(self) -> None:
         """Commits this round's writes with one release store, then sends
@@ -350,7 +385,7 @@ def raise_fd_limit(max_connections: int) -> int:
     """Raises the soft RLIMIT_NOFILE to what max_connections needs (up to
     the hard limit); LimitError if the hard limit is too low. Returns the
     soft limit in force."""
-    need = max_connections + FDS_BESIDES_CLIENTS
+    need = max_connections * FDS_PER_CLIENT + FDS_BESIDES_CLIENTS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return soft
@@ -358,7 +393,8 @@ def raise_fd_limit(max_connections: int) -> int:
         raise LimitError(
             f"--max-connections {max_connections} needs {need} file descriptors, but this "
             f"process may open at most {hard} (its hard RLIMIT_NOFILE): lower "
-            f"--max-connections to {max(hard - FDS_BESIDES_CLIENTS, 0)} or raise the limit "
+            f"--max-connections to {max((hard - FDS_BESIDES_CLIENTS) // FDS_PER_CLIENT, 0)} "
+            "or raise the limit "
             "(LimitNOFILE= in the systemd unit, ulimit -Hn in a shell)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     log.info("raised the open-file limit from %d to %d for --max-connections %d", soft, need,

@@ -9,6 +9,7 @@ from time import perf_counter
 from typing import Any
 
 from . import protocol
+from ._core import lib
 from .errors import InvalidRequestError, LimitError, MapFullError
 from .ops import Handler, MapOps
 from .protocol import Err, Op
@@ -36,6 +37,7 @@ class Dispatcher:
         self.handlers = handlers
         self.serve_fast = ops.serve_bytes
         self.serve_fast_round = ops.serve_round
+        self.serve_fast_loop = ops.serve_loop
         self.requests = 0
         self.errors = 0
         # (op, when its handling started, connection) of each request of
@@ -56,8 +58,19 @@ class Dispatcher:
             self.requests += served
             # A blocking wait in the round is not the requests' time: they
             # arrived when it ended, at the latest; so time from then.
-            fds = tuple(round_.replies[i].fd for i in range(round_.reply_count))
-            self.fast_round.append((served, perf_counter() if timeout_ms else started, fds))
+            self.fast_round.append((served, perf_counter() if timeout_ms else started,
+                                    _served_fds(round_)))
+        return events
+
+    def serve_loop(self, round_: Any, loop: Any) -> int:
+        """The transport's ServeLoop: rounds served in C, each committed
+        and answered, until one needs Python (see shm_serve_loop); the last
+        round's events. The requests of a round left to Python are timed
+        with it."""
+        events, served = self.serve_fast_loop(round_, loop)
+        self.requests += served
+        if loop.stop == lib.SHM_LOOP_LEFT and round_.served:
+            self.fast_round.append((round_.served, perf_counter(), _served_fds(round_)))
         return events
 
     def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
@@ -105,6 +118,14 @@ class Dispatcher:
     def _error(self, rid: int, code: Err, message: str) -> list[Any]:
         self.errors += 1
         return [rid, code, message]
+
+
+def _served_fds(round_: Any) -> tuple[int, ...]:
+    """The connections whose requests a C round served: on their sockets
+    and on their channels."""
+    return (tuple(round_.replies[i].fd for i in range(round_.reply_count))
+            + tuple(round_.chans[round_.chan_answered[i]].conn_fd
+                    for i in range(round_.chan_answered_count)))
 
 
 def _code_of(exc: Exception) -> Err:

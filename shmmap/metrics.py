@@ -165,6 +165,8 @@ def families(name: str, observed: dict[str, Any]) -> list[Metric]:
     gauge("dirty_keys", "Keys in the dirty table (a lookup of them is a miss).",
           st["dirty_keys"])
     gauge("clients", "Connected clients.", st["clients"])
+    gauge("channels", "Connected clients with a request channel in shared memory.",
+          st["channels"])
     gauge("older_generations_mapped", "Superseded generations that clients still map "
           "(an iteration keeps its generation until it ends).", st["older_generations_mapped"])
     gauge("generation", "The current generation's number.", st["generation"])

@@ -126,6 +126,25 @@ class MapOps:
             self.uncommitted = True
         return events, served
 
+    def serve_loop(self, round_: Any, loop: Any) -> tuple[int, int]:
+        """Serves rounds in C until one needs Python (shm_serve_loop):
+        (the last round's events or -errno, requests served in all). A
+        round left to Python (SHM_LOOP_LEFT) is not committed yet: its
+        writes are visible after commit()."""
+        s, writer = self._round_serve, self.writer
+        s.view = writer.generation.view
+        s.seq = writer.seq
+        served_before = loop.served
+        events = lib.shm_serve_loop(round_, s, loop)
+        served = loop.served - served_before
+        if loop.stop == lib.SHM_LOOP_LEFT and round_.served:
+            served += round_.served
+            self.uncommitted = True
+        if served:
+            writer.seq = s.seq
+            self.writes += served
+        return events, served
+
     def _write(self, blob: bytes) -> int:
         seq = self.writer.apply(blob)
         self.writes += 1
@@ -149,7 +168,8 @@ class MapOps:
             conn.slot = self.slots.assign(conn.peer.pid)
         lim = self.writer.limits
         return {"pid": os.getpid(), "slot": conn.slot, "max_key": lim.max_key,
-                "max_value": lim.max_value, "version": protocol.VERSION}, 0
+                "max_value": lim.max_value, "version": protocol.VERSION,
+                "channel": True}, 0
 
     def op_batch(self, conn: Connection, blob: Any) -> Result:
         return None, self._write(_bin(blob, "batch"))

@@ -113,9 +113,13 @@ class BackgroundPromoter:
             if self._queued:
                 self._waiting, self._queued = self._queued, []
                 self.start("requested")
-            elif (self.writer.generation.gen != self._runway_failed_gen
-                  and self.writer.runway_short()):
+            elif self.runway_may_start() and self.writer.runway_short():
                 self.start("runway")
+
+    def runway_may_start(self) -> bool:
+        """Whether short room may start a build: not in a generation where
+        one failed for lack of room already."""
+        return self.writer.generation.gen != self._runway_failed_gen
 
     def _finish(self, build: Build) -> None:
         self._build = None

@@ -49,7 +49,7 @@ class Spin:
     PROBE_EVERY spins a little, to notice when polling pays again.
     """
 
-    MIN_SECONDS = 5e-6          # a budget below this is none
+    MIN_SECONDS = lib.SHM_SPIN_MIN_NS / 1e9     # a budget below this is none
     CONTENDED_SECONDS = lib.SHM_CONTENDED_NS / 1e9   # a yield this long: contended
     PROBE_EVERY = 64
     LOOK_SECONDS = 0.1          # how often the load average is read
@@ -86,6 +86,20 @@ class Spin:
         """The wait ended while polling."""
         self.seconds = min(self.limit, max(self.seconds * 2, self.MIN_SECONDS))
 
+    def waited(self, seconds: float, how: int) -> None:
+        """A wait ended after seconds; how (SHM_WAIT_*) says whether it
+        ended while polling. One that slept sets the budget to cover such
+        a wait (with half again as margin) if polling that long is within
+        the limit: so the budget follows the peer's answer times, however
+        the peer itself waits (a peer that sleeps answers slower, and
+        would make a halving-only budget give up)."""
+        if how == lib.SHM_WAIT_WON:
+            self.won()
+        elif how == lib.SHM_WAIT_CONTENDED or seconds > self.limit:
+            self.lost()
+        else:
+            self.seconds = min(self.limit, max(seconds * 1.5, self.MIN_SECONDS))
+
     def lost(self) -> None:
         """The wait had to sleep, or a yield found the cores contended."""
         half = self.seconds / 2
@@ -117,14 +131,17 @@ class Op(enum.IntEnum):
     STATS = 9             # []                      -> {stats}
     TIMINGS = 10          # []                      -> {"stats": {stats}, histograms}
     TRACE = 11            # [seconds, slow_seconds] -> start recording; [0, 0] -> events
+    CHANNEL = 12          # []                      -> {"bytes": n}, with the channel's
+                          #   memfd and doorbell eventfd passed (see shmmap.channel)
 
 
 # Ops whose effect is the same if applied twice: a client may resend them
 # after the daemon restarts. The others report "outcome unknown" instead.
-IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS, Op.TIMINGS})
+IDEMPOTENT = frozenset({Op.HELLO, Op.BATCH, Op.CLEAR, Op.PROMOTE, Op.STATS, Op.TIMINGS,
+                        Op.CHANNEL})
 # Ops that change nothing: one that times out means the daemon does not
 # answer (DaemonUnavailableError), not that a write's outcome is unknown.
-READ_ONLY = frozenset({Op.HELLO, Op.STATS, Op.TIMINGS})
+READ_ONLY = frozenset({Op.HELLO, Op.STATS, Op.TIMINGS, Op.CHANNEL})
 
 OK = lib.SHM_REPLY_OK
 

@@ -78,9 +78,13 @@ class Daemon:
             raise RuntimeError("a Daemon starts once; make another for a new daemon")
         ready_r, ready_w = os.pipe()
         try:
+            # A session of its own: a terminal's Ctrl-C goes to the program
+            # that owns the daemon, which stops it when it is done (a daemon
+            # in its process group would stop and remove the map while the
+            # program's processes still use it).
             self.process = subprocess.Popen(
                 self._command(ready_w), pass_fds=(ready_w,), stdin=subprocess.DEVNULL,
-                stdout=self._log, stderr=self._log, cwd=CHILD_CWD)
+                stdout=self._log, stderr=self._log, cwd=CHILD_CWD, start_new_session=True)
         finally:
             os.close(ready_w)
         try:

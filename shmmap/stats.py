@@ -9,6 +9,7 @@ from bisect import bisect_left
 from dataclasses import asdict
 from typing import Any, Optional
 
+from ._core import ffi, lib
 from .dispatch import Dispatcher
 from .ops import MapOps
 from .protocol import Op
@@ -62,6 +63,7 @@ class Statistics:
             "writes": self.ops.writes,
             "errors": self.dispatcher.errors,
             "clients": len(self.transport.connections),
+            "channels": self.transport.channels,
             "lookups": readers["lookups"],
             "misses": readers["misses"],
             "export_batches": readers["iterations"],
@@ -234,6 +236,37 @@ class Timings:
         if self.recorder is not None:
             for conn in conns or [None]:
                 self.recorder.request(op, seconds, conn)
+
+    def new_loop(self) -> Any:
+        """A struct shm_loop for the C loop (Transport.serve), which times
+        requests and rounds into it with these buckets; observe_loop takes
+        them from it."""
+        loop = ffi.new("struct shm_loop *")
+        if len(BUCKET_BOUNDS) > lib.SHM_LOOP_BUCKETS:
+            raise AssertionError("more latency buckets than struct shm_loop holds")
+        loop.nbounds = len(BUCKET_BOUNDS)
+        for i, bound in enumerate(BUCKET_BOUNDS):
+            loop.bounds_ns[i] = round(bound * 1e9)
+        return loop
+
+    def observe_loop(self, loop: Any) -> None:
+        """Takes the batch requests and rounds the C loop timed, and zeroes
+        its counts (the C loop serves only batches, and only while no
+        trace records: a trace wants each request's client)."""
+        if not loop.commits:
+            return
+        n = len(BUCKET_BOUNDS) + 1
+        hist = self.requests.get(Op.BATCH)
+        if hist is None:
+            hist = self.requests[Op.BATCH] = Histogram()
+        for i in range(n):
+            hist.counts[i] += loop.request_counts[i]
+            self.commits.counts[i] += loop.commit_counts[i]
+            loop.request_counts[i] = loop.commit_counts[i] = 0
+        hist.sum += loop.request_ns / 1e9
+        self.commits.sum += loop.commit_ns / 1e9
+        self.commit_requests += loop.served
+        loop.request_ns = loop.commit_ns = loop.commits = loop.served = 0
 
     def observe_commit(self, requests: int, seconds: float) -> None:
         self.commits.observe(seconds)

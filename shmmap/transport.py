@@ -4,15 +4,19 @@
 It knows nothing of the map. A round of the loop (``poll``) is served
 first by ``serve_round``, the C hot path, which waits for events and
 receives, serves and queues the replies of connections that have nothing
-of their own queued here; what it leaves, Python handles: bytes go to
+of their own queued here, then serves the requests posted on channels
+(see shmmap.channel); what it leaves, Python handles: bytes go to
 ``serve_bytes`` (the same C path, on the bytes given), each request it
 leaves is decoded here and goes to ``on_request``, whose reply comes back
-through ``reply()``. The daemon's loop commits a round's writes before
-``flush()`` sends a reply: that is where a round ends."""
+through ``reply()`` (or into the channel it came on). The daemon's loop
+commits a round's writes before ``flush()`` publishes or sends a reply:
+that is where a round ends."""
 from __future__ import annotations
 
+import array
 import enum
 import errno
+import heapq
 import logging
 import math
 import os
@@ -69,6 +73,10 @@ class Connection:
         # Replies given later (Later), each with its place in out: nothing
         # queued after the first of them is sent before it is filled in.
         self.held: list[tuple[int, Later]] = []
+        self.chan = -1                        # its channel's entry, once it asked for one
+        # Descriptors to pass with the next bytes sent (SCM_RIGHTS): a new
+        # channel's memfd, closed here once passed, and its doorbell.
+        self.passing: Optional[tuple[int, int]] = None
 
 
 class Later:
@@ -105,6 +113,9 @@ class Stop(enum.IntEnum):
 # serve_round(round, timeout_ms) -> events, or -errno: one round of the
 # daemon's loop in C (shm_round_serve on the transport's struct shm_round).
 ServeRound = Callable[[Any, int], int]
+# serve_loop(round, loop) -> the last round's events, or -errno: rounds in C,
+# each committed and answered, until one needs Python (shm_serve_loop).
+ServeLoop = Callable[[Any, Any], int]
 # serve_bytes(conn, buf, pos) -> (where it stopped, why, arg): it serves the
 # requests of buf from pos on that it can, appending their replies to
 # conn.out, and stops at the first it leaves (see Stop).
@@ -128,6 +139,7 @@ class Transport:
     def __init__(self, path: Path, *, mode: int, group: Optional[int], max_connections: int,
                  authorize: Callable[[Peer], Optional[str]],
                  serve_round: "ServeRound",
+                 serve_loop: "ServeLoop",
                  serve_bytes: "ServeBytes",
                  on_request: Callable[[Connection, Any], "list[Any] | Later"],
                  on_drop: Callable[[Connection], None]) -> None:
@@ -135,6 +147,7 @@ class Transport:
         self.max_connections = max_connections
         self.authorize = authorize
         self.serve_round = serve_round
+        self.serve_loop = serve_loop
         self.serve_bytes = serve_bytes
         self.on_request = on_request
         self.on_drop = on_drop
@@ -154,6 +167,15 @@ class Transport:
         self._round, self._fast, inbuf, outbuf = _new_round(self.epoll.fileno())
         self._round_arrays = (inbuf, outbuf)
         self._in, self._out = ffi.buffer(inbuf), ffi.buffer(outbuf)
+        # Channels: one entry per connection at most, the lowest free first
+        # (the round scans entries up to the highest in use).
+        self._ends = ffi.new("struct shm_chan_end[]", max_connections)
+        self._chan_lists = (ffi.new("uint32_t[]", max_connections),
+                            ffi.new("uint32_t[]", max_connections))
+        self._round.chans = self._ends
+        self._round.chan_left, self._round.chan_answered = self._chan_lists
+        self._free_ends = list(range(max_connections))
+        self._chan_conns: dict[int, Connection] = {}
 
     def watch_wakeup(self, fd: int) -> None:
         """Also wakes poll() when fd (a signal wake-up pipe) is readable."""
@@ -172,7 +194,35 @@ class Transport:
             raise OSError(-events, f"epoll_wait: {os.strerror(-events)}")
         for i in range(r.left_count):
             self._handle(r.left[i])
+        for i in range(r.chan_left_count):
+            self._serve_channel(r.chan_left[i])
         return events > 0
+
+    def serve(self, loop: Any, deadline: float, spin: "protocol.Spin",
+              room: tuple[int, int, int]) -> None:
+        """Serves rounds in C (serve_loop on loop, a struct shm_loop: each
+        round committed and answered there) until deadline (time.
+        monotonic()) or a round that needs Python, which it then handles
+        like poll(): the caller commits and calls flush() after it, as
+        after poll(). spin carries the polling budget from call to call;
+        room is (live keys from which, dirty entries, arena bytes) at or
+        below which the loop returns for a build."""
+        r = self._round
+        loop.deadline_ns = int(deadline * 1e9)
+        loop.spin_limit_ns = 0 if spin.crowded() else int(spin.limit * 1e9)
+        loop.spin_ns = min(int(spin.seconds * 1e9), loop.spin_limit_ns)
+        loop.min_live, loop.dirty_room, loop.arena_room = room
+        events = self.serve_loop(r, loop)
+        spin.seconds = loop.spin_ns / 1e9
+        if events < 0:
+            raise OSError(-events, f"epoll_wait: {os.strerror(-events)}")
+        if loop.stop == lib.SHM_LOOP_LEFT:
+            for i in range(r.left_count):
+                self._handle(r.left[i])
+            for i in range(r.chan_left_count):
+                self._serve_channel(r.chan_left[i])
+        elif loop.stop == lib.SHM_LOOP_UNSENT:
+            self._queue_unsent()
 
     def _handle(self, ev: Any) -> None:
         """An event the C round left (a struct shm_round_event)."""
@@ -198,16 +248,22 @@ class Transport:
         """Sends every queued reply (as much as each socket takes): the C
         round's, then the others."""
         r = self._round
-        if r.reply_count and lib.shm_round_send(r):
-            for i in range(r.left_count):
-                ev = r.left[i]
-                conn = self.connections.get(ev.fd)
-                if conn is not None:
-                    conn.out += self._out[ev.out_at:ev.out_at + ev.out_len]
-                    self._pending.add(conn)
-                    self._mark(conn)
+        if (r.reply_count or r.chan_answered_count) and lib.shm_round_send(r):
+            self._queue_unsent()
         while self._pending:
             self._flush(self._pending.pop())
+
+    def _queue_unsent(self) -> None:
+        """Queues here the replies shm_round_send could not send whole."""
+        r = self._round
+        for i in range(r.left_count):
+            ev = r.left[i]
+            conn = self.connections.get(ev.fd)
+            if conn is not None:
+                conn.out += self._out[ev.out_at:ev.out_at + ev.out_len]
+                self._pending.add(conn)
+                self._mark(conn)
+        r.left_count = 0
 
     def _mark(self, conn: Connection) -> None:
         """Lets the C round serve conn while nothing of its own is queued
@@ -269,6 +325,7 @@ class Transport:
             return          # dropped already
         del self.connections[conn.fd]
         self._mark(conn)                # not fast: its fd may be reused
+        self._close_channel(conn)
         self._pending.discard(conn)
         self.epoll.unregister(conn.fd)
         conn.sock.close()
@@ -277,6 +334,95 @@ class Transport:
                  conn.peer.uid, why, len(self.connections),
                  extra={"event": "disconnect", "pid": conn.peer.pid, "uid": conn.peer.uid,
                         "reason": why, "clients": len(self.connections)})
+
+    # -- channels ------------------------------------------------------------
+
+    @property
+    def channels(self) -> int:
+        """How many connections have a channel."""
+        return len(self._chan_conns)
+
+    def open_channel(self, conn: Connection) -> int:
+        """Makes conn's channel, whose descriptors go with the next bytes
+        sent to it (the reply to its Op.CHANNEL); its size in bytes.
+        OSError if the system has no memory or descriptors for one;
+        ValueError if conn has one already."""
+        if conn.chan >= 0:
+            raise ValueError("this connection has a channel already")
+        i = heapq.heappop(self._free_ends)
+        e = self._ends + i
+        memfd = ffi.new("int32_t *")
+        rc = lib.shm_chan_open(e, memfd)
+        if rc != 0:
+            heapq.heappush(self._free_ends, i)
+            raise OSError(-rc, f"cannot make a channel: {os.strerror(-rc)}")
+        try:
+            self.epoll.register(e.efd, _IN)
+        except OSError:
+            lib.shm_chan_close(e)
+            os.close(memfd[0])
+            heapq.heappush(self._free_ends, i)
+            raise
+        if e.efd < len(self._fast):
+            self._fast[e.efd] = lib.SHM_FAST_DOORBELL
+        e.conn_fd = conn.fd
+        conn.chan, conn.passing = i, (memfd[0], e.efd)
+        self._chan_conns[i] = conn
+        self._round.chan_len = max(self._round.chan_len, i + 1)
+        return int(lib.SHM_CHAN_REQUEST)
+
+    def _close_channel(self, conn: Connection) -> None:
+        if conn.passing is not None:
+            os.close(conn.passing[0])
+            conn.passing = None
+        i, conn.chan = conn.chan, -1
+        if i < 0:
+            return
+        e = self._ends + i
+        self.epoll.unregister(e.efd)
+        if e.efd < len(self._fast):
+            self._fast[e.efd] = 0
+        lib.shm_chan_close(e)           # the client's mapping stays until it lets go
+        del self._chan_conns[i]
+        heapq.heappush(self._free_ends, i)
+        r = self._round
+        while r.chan_len and self._ends[r.chan_len - 1].chan == ffi.NULL:
+            r.chan_len -= 1
+
+    def _serve_channel(self, i: int) -> None:
+        """A request the C round took from channel i and left: decoded and
+        answered here, its reply published with the round's. Anything but
+        one batch request is a protocol error (the connection is closed)."""
+        e, conn = self._ends[i], self._chan_conns.get(i)
+        if conn is None or e.state != lib.SHM_CHAN_LEFT:
+            return                      # closed since, or a new channel's entry
+        reply: "list[Any] | Later"
+        if e.in_len > lib.SHM_CHAN_REQUEST:
+            reply = [None, Err.PROTOCOL, f"a channel request of {e.in_len} bytes: at most "
+                     f"{lib.SHM_CHAN_REQUEST} fit"]
+        else:
+            try:
+                req = msgpack.unpackb(self._in[e.in_at:e.in_at + e.in_len], raw=False)
+            except Exception as exc:   # msgpack's errors: bytes that are no request
+                req = None
+                reply = [None, Err.PROTOCOL,
+                         f"malformed msgpack: {exc.__class__.__name__}: {exc}"]
+            if req is not None:
+                if not (isinstance(req, list) and len(req) >= 2
+                        and req[0] == protocol.Op.BATCH):
+                    reply = [None, Err.PROTOCOL, "a channel carries one batch request"]
+                else:
+                    try:
+                        reply = self.on_request(conn, req)
+                    except BadRequest as exc:
+                        reply = [None, Err.PROTOCOL, str(exc)]
+        if isinstance(reply, Later):    # no batch is answered later
+            raise AssertionError("a batch request answered later")
+        data = _fit(self._packer.pack(reply), reply)
+        if lib.shm_chan_answer(self._round, i, data, len(data)) != 0:
+            raise AssertionError("a fitted reply did not fit")
+        if reply[1] == Err.PROTOCOL:
+            self.protocol_error(conn, reply[2])
 
     # -- input ---------------------------------------------------------------
 
@@ -366,7 +512,7 @@ class Transport:
     def _flush(self, conn: Connection) -> None:
         ready = conn.out if not conn.held else conn.out[:conn.held[0][0]]
         try:
-            sent = conn.sock.send(ready) if ready else 0
+            sent = self._send(conn, ready) if ready else 0
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -385,6 +531,18 @@ class Transport:
             conn.events = want
             self.epoll.modify(conn.fd, want)
         self._mark(conn)
+
+    @staticmethod
+    def _send(conn: Connection, data: "bytes | bytearray") -> int:
+        """Sends what the socket takes of data, passing conn's descriptors
+        with its first byte if any wait."""
+        if conn.passing is None:
+            return conn.sock.send(data)
+        fds = array.array("i", conn.passing)
+        sent = conn.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        os.close(conn.passing[0])       # the client has its own now
+        conn.passing = None
+        return sent
 
     # -- the end -------------------------------------------------------------
 
@@ -435,6 +593,15 @@ def _new_round(epfd: int) -> tuple[Any, Any, Any, Any]:
     outbuf = ffi.new("uint8_t[]", lib.SHM_ROUND_OUT)
     r.epfd, r.fast_len, r.fast, r.inbuf, r.outbuf = epfd, fds, fast, inbuf, outbuf
     return r, fast, inbuf, outbuf
+
+
+def _fit(data: bytes, reply: list[Any]) -> bytes:
+    """A channel's reply in its SHM_CHAN_REPLY bytes: an error's message
+    is cut short if it is too long."""
+    if len(data) <= lib.SHM_CHAN_REPLY:
+        return data
+    message = str(reply[2])[:lib.SHM_CHAN_REPLY // 4 - 64] + " ..."
+    return msgpack.packb([*reply[:2], message])
 
 
 def _drain(fd: int) -> None:

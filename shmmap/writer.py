@@ -423,6 +423,13 @@ class MapWriter:
         build.run()
         return self.finish_build(build)
 
+    def runway_room(self) -> tuple[int, int]:
+        """The dirty entries and arena bytes left at which runway_short
+        becomes true (from SHM_BACKGROUND_MIN_LIVE live keys on): the C
+        loop's thresholds (struct shm_loop)."""
+        keys, nbytes = self._room_at_start
+        return keys // lib.SHM_PROMOTE_RUNWAY, nbytes // lib.SHM_PROMOTE_RUNWAY
+
     def runway_short(self) -> bool:
         """Whether a background build should start now: the current
         generation holds SHM_BACKGROUND_MIN_LIVE live keys or more, and has

@@ -1,0 +1,252 @@
+/*
+ * chan.c -- request channels: a client's synchronous write through shared
+ * memory, with futex and eventfd wake-ups (see shmmap.h for the layout and
+ * what each side may trust).
+ *
+ * The waits follow PLATFORM-NOTES: on idle cores a sleeping peer takes
+ * about 20 us to wake and one that polls answers in well under one; when
+ * processes outnumber the cores, polling takes the core the peer needs.
+ * So each side polls for a budget its caller adapts (protocol.Spin),
+ * yielding the core on every turn, and then sleeps.
+ *
+ * The two wake-up handshakes are the same store-load pattern. The waiter
+ * stores "I sleep" and then loads the word it waits for; the other side
+ * stores that word and then loads "it sleeps". With both pairs seq_cst,
+ * at least one side sees the other's store: the waiter finds the word
+ * changed and does not sleep, or the other side sees it sleeping and
+ * wakes it. Neither can miss the other, so no wake-up is lost.
+ */
+/* memfd_create, syscall and the F_SEAL_* flags are GNU/Linux. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "internal.h"
+
+#define NS_PER_SEC  1000000000LL
+#define NS_PER_MS   1000000LL
+/* The size of a channel's memfd: whole pages. */
+#define CHAN_BYTES  ((sizeof(struct shm_chan) + SHM_PAGE - 1) / SHM_PAGE * SHM_PAGE)
+#define CHAN_SEALS  (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * NS_PER_SEC + t.tv_nsec;
+}
+
+/* ---- the daemon's side ------------------------------------------------- */
+
+int shm_chan_open(struct shm_chan_end *e, int32_t *memfd)
+{
+    int fd = memfd_create("shmmap-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    /* Sealed before it is mapped or passed: from here on nobody -- the
+     * client included -- can shrink it under the daemon's mapping. */
+    if (ftruncate(fd, CHAN_BYTES) != 0 ||
+        fcntl(fd, F_ADD_SEALS, CHAN_SEALS) != 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    void *p = mmap(NULL, CHAN_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) {
+        int rc = -errno;
+        munmap(p, CHAN_BYTES);
+        close(fd);
+        return rc;
+    }
+    memset(e, 0, sizeof *e);
+    e->chan = p;                    /* a new memfd reads as zeros: ticket 0
+                                       is answered, nothing is posted */
+    e->efd = efd;
+    e->state = SHM_CHAN_IDLE;
+    *memfd = fd;
+    return SHM_OK;
+}
+
+void shm_chan_close(struct shm_chan_end *e)
+{
+    if (e->chan == NULL)
+        return;
+    munmap(e->chan, CHAN_BYTES);
+    close(e->efd);
+    memset(e, 0, sizeof *e);
+    e->efd = -1;
+}
+
+int shm_chan_answer(struct shm_round *r, uint64_t index, const char *reply,
+                    uint64_t len)
+{
+    struct shm_chan_end *e = &r->chans[index];
+    if (len > SHM_CHAN_REPLY)
+        return SHM_EBUFSMALL;
+    memcpy(e->reply, reply, len);
+    e->reply_len = len;
+    e->state = SHM_CHAN_ANSWERED;
+    r->chan_answered[r->chan_answered_count++] = (uint32_t)index;
+    return SHM_OK;
+}
+
+/* ---- the client's side -------------------------------------------------- */
+
+struct shm_chan *shm_chan_attach(int memfd)
+{
+    struct stat st;
+    if (fstat(memfd, &st) != 0)
+        return NULL;
+    int seals = fcntl(memfd, F_GET_SEALS);
+    if (seals < 0)
+        return NULL;
+    /* The daemon's memfd, as shm_chan_open made it, or not at all. */
+    if ((uint64_t)st.st_size != CHAN_BYTES || (seals & CHAN_SEALS) != CHAN_SEALS) {
+        errno = EPROTO;
+        return NULL;
+    }
+    void *p = mmap(NULL, CHAN_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void shm_chan_detach(struct shm_chan *c)
+{
+    if (c != NULL)
+        munmap(c, CHAN_BYTES);
+}
+
+static void ring(int efd)
+{
+    uint64_t one = 1;
+    /* EAGAIN only if the count were near 2^64: the daemon is awake. */
+    ssize_t n = write(efd, &one, sizeof one);
+    (void)n;
+}
+
+int64_t shm_chan_call(struct shm_chan *c, int efd, int sockfd,
+                      const char *request, uint64_t len, uint32_t ticket,
+                      int64_t spin_ns, int timeout_ms, int32_t *how)
+{
+    if (len > SHM_CHAN_REQUEST)
+        return -EMSGSIZE;
+    memcpy(c->request, request, len);
+    __atomic_store_n(&c->request_len, len, __ATOMIC_RELAXED);
+    /* seq_cst: a release for the request's bytes and length above (the
+     * daemon acquires posted before it copies them), and the store half of
+     * the store-load pair with the daemon's daemon_sleeps (see the top). */
+    __atomic_store_n(&c->posted, ticket, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&c->daemon_sleeps, __ATOMIC_SEQ_CST))
+        ring(efd);
+    return shm_chan_wait(c, sockfd, ticket, spin_ns, timeout_ms, how);
+}
+
+/* The reply's length once `done` is ticket (acquired), else -1. */
+static int64_t answered(struct shm_chan *c, uint32_t ticket, int order)
+{
+    /* order is acquire or seq_cst: either way the daemon's seq_cst store
+     * of done released the reply's bytes and reply_len. */
+    if (__atomic_load_n(&c->done, order) != ticket)
+        return -1;
+    uint64_t len = __atomic_load_n(&c->reply_len, __ATOMIC_RELAXED);
+    return len <= SHM_CHAN_REPLY ? (int64_t)len : -EPROTO;
+}
+
+/* Polls for the reply for up to spin_ns, yielding on each turn; -1 when
+ * the spin ended without it (*how: SLEPT or CONTENDED). */
+static int64_t spin(struct shm_chan *c, uint32_t ticket, int64_t spin_ns,
+                    int32_t *how)
+{
+    int64_t until = now_ns() + spin_ns;
+    for (;;) {
+        int64_t len = answered(c, ticket, __ATOMIC_ACQUIRE);
+        if (len != -1) {
+            *how = SHM_WAIT_WON;
+            return len;
+        }
+        int64_t before = now_ns();
+        if (before >= until) {
+            *how = SHM_WAIT_SLEPT;
+            return -1;
+        }
+        sched_yield();
+        if (now_ns() - before > SHM_CONTENDED_NS) {
+            *how = SHM_WAIT_CONTENDED;
+            return -1;
+        }
+    }
+}
+
+/* Whether the socket has something to read: the end of the stream (the
+ * daemon died or dropped us) or bytes the caller must look at. */
+static int socket_readable(int sockfd)
+{
+    struct pollfd p = {.fd = sockfd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Sleeps on `done` while it is still `seen`, for up to ns. */
+static int futex_sleep(struct shm_chan *c, uint32_t seen, int64_t ns)
+{
+    struct timespec t = {.tv_sec = ns / NS_PER_SEC, .tv_nsec = ns % NS_PER_SEC};
+    /* Shared, not FUTEX_PRIVATE_FLAG: the daemon wakes it from its own
+     * mapping of the same memfd page. */
+    long rc = syscall(SYS_futex, &c->done, FUTEX_WAIT, seen, &t, NULL, 0);
+    return rc == 0 ? 0 : errno;
+}
+
+static int64_t sleep_for_reply(struct shm_chan *c, int sockfd, uint32_t ticket,
+                               int64_t deadline)
+{
+    for (;;) {
+        /* seq_cst: the store half of the store-load pair with the daemon's
+         * store of done and its load of client_sleeps (see the top). */
+        __atomic_store_n(&c->client_sleeps, 1, __ATOMIC_SEQ_CST);
+        uint32_t seen = __atomic_load_n(&c->done, __ATOMIC_SEQ_CST);
+        int64_t len = answered(c, ticket, __ATOMIC_ACQUIRE);
+        if (len != -1)
+            return len;
+        int64_t left = deadline - now_ns();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        int rc = futex_sleep(c, seen, left < SHM_CHAN_CHECK_NS ? left : SHM_CHAN_CHECK_NS);
+        if (rc == EINTR)
+            return -EINTR;
+        /* Woken, timed out or `done` moved (EAGAIN): look again. A slice
+         * that ended with no reply also looks at the socket. */
+        if (rc == ETIMEDOUT && answered(c, ticket, __ATOMIC_ACQUIRE) == -1 &&
+            socket_readable(sockfd))
+            return -EPIPE;
+    }
+}
+
+int64_t shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
+                      int64_t spin_ns, int timeout_ms, int32_t *how)
+{
+    *how = SHM_WAIT_SLEPT_ONLY;
+    int64_t deadline = now_ns() + (int64_t)timeout_ms * NS_PER_MS;
+    if (spin_ns > 0) {
+        int64_t len = spin(c, ticket, spin_ns, how);
+        if (len != -1)
+            return len;
+    }
+    int64_t len = sleep_for_reply(c, sockfd, ticket, deadline);
+    /* Relaxed: a stale 1 costs the daemon one needless wake, no more. */
+    __atomic_store_n(&c->client_sleeps, 0, __ATOMIC_RELAXED);
+    return len;
+}

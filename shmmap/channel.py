@@ -1,0 +1,96 @@
+"""A client's request channel: its synchronous writes through shared memory.
+
+The daemon makes one per connection that asks (Op.CHANNEL) and passes its
+memfd and doorbell eventfd over the socket (SCM_RIGHTS). A write then
+costs no socket round trip: the request's bytes go into the channel, the
+reply's bytes come back in it, and each side wakes the other only if that
+one sleeps (see cext/chan.c). The socket stays open beside it for every
+other request, and tells a waiting client that the daemon went away.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+from typing import Optional
+
+from ._core import ffi, lib
+
+REQUEST_BYTES = lib.SHM_CHAN_REQUEST    # a longer request goes on the socket
+REPLY_BYTES = lib.SHM_CHAN_REPLY
+_FDS = 2                                # what Op.CHANNEL's reply carries: memfd, eventfd
+_ANCILLARY = socket.CMSG_SPACE(_FDS * array.array("i").itemsize)
+
+
+class Channel:
+    """This connection's channel. ``outstanding`` is the ticket of a
+    request posted and not yet answered (a wait that timed out or was
+    interrupted), else None: no new request may be posted before it is
+    answered, or the daemon could apply the two out of order."""
+
+    __slots__ = ("_chan", "efd", "ticket", "outstanding", "_reply")
+
+    def __init__(self, memfd: int, efd: int) -> None:
+        """Maps the channel memfd (closed here, whatever happens) and keeps
+        the doorbell efd (closed by close()). OSError if memfd is not a
+        channel as the daemon makes them."""
+        try:
+            chan = lib.shm_chan_attach(memfd)
+            if chan == ffi.NULL:
+                err = ffi.errno
+                os.close(efd)
+                raise OSError(err, f"cannot map the daemon's channel: {os.strerror(err)}")
+        finally:
+            os.close(memfd)
+        self._chan = chan
+        self.efd = efd
+        self.ticket = 0
+        self.outstanding: Optional[int] = None
+        self._reply = ffi.buffer(chan.reply, REPLY_BYTES)
+
+    def call(self, request: bytes, sockfd: int, spin_ns: int, timeout_ms: int,
+             how: "ffi.CData") -> int:
+        """Posts request as the next ticket and waits for its reply (see
+        shm_chan_call): the reply's length, or -errno."""
+        self.ticket = ticket = (self.ticket + 1) & 0xFFFFFFFF
+        self.outstanding = ticket       # set first: a KeyboardInterrupt may end the wait
+        return lib.shm_chan_call(self._chan, self.efd, sockfd, request, len(request), ticket,
+                                 spin_ns, timeout_ms, how)
+
+    def wait(self, sockfd: int, spin_ns: int, timeout_ms: int, how: "ffi.CData") -> int:
+        """Waits on for the reply to the outstanding request (shm_chan_wait)."""
+        assert self.outstanding is not None
+        return lib.shm_chan_wait(self._chan, sockfd, self.outstanding, spin_ns, timeout_ms, how)
+
+    def reply(self, length: int) -> bytes:
+        """The reply's bytes, once a wait returned their length; the
+        request is no longer outstanding."""
+        self.outstanding = None
+        return self._reply[0:length]
+
+    def close(self) -> None:
+        """Unmaps the channel and closes the doorbell (in a forked child:
+        its own copies, the parent's stay)."""
+        if self._chan is not None:
+            lib.shm_chan_detach(self._chan)
+            os.close(self.efd)
+            self._chan = None
+            self._reply = None
+
+
+def receive_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
+    """One receive that also takes descriptors passed with the bytes
+    (Op.CHANNEL's reply carries two). b"" at the end of the stream;
+    BlockingIOError if nothing is there yet."""
+    data, ancillary, flags, _ = sock.recvmsg(size, _ANCILLARY)
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            whole = len(payload) - len(payload) % fds.itemsize
+            fds.frombytes(payload[:whole])
+    if flags & socket.MSG_CTRUNC:       # more than we asked for: none is ours
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EPROTO, "the daemon passed more descriptors than a channel has")
+    return data, list(fds)
