@@ -240,6 +240,9 @@ int64_t shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
 {
     *how = SHM_WAIT_SLEPT_ONLY;
     int64_t deadline = now_ns() + (int64_t)timeout_ms * NS_PER_MS;
+    /* Relaxed: advice, from the daemon, that polling costs the cores. */
+    if (spin_ns > 0 && __atomic_load_n(&c->crowded, __ATOMIC_RELAXED))
+        spin_ns = 0;
     if (spin_ns > 0) {
         int64_t len = spin(c, ticket, spin_ns, how);
         if (len != -1)

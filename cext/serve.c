@@ -303,6 +303,15 @@ static void set_sleeping(struct shm_round *r, uint32_t sleeps)
                              __ATOMIC_SEQ_CST);
 }
 
+/* Tells every channel's client whether polling pays (see struct
+ * shm_chan.crowded). */
+static void set_crowded(struct shm_round *r, uint32_t crowded)
+{
+    for (uint64_t i = 0; i < r->chan_len; i++)
+        if (r->chans[i].chan != NULL)
+            __atomic_store_n(&r->chans[i].chan->crowded, crowded, __ATOMIC_RELAXED);
+}
+
 static int any_posted(const struct shm_round *r)
 {
     uint32_t posted;
@@ -524,7 +533,9 @@ static void adapt_spin(struct shm_loop *L, int spinning, int64_t gap)
 int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                        struct shm_loop *L)
 {
-    int64_t spin_until = 0, quiet_since = now_ns();
+    int64_t spin_until = 0, quiet_since = now_ns(), crowd_until = 0;
+    uint32_t crowded = L->spin_limit_ns == 0;
+    set_crowded(r, crowded);
     for (;;) {
         int64_t now = now_ns();
         if (now >= L->deadline_ns) {
@@ -554,10 +565,15 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                 return n;
             }
         }
+        if (r->served >= 2)         /* several writers at once */
+            crowd_until = started + SHM_CROWD_NS;
+        uint32_t now_crowded = L->spin_limit_ns == 0 || started < crowd_until;
+        if (now_crowded != crowded)
+            set_crowded(r, crowded = now_crowded);
         if (n > 0) {
             adapt_spin(L, spinning, started - quiet_since);
             quiet_since = now_ns();
-            spin_until = quiet_since + L->spin_ns;
+            spin_until = crowded ? 0 : quiet_since + L->spin_ns;
         }
         if (now_ns() < spin_until) {
             /* Give the core away on each turn: when processes outnumber

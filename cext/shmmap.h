@@ -703,6 +703,12 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
 #define SHM_CONTENDED_NS     50000     /* a yield this long: contended */
 #define SHM_SPIN_MIN_NS      5000      /* a spin budget below this is none
                                           (protocol.Spin.MIN_SECONDS) */
+#define SHM_CROWD_NS         10000000  /* after a round that served two or
+                                          more requests, nobody polls for
+                                          this long: several writers and the
+                                          daemon want more than 2 cores, and
+                                          group commit gathers their
+                                          requests while the daemon works */
 
 /* Receives from the non-blocking stream socket fd into buf[0..cap): polls
  * for up to spin_ns, then sleeps in poll() for up to timeout_ms. Returns
@@ -762,7 +768,12 @@ struct shm_chan {
     uint32_t daemon_sleeps;         /* atomic: 1 while the daemon sleeps, or
                                        is about to, in epoll */
     uint64_t reply_len;             /* bytes of the reply */
-    uint8_t  daemon_pad[SHM_CACHE_LINE - 16];
+    uint32_t crowded;               /* atomic, relaxed (advice only): 1
+                                       while polling does not pay -- more
+                                       processes want the cores than there
+                                       are -- so the client sleeps at once */
+    uint32_t daemon_reserved;
+    uint8_t  daemon_pad[SHM_CACHE_LINE - 24];
     uint8_t  request[SHM_CHAN_REQUEST];
     uint8_t  reply[SHM_CHAN_REPLY];
 };

@@ -41,18 +41,19 @@ class Spin:
     this very core (PLATFORM-NOTES: on 2 cores with a third busy process a
     wake-up beats spinning; measured here, a daemon that spun under that
     load cut the writer beside an iterating process 3-8 fold). So: no spin
-    while the load average is at least the number of cores (looked at
-    every LOOK_SECONDS); otherwise a wait that ended while spinning doubles
-    the budget (up to limit), one that had to sleep halves it, down to
-    nothing, and a yield that gave the core away for long (another process
-    ran) ends the spin at once. With no budget left, one wait in
-    PROBE_EVERY spins a little, to notice when polling pays again.
+    while more processes are runnable than there are cores (crowded());
+    otherwise a wait that ended while spinning doubles the budget (up to
+    limit), one that had to sleep sets it to cover the wait it saw if that
+    is within the limit (waited()), else halves it, and a yield that gave
+    the core away for long (another process ran) ends the spin at once.
+    With no budget left, one wait in PROBE_EVERY spins a little, to notice
+    when polling pays again.
     """
 
     MIN_SECONDS = lib.SHM_SPIN_MIN_NS / 1e9     # a budget below this is none
     CONTENDED_SECONDS = lib.SHM_CONTENDED_NS / 1e9   # a yield this long: contended
     PROBE_EVERY = 64
-    LOOK_SECONDS = 0.1          # how often the load average is read
+    LOOK_SECONDS = 0.1          # how often crowded() looks at the kernel's count
     CORES = len(os.sched_getaffinity(0))
 
     __slots__ = ("limit", "seconds", "_waits", "_crowded_until", "_look_at")
@@ -65,12 +66,18 @@ class Spin:
         self._crowded_until = 0.0
 
     def crowded(self) -> bool:
-        """Whether processes outnumber cores (the 1-minute load average)."""
+        """Whether runnable processes outnumber cores: the kernel's count
+        of them right now (/proc/loadavg), looked at every LOOK_SECONDS. A
+        process that polls is runnable, so two that poll each other on two
+        cores are not crowded, and a third that iterates makes them so.
+        (The 1-minute load average answers too late: a 3 s benchmark
+        barely moves it, and two processes that poll each other raise it
+        to the number of cores within a minute.)"""
         now = time.monotonic()
         if now >= self._look_at:
             self._look_at = now + self.LOOK_SECONDS
             self._crowded_until = (now + self.LOOK_SECONDS
-                                   if os.getloadavg()[0] >= self.CORES else 0.0)
+                                   if _runnable() > self.CORES else 0.0)
         return now < self._crowded_until
 
     def budget(self) -> float:
@@ -114,6 +121,16 @@ class Spin:
             self.lost()
             return False
         return True
+
+
+def _runnable() -> int:
+    """Processes runnable on this host now (the 4th field of /proc/loadavg,
+    "running/total"; the caller is one of them)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Op(enum.IntEnum):
