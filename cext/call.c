@@ -15,14 +15,31 @@
 #include <time.h>
 #include "internal.h"
 
-#define NS_PER_SEC  1000000000LL
-#define NS_PER_MS   1000000LL
-
-static int64_t now_ns(void)
+int64_t shm_now_ns(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * NS_PER_SEC + t.tv_nsec;
+}
+
+int shm_yield_core(void)
+{
+    int64_t before = shm_now_ns();
+    sched_yield();
+    return shm_now_ns() - before <= SHM_CONTENDED_NS;
+}
+
+int shm_spin_turn(int64_t until, int32_t *how)
+{
+    if (shm_now_ns() >= until) {
+        *how = SHM_WAIT_SLEPT;
+        return 0;
+    }
+    if (!shm_yield_core()) {
+        *how = SHM_WAIT_CONTENDED;
+        return 0;
+    }
+    return 1;
 }
 
 /* One receive; -EAGAIN when nothing is there yet. */
@@ -42,24 +59,15 @@ static int is_again(int64_t rc)
 static int64_t spin(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
                     int32_t *how)
 {
-    int64_t until = now_ns() + spin_ns;
+    int64_t until = shm_now_ns() + spin_ns;
     for (;;) {
         int64_t rc = receive(fd, buf, cap);
         if (!is_again(rc)) {
             *how = SHM_WAIT_WON;
             return rc;
         }
-        int64_t before = now_ns();
-        if (before >= until) {
-            *how = SHM_WAIT_SLEPT;
-            return rc;
-        }
-        /* Give the core away on each turn: the daemon may need it. */
-        sched_yield();
-        if (now_ns() - before > SHM_CONTENDED_NS) {
-            *how = SHM_WAIT_CONTENDED;
+        if (!shm_spin_turn(until, how))
             return -EAGAIN;
-        }
     }
 }
 
@@ -73,9 +81,9 @@ int64_t shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
             return rc;
     }
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * NS_PER_MS;
+    int64_t deadline = shm_now_ns() + (int64_t)timeout_ms * NS_PER_MS;
     for (;;) {
-        int64_t left = deadline - now_ns();
+        int64_t left = deadline - shm_now_ns();
         if (left <= 0)
             return -ETIMEDOUT;
         /* Rounded up: a poll never ends before the deadline. */

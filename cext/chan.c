@@ -20,10 +20,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -33,18 +31,9 @@
 #include <unistd.h>
 #include "internal.h"
 
-#define NS_PER_SEC  1000000000LL
-#define NS_PER_MS   1000000LL
 /* The size of a channel's memfd: whole pages. */
 #define CHAN_BYTES  ((sizeof(struct shm_chan) + SHM_PAGE - 1) / SHM_PAGE * SHM_PAGE)
 #define CHAN_SEALS  (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
-
-static int64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * NS_PER_SEC + t.tv_nsec;
-}
 
 /* ---- the daemon's side ------------------------------------------------- */
 
@@ -167,28 +156,20 @@ static int64_t answered(struct shm_chan *c, uint32_t ticket, int order)
     return len <= SHM_CHAN_REPLY ? (int64_t)len : -EPROTO;
 }
 
-/* Polls for the reply for up to spin_ns, yielding on each turn; -1 when
- * the spin ended without it (*how: SLEPT or CONTENDED). */
+/* Polls for the reply for up to spin_ns; -1 when the spin ended without
+ * it (*how: SLEPT or CONTENDED). */
 static int64_t spin(struct shm_chan *c, uint32_t ticket, int64_t spin_ns,
                     int32_t *how)
 {
-    int64_t until = now_ns() + spin_ns;
+    int64_t until = shm_now_ns() + spin_ns;
     for (;;) {
         int64_t len = answered(c, ticket, __ATOMIC_ACQUIRE);
         if (len != -1) {
             *how = SHM_WAIT_WON;
             return len;
         }
-        int64_t before = now_ns();
-        if (before >= until) {
-            *how = SHM_WAIT_SLEPT;
+        if (!shm_spin_turn(until, how))
             return -1;
-        }
-        sched_yield();
-        if (now_ns() - before > SHM_CONTENDED_NS) {
-            *how = SHM_WAIT_CONTENDED;
-            return -1;
-        }
     }
 }
 
@@ -221,7 +202,7 @@ static int64_t sleep_for_reply(struct shm_chan *c, int sockfd, uint32_t ticket,
         int64_t len = answered(c, ticket, __ATOMIC_ACQUIRE);
         if (len != -1)
             return len;
-        int64_t left = deadline - now_ns();
+        int64_t left = deadline - shm_now_ns();
         if (left <= 0)
             return -ETIMEDOUT;
         int rc = futex_sleep(c, seen, left < SHM_CHAN_CHECK_NS ? left : SHM_CHAN_CHECK_NS);
@@ -239,7 +220,7 @@ int64_t shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
                       int64_t spin_ns, int timeout_ms, int32_t *how)
 {
     *how = SHM_WAIT_SLEPT_ONLY;
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * NS_PER_MS;
+    int64_t deadline = shm_now_ns() + (int64_t)timeout_ms * NS_PER_MS;
     /* Relaxed: advice, from the daemon, that polling costs the cores. */
     if (spin_ns > 0 && __atomic_load_n(&c->crowded, __ATOMIC_RELAXED))
         spin_ns = 0;

@@ -10,6 +10,9 @@
  *   delta.c   what changed since a seq  (readers' caches)
  *   validate.c  full validation         (uses view.c)
  *   write.c   the writer                (uses view.c)
+ *   call.c    waiting: the clock, a polling turn, a client's socket wait
+ *   serve.c   the daemon's hot path and loop (uses write.c, call.c)
+ *   chan.c    request channels          (uses call.c)
  */
 #ifndef SHMMAP_INTERNAL_H
 #define SHMMAP_INTERNAL_H
@@ -71,6 +74,22 @@ struct mp_head {
     uint64_t head, body, children;
 };
 int mp_head(const uint8_t *p, uint64_t len, struct mp_head *h);
+
+/* ---- waiting (call.c): the clock and the polling turn that the client's
+ * waits and the daemon's loop share ---------------------------------------- */
+#define NS_PER_SEC          1000000000LL
+#define NS_PER_MS           1000000LL
+
+/* CLOCK_MONOTONIC, in ns (time.monotonic() in Python). */
+int64_t shm_now_ns(void);
+/* Gives the core away once (sched_yield): when processes outnumber cores,
+ * the peer a poller waits for may need this very core. 0 if the yield took
+ * over SHM_CONTENDED_NS -- another process ran: polling does not pay now. */
+int shm_yield_core(void);
+/* One turn of a poll that may last until `until`: 1 to look again (the
+ * core given away meanwhile), or 0 with *how SHM_WAIT_SLEPT (the budget
+ * ran out) or SHM_WAIT_CONTENDED (see shm_yield_core). */
+int shm_spin_turn(int64_t until, int32_t *how);
 
 /* Formats a message into err (which may be NULL) and returns code.
  * (status.c) */

@@ -19,17 +19,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 #include "internal.h"
-
-#define NS_PER_SEC          1000000000LL
-#define NS_PER_MS           1000000LL
 
 #define MP_FIXARRAY_3       (MP_FIXARRAY | 3)
 #define MP_FIXARRAY_4       (MP_FIXARRAY | 4)
@@ -465,13 +460,6 @@ int64_t shm_round_send(struct shm_round *r)
 
 /* ---- the loop ------------------------------------------------------------ */
 
-static int64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * NS_PER_SEC + t.tv_nsec;
-}
-
 static uint64_t bucket(const struct shm_loop *L, int64_t ns)
 {
     uint64_t i = 0;
@@ -533,11 +521,11 @@ static void adapt_spin(struct shm_loop *L, int spinning, int64_t gap)
 int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                        struct shm_loop *L)
 {
-    int64_t spin_until = 0, quiet_since = now_ns(), crowd_until = 0;
+    int64_t spin_until = 0, quiet_since = shm_now_ns(), crowd_until = 0;
     uint32_t crowded = L->spin_limit_ns == 0;
     set_crowded(r, crowded);
     for (;;) {
-        int64_t now = now_ns();
+        int64_t now = shm_now_ns();
         if (now >= L->deadline_ns) {
             L->stop = SHM_LOOP_DEADLINE;
             return 0;
@@ -547,7 +535,7 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                                                         L->deadline_ns));
         if (n < 0)
             return n;
-        int64_t started = now_ns();
+        int64_t started = shm_now_ns();
         if (r->left_count || r->chan_left_count) {
             L->stop = SHM_LOOP_LEFT;
             return n;
@@ -555,7 +543,7 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
         if (r->served) {
             shm_commit(s->view, s->seq);
             int64_t unsent = shm_round_send(r);
-            observe_round(L, r->served, now_ns() - started);
+            observe_round(L, r->served, shm_now_ns() - started);
             if (unsent) {
                 L->stop = SHM_LOOP_UNSENT;
                 return n;
@@ -572,19 +560,13 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
             set_crowded(r, crowded = now_crowded);
         if (n > 0) {
             adapt_spin(L, spinning, started - quiet_since);
-            quiet_since = now_ns();
+            quiet_since = shm_now_ns();
             spin_until = crowded ? 0 : quiet_since + L->spin_ns;
         }
-        if (now_ns() < spin_until) {
-            /* Give the core away on each turn: when processes outnumber
-             * cores, the client we wait for may need this very core. A
-             * yield that took long says so: stop polling. */
-            int64_t before = now_ns();
-            sched_yield();
-            if (now_ns() - before > SHM_CONTENDED_NS) {
-                spin_until = 0;
-                L->spin_ns /= 2;
-            }
+        /* A yield that took long: the cores are contended, stop polling. */
+        if (shm_now_ns() < spin_until && !shm_yield_core()) {
+            spin_until = 0;
+            L->spin_ns /= 2;
         }
     }
 }

@@ -401,9 +401,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         assert self._sock is not None
         fd, spin, how = self._sock.fileno(), self._spin, self._how
         while True:
-            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
+            left_ms = self._left_ms(deadline)
             started = time.perf_counter()
             got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE,
                                     int(spin.budget() * 1e9), left_ms, how)
@@ -438,8 +436,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 raise OSError(-got, os.strerror(-got))
             got = chan.wait(fd, 0, self._left_ms(deadline), how)
         reply = chan.reply(got)
-        if not is_batch_ack(request, reply):
-            self._raise_reply(msgpack.unpackb(reply, raw=False))
+        if not is_batch_ack(request, reply):    # an error: read as a socket's reply
+            self._feed(reply)
+            self._receive(batch_request_id(request), 1, deadline)
 
     def _settle(self, chan: Channel, deadline: float) -> None:
         """Waits for the answer to a channel request that timed out (or
@@ -468,14 +467,6 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if left <= 0:
             raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
         return left
-
-    @staticmethod
-    def _raise_reply(reply: Any) -> None:
-        """Raises the error a reply carries (or ValueError if it is no reply)."""
-        if not isinstance(reply, list) or len(reply) < 3:
-            raise ValueError(f"a garbled reply from the daemon: {reply!r:.100}")
-        if reply[1] != protocol.OK:
-            raise reply_error(reply[1], reply[2])
 
     def _feed(self, data: bytes) -> None:
         self._unpacker.feed(data)
@@ -578,15 +569,14 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                     sent = True         # posting is all or nothing
                     self._call_channel(chan, data, deadline)
                     results = _BATCH_RESULT
-                elif ops is _ONE_BATCH:
-                    self._send_all(data, deadline)
-                    sent = True
-                    self._receive_batch(data, deadline)
-                    results = _BATCH_RESULT
                 else:
                     self._send_all(data, deadline)
                     sent = True
-                    results = self._receive(first_id, count, deadline)
+                    if ops is _ONE_BATCH:
+                        self._receive_batch(data, deadline)
+                        results = _BATCH_RESULT
+                    else:
+                        results = self._receive(first_id, count, deadline)
                 if self._trace is not None:
                     self._trace.wait(self.name, list(ops), traced)
                 return results

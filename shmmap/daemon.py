@@ -257,12 +257,7 @@ class Server:
         request's client): False then, and _poll serves a round."""
         if self.promoter.building or self.timings.recorder is not None:
             return False
-        room = self.writer.runway_room()
-        # A build that failed for lack of room is not retried in this
-        # generation (promotion.py): then the room needs no watching.
-        live_min = (lib.SHM_BACKGROUND_MIN_LIVE if self.promoter.runway_may_start()
-                    else 2**64 - 1)
-        self.transport.serve(self._c_loop, deadline, spin, (live_min, *room))
+        self.transport.serve(self._c_loop, deadline, spin, self.promoter.runway_watch())
         self.timings.observe_loop(self._c_loop)
         return True
 

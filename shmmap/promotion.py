@@ -18,6 +18,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
+from ._core import lib
 from .errors import MapFullError
 from .generation import Generation
 from .protocol import Err
@@ -120,6 +121,14 @@ class BackgroundPromoter:
         """Whether short room may start a build: not in a generation where
         one failed for lack of room already."""
         return self.writer.generation.gen != self._runway_failed_gen
+
+    def runway_watch(self) -> tuple[int, int, int]:
+        """What the C loop watches to return for a runway build (struct
+        shm_loop): the live keys from which, and the dirty entries and
+        arena bytes at or below which, writer.runway_short() holds; no
+        live count reaches the first when no build may start."""
+        live_min = lib.SHM_BACKGROUND_MIN_LIVE if self.runway_may_start() else 2**64 - 1
+        return (live_min, *self.writer.runway_room())
 
     def _finish(self, build: Build) -> None:
         self._build = None

@@ -397,25 +397,16 @@ class Transport:
         if conn is None or e.state != lib.SHM_CHAN_LEFT:
             return                      # closed since, or a new channel's entry
         reply: "list[Any] | Later"
-        if e.in_len > lib.SHM_CHAN_REQUEST:
-            reply = [None, Err.PROTOCOL, f"a channel request of {e.in_len} bytes: at most "
-                     f"{lib.SHM_CHAN_REQUEST} fit"]
-        else:
-            try:
-                req = msgpack.unpackb(self._in[e.in_at:e.in_at + e.in_len], raw=False)
-            except Exception as exc:   # msgpack's errors: bytes that are no request
-                req = None
-                reply = [None, Err.PROTOCOL,
-                         f"malformed msgpack: {exc.__class__.__name__}: {exc}"]
-            if req is not None:
-                if not (isinstance(req, list) and len(req) >= 2
-                        and req[0] == protocol.Op.BATCH):
-                    reply = [None, Err.PROTOCOL, "a channel carries one batch request"]
-                else:
-                    try:
-                        reply = self.on_request(conn, req)
-                    except BadRequest as exc:
-                        reply = [None, Err.PROTOCOL, str(exc)]
+        try:
+            if e.in_len > lib.SHM_CHAN_REQUEST:
+                raise BadRequest(f"a channel request of {e.in_len} bytes: at most "
+                                 f"{lib.SHM_CHAN_REQUEST} fit")
+            req = _decode(self._in[e.in_at:e.in_at + e.in_len])
+            if not (isinstance(req, list) and len(req) >= 2 and req[0] == protocol.Op.BATCH):
+                raise BadRequest("a channel carries one batch request")
+            reply = self.on_request(conn, req)
+        except BadRequest as exc:
+            reply = [None, Err.PROTOCOL, str(exc)]
         if isinstance(reply, Later):    # no batch is answered later
             raise AssertionError("a batch request answered later")
         data = _fit(self._packer.pack(reply), reply)
@@ -468,12 +459,7 @@ class Transport:
     def _serve_object(self, conn: Connection, data: "bytes | bytearray") -> None:
         """Decodes one request the fast path left, and answers it."""
         try:
-            req = msgpack.unpackb(data, raw=False)
-        except Exception as exc:   # msgpack's errors: bytes that are no request
-            self.protocol_error(conn, f"malformed msgpack: {exc.__class__.__name__}: {exc}")
-            return
-        try:
-            self.reply(conn, self.on_request(conn, req))
+            self.reply(conn, self.on_request(conn, _decode(data)))
         except BadRequest as exc:
             self.protocol_error(conn, str(exc))
 
@@ -593,6 +579,14 @@ def _new_round(epfd: int) -> tuple[Any, Any, Any, Any]:
     outbuf = ffi.new("uint8_t[]", lib.SHM_ROUND_OUT)
     r.epfd, r.fast_len, r.fast, r.inbuf, r.outbuf = epfd, fds, fast, inbuf, outbuf
     return r, fast, inbuf, outbuf
+
+
+def _decode(data: "bytes | bytearray") -> Any:
+    """One msgpack object; BadRequest if the bytes are none."""
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except Exception as exc:   # msgpack's errors: bytes that are no request
+        raise BadRequest(f"malformed msgpack: {exc.__class__.__name__}: {exc}") from None
 
 
 def _fit(data: bytes, reply: list[Any]) -> bytes:

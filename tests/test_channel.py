@@ -262,6 +262,23 @@ def test_the_channel_memfd_is_sealed_against_shrinking(map_name: str) -> None:
             assert m["k"] == 1
 
 
+def test_msgpack_that_is_no_request_on_a_channel_is_a_protocol_error(map_name: str) -> None:
+    """Each of these decodes (nil, an int, an empty array, a map), and none is
+    a request: the daemon answers PROTOCOL through the channel and serves on."""
+    with shmmap.Daemon(map_name) as d:
+        for data in (b"\xc0", b"\x01", b"\x90", b"\x81\x01\x02"):
+            raw = RawChannel(str(d.socket_path))
+            try:
+                got = raw.post(data)
+                assert got > 0 and raw.reply(got)[1] == Err.PROTOCOL, data
+            finally:
+                raw.close()
+        assert d.process.poll() is None
+        with d.connect() as m:
+            m["k"] = 1
+            assert m["k"] == 1
+
+
 def _garbage_request(rng: random.Random) -> bytes:
     good = batch_request(rng.randrange(1 << 30), STORE + encode_key(rng.randrange(50))
                          + encode_value(rng.randrange(1000)))
