@@ -1,19 +1,30 @@
 /*
- * call.c -- a client's wait for the daemon's reply, without Python.
+ * call.c -- waiting without Python: the clock, the spin policy (how long
+ * a waiter polls before it sleeps; see struct shm_spin), and a client's
+ * wait for the daemon's reply on its socket.
  *
- * The Python version of this loop raised and caught an exception per
+ * The Python version of the socket wait raised and caught an exception per
  * failed receive and crossed into the interpreter on every turn of the
  * spin; here one C call does the whole wait with the GIL released (cffi
- * releases it), so other threads of the client run meanwhile.
+ * releases it), so other threads of the client run meanwhile. The policy
+ * is here too, so that a wait adapts it without a call back into Python,
+ * and the daemon's loop (serve.c) follows the same one.
  */
 /* clock_gettime and poll: POSIX, which -std=c11 leaves out. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 #include "internal.h"
+
+/* Bytes of /proc/loadavg read: "0.00 0.00 0.00 running/total lastpid". */
+#define LOADAVG_BYTES       128
+#define LOADAVG_RUNNING     3       /* the field of running/total */
 
 int64_t shm_now_ns(void)
 {
@@ -40,6 +51,82 @@ int shm_spin_turn(int64_t until, int32_t *how)
         return 0;
     }
     return 1;
+}
+
+/* ---- the spin policy ----------------------------------------------------- */
+
+/* Processes runnable on this host now (the 4th field of /proc/loadavg,
+ * "running/total"; the caller is one of them), or 0 if it cannot be read. */
+static long runnable(void)
+{
+    char buf[LOADAVG_BYTES];
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = buf;
+    for (int field = 0; field < LOADAVG_RUNNING; field++) {
+        while (*p != '\0' && *p != ' ')
+            p++;
+        while (*p == ' ')
+            p++;
+    }
+    return strtol(p, NULL, 10);
+}
+
+void shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores)
+{
+    *s = (struct shm_spin){.limit_ns = limit_ns, .ns = limit_ns, .cores = cores};
+}
+
+int shm_spin_crowded(struct shm_spin *s)
+{
+    int64_t now = shm_now_ns();
+    if (now >= s->look_at_ns) {
+        s->look_at_ns = now + SHM_SPIN_LOOK_NS;
+        s->crowded_until_ns = runnable() > (long)s->cores ? now + SHM_SPIN_LOOK_NS : 0;
+    }
+    return now < s->crowded_until_ns;
+}
+
+int64_t shm_spin_budget(struct shm_spin *s)
+{
+    if (s->limit_ns == 0 || shm_spin_crowded(s))
+        return 0;
+    if (s->ns)
+        return s->ns;
+    return ++s->waits % SHM_SPIN_PROBE_EVERY == 0 ? SHM_SPIN_MIN_NS : 0;
+}
+
+/* The budget ns, kept within [SHM_SPIN_MIN_NS, limit]. */
+static void set_budget(struct shm_spin *s, int64_t ns)
+{
+    ns = ns > SHM_SPIN_MIN_NS ? ns : SHM_SPIN_MIN_NS;
+    s->ns = ns < s->limit_ns ? ns : s->limit_ns;
+}
+
+void shm_spin_won(struct shm_spin *s)
+{
+    set_budget(s, s->ns * 2);
+}
+
+void shm_spin_lost(struct shm_spin *s)
+{
+    s->ns = s->ns / 2 >= SHM_SPIN_MIN_NS ? s->ns / 2 : 0;
+}
+
+void shm_spin_waited(struct shm_spin *s, int64_t ns, int32_t how)
+{
+    if (how == SHM_WAIT_WON)
+        shm_spin_won(s);
+    else if (how == SHM_WAIT_CONTENDED || ns > s->limit_ns)
+        shm_spin_lost(s);
+    else
+        set_budget(s, ns + ns / 2);
 }
 
 /* One receive; -EAGAIN when nothing is there yet. */
@@ -71,17 +158,11 @@ static int64_t spin(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
     }
 }
 
-int64_t shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
-                      int timeout_ms, int32_t *how)
+/* Sleeps in poll() until fd has bytes, then receives them; -ETIMEDOUT
+ * at the deadline. */
+static int64_t sleep_recv(int fd, uint8_t *buf, uint64_t cap, int64_t deadline)
 {
-    *how = SHM_WAIT_SLEPT_ONLY;
-    if (spin_ns > 0) {
-        int64_t rc = spin(fd, buf, cap, spin_ns, how);
-        if (!is_again(rc))
-            return rc;
-    }
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    int64_t deadline = shm_now_ns() + (int64_t)timeout_ms * NS_PER_MS;
     for (;;) {
         int64_t left = deadline - shm_now_ns();
         if (left <= 0)
@@ -96,4 +177,18 @@ int64_t shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
         if (!is_again(rc))
             return rc;
     }
+}
+
+int64_t shm_wait_recv(int fd, uint8_t *buf, uint64_t cap,
+                      struct shm_spin *s, int timeout_ms)
+{
+    int64_t started = shm_now_ns();
+    int64_t spin_ns = s != NULL ? shm_spin_budget(s) : 0;
+    int32_t how = SHM_WAIT_SLEPT_ONLY;
+    int64_t rc = spin_ns > 0 ? spin(fd, buf, cap, spin_ns, &how) : -EAGAIN;
+    if (is_again(rc))
+        rc = sleep_recv(fd, buf, cap, started + (int64_t)timeout_ms * NS_PER_MS);
+    if (s != NULL)
+        shm_spin_waited(s, shm_now_ns() - started, how);
+    return rc;
 }

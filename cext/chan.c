@@ -128,13 +128,10 @@ static void ring(int efd)
     (void)n;
 }
 
-int64_t shm_chan_call(struct shm_chan *c, int efd, int sockfd,
-                      const char *request, uint64_t len, uint32_t ticket,
-                      int64_t spin_ns, int timeout_ms, int32_t *how)
+/* Posts the len bytes written into c->request as ticket; rings the
+ * doorbell if the daemon sleeps. */
+static void post(struct shm_chan *c, int efd, uint64_t len, uint32_t ticket)
 {
-    if (len > SHM_CHAN_REQUEST)
-        return -EMSGSIZE;
-    memcpy(c->request, request, len);
     __atomic_store_n(&c->request_len, len, __ATOMIC_RELAXED);
     /* seq_cst: a release for the request's bytes and length above (the
      * daemon acquires posted before it copies them), and the store half of
@@ -142,7 +139,40 @@ int64_t shm_chan_call(struct shm_chan *c, int efd, int sockfd,
     __atomic_store_n(&c->posted, ticket, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&c->daemon_sleeps, __ATOMIC_SEQ_CST))
         ring(efd);
-    return shm_chan_wait(c, sockfd, ticket, spin_ns, timeout_ms, how);
+}
+
+int shm_chan_post(struct shm_chan *c, int efd, const char *request,
+                  uint64_t len, uint32_t ticket)
+{
+    if (len > SHM_CHAN_REQUEST)
+        return -EMSGSIZE;
+    memcpy(c->request, request, len);
+    post(c, efd, len, ticket);
+    return SHM_OK;
+}
+
+int64_t shm_chan_batch(struct shm_chan *c, int efd, int sockfd, uint64_t id,
+                       const char *blob, uint64_t len, uint32_t ticket,
+                       struct shm_spin *spin, int timeout_ms)
+{
+    if (len > SHM_CHAN_REQUEST - SHM_BATCH_HEADER)
+        return -EMSGSIZE;
+    /* Framed in place: the request's bytes are copied once. */
+    shm_batch_frame(c->request, id, len);
+    memcpy(c->request + SHM_BATCH_HEADER, blob, len);
+    post(c, efd, SHM_BATCH_HEADER + len, ticket);
+    return shm_chan_batch_wait(c, sockfd, ticket, id, spin, timeout_ms);
+}
+
+int64_t shm_chan_batch_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
+                            uint64_t id, struct shm_spin *spin, int timeout_ms)
+{
+    int64_t len = shm_chan_wait(c, sockfd, ticket, spin, timeout_ms);
+    if (len == 0)
+        return -EPROTO;             /* no reply is empty */
+    if (len > 0 && shm_batch_acked(id, c->reply, (uint64_t)len))
+        return 0;
+    return len;
 }
 
 /* The reply's length once `done` is ticket (acquired), else -1. */
@@ -217,20 +247,22 @@ static int64_t sleep_for_reply(struct shm_chan *c, int sockfd, uint32_t ticket,
 }
 
 int64_t shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
-                      int64_t spin_ns, int timeout_ms, int32_t *how)
+                      struct shm_spin *s, int timeout_ms)
 {
-    *how = SHM_WAIT_SLEPT_ONLY;
-    int64_t deadline = shm_now_ns() + (int64_t)timeout_ms * NS_PER_MS;
+    int64_t started = shm_now_ns();
+    int64_t deadline = started + (int64_t)timeout_ms * NS_PER_MS;
+    int64_t spin_ns = s != NULL ? shm_spin_budget(s) : 0;
+    int32_t how = SHM_WAIT_SLEPT_ONLY;
+    int64_t len = -1;
     /* Relaxed: advice, from the daemon, that polling costs the cores. */
-    if (spin_ns > 0 && __atomic_load_n(&c->crowded, __ATOMIC_RELAXED))
-        spin_ns = 0;
-    if (spin_ns > 0) {
-        int64_t len = spin(c, ticket, spin_ns, how);
-        if (len != -1)
-            return len;
+    if (spin_ns > 0 && !__atomic_load_n(&c->crowded, __ATOMIC_RELAXED))
+        len = spin(c, ticket, spin_ns, &how);
+    if (len == -1) {
+        len = sleep_for_reply(c, sockfd, ticket, deadline);
+        /* Relaxed: a stale 1 costs the daemon one needless wake, no more. */
+        __atomic_store_n(&c->client_sleeps, 0, __ATOMIC_RELAXED);
     }
-    int64_t len = sleep_for_reply(c, sockfd, ticket, deadline);
-    /* Relaxed: a stale 1 costs the daemon one needless wake, no more. */
-    __atomic_store_n(&c->client_sleeps, 0, __ATOMIC_RELAXED);
+    if (s != NULL)
+        shm_spin_waited(s, shm_now_ns() - started, how);
     return len;
 }

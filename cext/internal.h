@@ -10,7 +10,7 @@
  *   delta.c   what changed since a seq  (readers' caches)
  *   validate.c  full validation         (uses view.c)
  *   write.c   the writer                (uses view.c)
- *   call.c    waiting: the clock, a polling turn, a client's socket wait
+ *   call.c    waiting: the clock, the spin policy, a client's socket wait
  *   serve.c   the daemon's hot path and loop (uses write.c, call.c)
  *   chan.c    request channels          (uses call.c)
  */
@@ -82,10 +82,6 @@ int mp_head(const uint8_t *p, uint64_t len, struct mp_head *h);
 
 /* CLOCK_MONOTONIC, in ns (time.monotonic() in Python). */
 int64_t shm_now_ns(void);
-/* Gives the core away once (sched_yield): when processes outnumber cores,
- * the peer a poller waits for may need this very core. 0 if the yield took
- * over SHM_CONTENDED_NS -- another process ran: polling does not pay now. */
-int shm_yield_core(void);
 /* One turn of a poll that may last until `until`: 1 to look again (the
  * core given away meanwhile), or 0 with *how SHM_WAIT_SLEPT (the budget
  * ran out) or SHM_WAIT_CONTENDED (see shm_yield_core). */

@@ -131,6 +131,13 @@ static void scan(struct shm_serve *s, const uint8_t *p, uint64_t len)
 
 /* ---- serving a batch ----------------------------------------------------- */
 
+/* Writes v big-endian into out[0..width). */
+static void put_be(uint8_t *out, uint64_t v, int width)
+{
+    for (int i = 0; i < width; i++)
+        out[i] = (uint8_t)(v >> (8 * (width - 1 - i)));
+}
+
 /* Appends the msgpack uint v at out; the bytes it took. */
 static uint64_t put_uint(uint8_t *out, uint64_t v)
 {
@@ -147,8 +154,7 @@ static uint64_t put_uint(uint8_t *out, uint64_t v)
         width = 4, out[0] = MP_UINT32;
     else
         width = 8, out[0] = MP_UINT64;
-    for (int i = 0; i < width; i++)
-        out[1 + i] = (uint8_t)(v >> (8 * (width - 1 - i)));
+    put_be(out + 1, v, width);
     return 1 + (uint64_t)width;
 }
 
@@ -178,6 +184,39 @@ static int serve_batch(struct shm_serve *s, const uint8_t *p,
     s->out_len += n;
     s->served++;
     return 1;
+}
+
+/* ---- a client's batch request and its acknowledgement --------------------- */
+
+#define ID_BYTES            8       /* the id: a msgpack uint64 */
+#define BLOB_LEN_BYTES      4       /* the blob's length: a bin32 */
+#define ACK_SEQ_AT          (1 + 1 + ID_BYTES + 2)   /* header, id, OK, nil */
+
+void shm_batch_frame(uint8_t *out, uint64_t id, uint64_t blob_len)
+{
+    _Static_assert(3 + ID_BYTES + 1 + BLOB_LEN_BYTES == SHM_BATCH_HEADER,
+                   "batch header");
+    out[0] = MP_FIXARRAY_3;
+    out[1] = SHM_REQ_BATCH;
+    out[2] = MP_UINT64;
+    put_be(out + 3, id, ID_BYTES);
+    out[3 + ID_BYTES] = MP_BIN32;
+    put_be(out + 4 + ID_BYTES, blob_len, BLOB_LEN_BYTES);
+}
+
+int shm_batch_acked(uint64_t id, const uint8_t *reply, uint64_t len)
+{
+    uint8_t want[ACK_SEQ_AT];
+    want[0] = MP_FIXARRAY_4;
+    want[1] = MP_UINT64;
+    put_be(want + 2, id, ID_BYTES);
+    want[2 + ID_BYTES] = SHM_REPLY_OK;
+    want[3 + ID_BYTES] = MP_NIL;
+    if (len <= ACK_SEQ_AT || memcmp(reply, want, ACK_SEQ_AT) != 0)
+        return 0;
+    uint8_t seq = reply[ACK_SEQ_AT];     /* a uint, and nothing after it */
+    int uint = seq <= MP_POSFIX_MAX || (seq >= MP_UINT8 && seq <= MP_UINT64);
+    return uint && len == ACK_SEQ_AT + (uint64_t)int_size(seq);
 }
 
 uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
@@ -500,29 +539,19 @@ static int round_timeout(int64_t now, int64_t spin_until, int64_t deadline)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
-/* Adapts the spin budget to a round that found work: one found while
- * polling doubles it; one that had to wake after `gap` ns of quiet sets it
- * to cover such a gap (with half again as margin) if polling that long is
- * within the limit, else halves it. So it follows the gaps between a
- * client's requests, however the client itself waits. */
-static void adapt_spin(struct shm_loop *L, int spinning, int64_t gap)
+/* Whether nobody should poll now: the daemon may not (its limit is 0),
+ * runnable processes outnumber the cores, or a round shortly before
+ * served several writers (until crowd_until). */
+static uint32_t polls_cost(struct shm_spin *spin, int64_t now, int64_t crowd_until)
 {
-    int64_t ns = L->spin_ns;
-    if (spinning)
-        ns = ns * 2 > SHM_SPIN_MIN_NS ? ns * 2 : SHM_SPIN_MIN_NS;
-    else if (gap <= L->spin_limit_ns)
-        ns = gap + gap / 2 > SHM_SPIN_MIN_NS ? gap + gap / 2 : SHM_SPIN_MIN_NS;
-    else
-        ns /= 2;
-    L->spin_ns = ns > L->spin_limit_ns ? L->spin_limit_ns
-               : ns < SHM_SPIN_MIN_NS ? 0 : ns;
+    return spin->limit_ns == 0 || now < crowd_until || shm_spin_crowded(spin);
 }
 
 int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                        struct shm_loop *L)
 {
     int64_t spin_until = 0, quiet_since = shm_now_ns(), crowd_until = 0;
-    uint32_t crowded = L->spin_limit_ns == 0;
+    uint32_t crowded = polls_cost(L->spin, quiet_since, crowd_until);
     set_crowded(r, crowded);
     for (;;) {
         int64_t now = shm_now_ns();
@@ -555,18 +584,21 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
         }
         if (r->served >= 2)         /* several writers at once */
             crowd_until = started + SHM_CROWD_NS;
-        uint32_t now_crowded = L->spin_limit_ns == 0 || started < crowd_until;
+        uint32_t now_crowded = polls_cost(L->spin, started, crowd_until);
         if (now_crowded != crowded)
             set_crowded(r, crowded = now_crowded);
         if (n > 0) {
-            adapt_spin(L, spinning, started - quiet_since);
+            /* The spin adapts to the gaps between a client's requests,
+             * however the client itself waits (struct shm_spin). */
+            shm_spin_waited(L->spin, started - quiet_since,
+                            spinning ? SHM_WAIT_WON : SHM_WAIT_SLEPT);
             quiet_since = shm_now_ns();
-            spin_until = crowded ? 0 : quiet_since + L->spin_ns;
+            spin_until = crowded ? 0 : quiet_since + L->spin->ns;
         }
         /* A yield that took long: the cores are contended, stop polling. */
         if (shm_now_ns() < spin_until && !shm_yield_core()) {
             spin_until = 0;
-            L->spin_ns /= 2;
+            shm_spin_lost(L->spin);
         }
     }
 }

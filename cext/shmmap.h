@@ -541,6 +541,9 @@ void     shm_replay_free(struct shm_replay *log);
 #define SHM_REPLY_MAX        21        /* bytes of the longest reply it
                                           writes: array header, int64 id,
                                           status, nil, uint64 seq */
+#define SHM_BATCH_HEADER     16        /* bytes a client's framing of a
+                                          batch request puts before the
+                                          blob (shm_batch_frame) */
 /* shm_serve's stop reasons (struct shm_serve.stop) */
 #define SHM_STOP_END         0         /* every byte consumed */
 #define SHM_STOP_MORE        1         /* the object at pos is incomplete:
@@ -580,6 +583,16 @@ struct shm_serve {
  * caller as SHM_STOP_OBJECT, nothing of it applied. */
 uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,
                    uint64_t pos);
+
+/* A client's framing of a batch request, [SHM_REQ_BATCH, id, bin]: the id
+ * a msgpack uint64 and the blob's length a bin32 header, so the header
+ * takes SHM_BATCH_HEADER bytes whatever they hold. Writes it at out. */
+void     shm_batch_frame(uint8_t *out, uint64_t id, uint64_t blob_len);
+/* Whether reply[0..len) is exactly the acknowledgement shm_serve writes
+ * to the request shm_batch_frame framed with id: [id, OK, nil, seq] with
+ * the id's bytes as the request had them. (Anything else -- an error, a
+ * late reply -- is for the caller to decode.) */
+int      shm_batch_acked(uint64_t id, const uint8_t *reply, uint64_t len);
 
 /* ---- serving a round of events (serve.c) ----
  * The daemon's loop in C: one epoll_wait on the daemon's epoll, then for
@@ -665,9 +678,8 @@ int64_t  shm_round_send(struct shm_round *r);
 
 struct shm_loop {
     int64_t deadline_ns;            /* in: CLOCK_MONOTONIC, return by then */
-    int64_t spin_limit_ns;          /* in: most polling after a round (0:
-                                       never: the cores are crowded) */
-    int64_t spin_ns;                /* in/out: the budget, adapted */
+    struct shm_spin *spin;          /* in: the polling after a round,
+                                       adapted (kept from call to call) */
     uint64_t min_live;              /* in: the room is checked from this */
     uint64_t dirty_room;            /*   many live keys on: return when */
     uint64_t arena_room;            /*   no more than these are left */
@@ -701,8 +713,13 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                                           long: it stopped polling, slept */
 #define SHM_WAIT_SLEPT_ONLY  4         /* no budget: it slept at once */
 #define SHM_CONTENDED_NS     50000     /* a yield this long: contended */
-#define SHM_SPIN_MIN_NS      5000      /* a spin budget below this is none
-                                          (protocol.Spin.MIN_SECONDS) */
+#define SHM_SPIN_MIN_NS      5000      /* a spin budget below this is none */
+#define SHM_SPIN_PROBE_EVERY 64        /* with no budget, one wait in this
+                                          many polls a little: to notice
+                                          when polling pays again */
+#define SHM_SPIN_LOOK_NS     100000000 /* how often crowded() reads the
+                                          kernel's count of runnable
+                                          processes (/proc/loadavg) */
 #define SHM_CROWD_NS         10000000  /* after a round that served two or
                                           more requests, nobody polls for
                                           this long: several writers and the
@@ -710,13 +727,62 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                                           group commit gathers their
                                           requests while the daemon works */
 
+/* How long a waiter polls (yielding the core on each turn) before it
+ * sleeps, adapted to what polling bought lately. Private to one process
+ * and used by one thread at a time: a client's waits for replies, the
+ * daemon's loop between rounds (protocol.Spin wraps it for Python).
+ *
+ * Polling pays when the peer runs on another core and answers within the
+ * spin; it costs when processes outnumber cores, because the peer needs
+ * this very core (PLATFORM-NOTES: on 2 cores with a third busy process a
+ * wake-up beats spinning; measured here, a daemon that spun under that
+ * load cut the writer beside an iterating process 3-8 fold). So:
+ * - no polling while more processes are runnable than there are cores
+ *   (shm_spin_crowded: the kernel's count, not the 1-minute load average,
+ *   which answers too late -- a 3 s benchmark barely moves it);
+ * - a wait that ended while polling doubles the budget, up to the limit;
+ * - one that had to sleep sets it to cover the wait it saw (with half
+ *   again as margin) if polling that long is within the limit -- so the
+ *   budget follows the peer's answer times, however the peer itself
+ *   waits -- else halves it;
+ * - a yield that gave the core away for long (another process ran) ends
+ *   the spin at once and halves the budget;
+ * - with no budget left, one wait in SHM_SPIN_PROBE_EVERY polls a little. */
+struct shm_spin {
+    int64_t limit_ns;               /* the longest poll (0: never poll) */
+    int64_t ns;                     /* the budget: 0, or SHM_SPIN_MIN_NS
+                                       up to limit_ns */
+    int64_t look_at_ns;             /* when crowded() next reads the count */
+    int64_t crowded_until_ns;       /* crowded until then (CLOCK_MONOTONIC) */
+    uint32_t cores;                 /* the cores this process may run on */
+    uint32_t waits;                 /* waits with no budget (the probe) */
+};
+
+/* A budget of limit_ns, for a process that may run on `cores` cores. */
+void     shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores);
+/* Whether runnable processes outnumber the cores (looked at every
+ * SHM_SPIN_LOOK_NS). A process that polls is runnable: two that poll each
+ * other on two cores are not crowded, and a third that iterates makes
+ * them so. */
+int      shm_spin_crowded(struct shm_spin *s);
+/* Nanoseconds to poll for the next wait (0: sleep at once). */
+int64_t  shm_spin_budget(struct shm_spin *s);
+/* A wait of ns ended, as how (SHM_WAIT_*) says: adapts the budget. */
+void     shm_spin_waited(struct shm_spin *s, int64_t ns, int32_t how);
+/* A poll that found its answer; one that had to sleep or was contended. */
+void     shm_spin_won(struct shm_spin *s);
+void     shm_spin_lost(struct shm_spin *s);
+/* Gives the core away once (sched_yield); 0 if that took over
+ * SHM_CONTENDED_NS: another process ran, polling does not pay now. */
+int      shm_yield_core(void);
+
 /* Receives from the non-blocking stream socket fd into buf[0..cap): polls
- * for up to spin_ns, then sleeps in poll() for up to timeout_ms. Returns
- * the bytes received, 0 at the end of the stream, -ETIMEDOUT if nothing
- * came in time, or -errno (-EINTR: a signal came; call again). *how says
- * how the wait went (SHM_WAIT_*). */
-int64_t  shm_wait_recv(int fd, uint8_t *buf, uint64_t cap, int64_t spin_ns,
-                       int timeout_ms, int32_t *how);
+ * for as long as spin's budget says (none if spin is NULL), then sleeps in
+ * poll() for up to timeout_ms, and adapts spin to how the wait went.
+ * Returns the bytes received, 0 at the end of the stream, -ETIMEDOUT if
+ * nothing came in time, or -errno (-EINTR: a signal came; call again). */
+int64_t  shm_wait_recv(int fd, uint8_t *buf, uint64_t cap,
+                       struct shm_spin *spin, int timeout_ms);
 
 /* ---- request channels (chan.c): a synchronous write without the socket ----
  * A channel is one client's request slot in shared memory: a memfd the
@@ -814,20 +880,33 @@ int      shm_chan_answer(struct shm_round *r, uint64_t index,
  * one: its size and seals); NULL with errno set if it is not. */
 struct shm_chan *shm_chan_attach(int memfd);
 void     shm_chan_detach(struct shm_chan *c);
-/* Client: writes request[0..len) (at most SHM_CHAN_REQUEST bytes) as
- * ticket, rings the doorbell efd if the daemon sleeps, then waits as
- * shm_chan_wait does. */
-int64_t  shm_chan_call(struct shm_chan *c, int efd, int sockfd,
-                       const char *request, uint64_t len, uint32_t ticket,
-                       int64_t spin_ns, int timeout_ms, int32_t *how);
-/* Client: waits for the reply to ticket: polls up to spin_ns, then sleeps
- * on the futex, looking at sockfd every SHM_CHAN_CHECK_NS. Returns the
- * reply's length (its bytes in c->reply), -ETIMEDOUT, -EINTR (a signal:
- * call again), or -EPIPE when sockfd became readable (the daemon closed
- * the connection or wrote on it: the caller reads it). *how as for
- * shm_wait_recv. */
+/* Client: writes request[0..len) into the channel as ticket and rings the
+ * doorbell efd if the daemon sleeps. SHM_OK, or -EMSGSIZE if it is over
+ * SHM_CHAN_REQUEST bytes (nothing posted). */
+int      shm_chan_post(struct shm_chan *c, int efd, const char *request,
+                       uint64_t len, uint32_t ticket);
+/* Client: waits for the reply to ticket: polls as spin says (none if
+ * spin is NULL; none either while the daemon says the cores are crowded),
+ * then sleeps on the futex, looking at sockfd every SHM_CHAN_CHECK_NS.
+ * Returns the reply's length (its bytes in c->reply), -ETIMEDOUT, -EINTR
+ * (a signal: call again), -EPROTO (a reply length past the area), or
+ * -EPIPE when sockfd became readable (the daemon closed the connection or
+ * wrote on it: the caller reads it). */
 int64_t  shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
-                       int64_t spin_ns, int timeout_ms, int32_t *how);
+                       struct shm_spin *spin, int timeout_ms);
+/* Client: a synchronous write in one call: frames [SHM_REQ_BATCH, id,
+ * blob] into the channel (shm_batch_frame), posts it as ticket and waits
+ * (shm_chan_batch_wait). */
+int64_t  shm_chan_batch(struct shm_chan *c, int efd, int sockfd, uint64_t id,
+                        const char *blob, uint64_t len, uint32_t ticket,
+                        struct shm_spin *spin, int timeout_ms);
+/* Client: shm_chan_wait for the reply to the batch request id posted as
+ * ticket: 0 when it is that request's acknowledgement, its length (> 0)
+ * when it is anything else (an error reply, for the caller to read), or
+ * shm_chan_wait's -errno (-EPROTO for an empty reply). */
+int64_t  shm_chan_batch_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
+                             uint64_t id, struct shm_spin *spin,
+                             int timeout_ms);
 
 /* Benchmarks: lookups of the int keys [first, first + count) from C; the
  * number found. */

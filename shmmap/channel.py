@@ -18,6 +18,7 @@ from typing import Optional
 from ._core import ffi, lib
 
 REQUEST_BYTES = lib.SHM_CHAN_REQUEST    # a longer request goes on the socket
+BLOB_BYTES = REQUEST_BYTES - lib.SHM_BATCH_HEADER   # ... a batch's blob, framed
 REPLY_BYTES = lib.SHM_CHAN_REPLY
 _FDS = 2                                # what Op.CHANNEL's reply carries: memfd, eventfd
 _ANCILLARY = socket.CMSG_SPACE(_FDS * array.array("i").itemsize)
@@ -49,24 +50,40 @@ class Channel:
         self.outstanding: Optional[int] = None
         self._reply = ffi.buffer(chan.reply, REPLY_BYTES)
 
-    def call(self, request: bytes, sockfd: int, spin_ns: int, timeout_ms: int,
-             how: "ffi.CData") -> int:
-        """Posts request as the next ticket and waits for its reply (see
-        shm_chan_call): the reply's length, or -errno."""
+    def batch(self, rid: int, blob: bytes, sockfd: int, spin: "ffi.CData",
+              timeout_ms: int) -> int:
+        """Posts the batch request rid of blob as the next ticket and waits
+        for its reply (shm_chan_batch, spin a struct shm_spin): 0 for its
+        acknowledgement, the length of any other reply, or -errno."""
         self.ticket = ticket = (self.ticket + 1) & 0xFFFFFFFF
         self.outstanding = ticket       # set first: a KeyboardInterrupt may end the wait
-        return lib.shm_chan_call(self._chan, self.efd, sockfd, request, len(request), ticket,
-                                 spin_ns, timeout_ms, how)
+        got = lib.shm_chan_batch(self._chan, self.efd, sockfd, rid, blob, len(blob), ticket,
+                                 spin, timeout_ms)
+        if got >= 0:
+            self.outstanding = None
+        return got
 
-    def wait(self, sockfd: int, spin_ns: int, timeout_ms: int, how: "ffi.CData") -> int:
-        """Waits on for the reply to the outstanding request (shm_chan_wait)."""
+    def batch_wait(self, rid: int, sockfd: int, timeout_ms: int) -> int:
+        """Waits on for the reply to the outstanding batch request rid, as
+        batch() does (shm_chan_batch_wait), without polling."""
         assert self.outstanding is not None
-        return lib.shm_chan_wait(self._chan, sockfd, self.outstanding, spin_ns, timeout_ms, how)
+        got = lib.shm_chan_batch_wait(self._chan, sockfd, self.outstanding, rid, ffi.NULL,
+                                      timeout_ms)
+        if got >= 0:
+            self.outstanding = None
+        return got
+
+    def wait(self, sockfd: int, timeout_ms: int) -> int:
+        """Waits on for the reply to the outstanding request, whatever it
+        is (shm_chan_wait), without polling: its length, or -errno."""
+        assert self.outstanding is not None
+        got = lib.shm_chan_wait(self._chan, sockfd, self.outstanding, ffi.NULL, timeout_ms)
+        if got >= 0:
+            self.outstanding = None
+        return got
 
     def reply(self, length: int) -> bytes:
-        """The reply's bytes, once a wait returned their length; the
-        request is no longer outstanding."""
-        self.outstanding = None
+        """The reply's bytes, once a wait returned their length."""
         return self._reply[0:length]
 
     def close(self) -> None:

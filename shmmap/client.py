@@ -27,15 +27,14 @@ import msgpack
 
 from . import protocol, segments
 from ._core import ffi, lib
-from .channel import REQUEST_BYTES as CHANNEL_REQUEST_BYTES
+from .channel import BLOB_BYTES as CHANNEL_BLOB_BYTES
 from .channel import Channel, receive_fds
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .codec import decode_value, encode_key, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
                      WriteTimeoutError, reply_error)
 from .generation import Generation
-from .protocol import (DELETE, STORE, Op, batch_blob, batch_request, batch_request_id,
-                       is_batch_ack)
+from .protocol import DELETE, STORE, Op, batch_blob, batch_request, is_batch_ack
 from .reader import MapReader
 from .slots import ClientSlot
 from .trace import client_tracer, now_us
@@ -138,7 +137,6 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS)
         self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
         self._recv_bytes = ffi.buffer(self._recv_buf)
-        self._how = ffi.new("int32_t *")
         self._packer = msgpack.Packer(use_bin_type=True)
         self._next_id = 0
         self.daemon_info: dict[str, Any] = {}
@@ -399,13 +397,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         often comes sooner than a sleeper wakes; protocol.Spin says how
         long pays now), then sleeps; all in one C call (shm_wait_recv)."""
         assert self._sock is not None
-        fd, spin, how = self._sock.fileno(), self._spin, self._how
+        fd, spin = self._sock.fileno(), self._spin.c
         while True:
-            left_ms = self._left_ms(deadline)
-            started = time.perf_counter()
-            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE,
-                                    int(spin.budget() * 1e9), left_ms, how)
-            spin.waited(time.perf_counter() - started, how[0])
+            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
+                                    self._left_ms(deadline))
             if got > 0:
                 return self._recv_bytes[0:got]
             if got == 0:
@@ -415,46 +410,43 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             if got != -errno.EINTR:     # a signal: its handler ran; wait on
                 raise OSError(-got, os.strerror(-got))
 
-    def _call_channel(self, chan: Channel, request: bytes, deadline: float) -> None:
-        """Sends one framed batch request through the channel and waits
-        for its acknowledgement; raises the daemon's error, TimeoutError,
-        or what the socket says when the daemon goes away meanwhile."""
+    def _call_channel(self, chan: Channel, rid: int, blob: bytes, deadline: float) -> None:
+        """Sends the batch request rid of blob through the channel and
+        waits for its acknowledgement, in one C call (shm_chan_batch)."""
         assert self._sock is not None
-        fd, spin, how = self._sock.fileno(), self._spin, self._how
-        started = time.perf_counter()
-        got = chan.call(request, fd, int(spin.budget() * 1e9), self._left_ms(deadline), how)
-        while True:
-            spin.waited(time.perf_counter() - started, how[0])
-            if got >= 0:
-                break
+        got = chan.batch(rid, blob, self._sock.fileno(), self._spin.c, self._left_ms(deadline))
+        self._channel_outcome(chan, rid, got, deadline)
+
+    def _channel_outcome(self, chan: Channel, rid: int, got: int, deadline: float) -> None:
+        """What a channel's batch call returned (got) made an outcome:
+        nothing for the acknowledgement; else the daemon's error, a
+        TimeoutError, or what the socket says when the daemon went away
+        meanwhile; a signal's interruption waits on."""
+        assert self._sock is not None
+        while got < 0:
             if got == -errno.ETIMEDOUT:
                 raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
             if got == -errno.EPIPE:     # the socket speaks: the daemon's end, or its error
-                self._receive(batch_request_id(request), 1, deadline)
+                self._receive(rid, 1, deadline)
                 raise ValueError("the daemon answered a channel request on the socket")
             if got != -errno.EINTR:     # a signal: its handler ran; wait on
                 raise OSError(-got, os.strerror(-got))
-            got = chan.wait(fd, 0, self._left_ms(deadline), how)
-        reply = chan.reply(got)
-        if not is_batch_ack(request, reply):    # an error: read as a socket's reply
-            self._feed(reply)
-            self._receive(batch_request_id(request), 1, deadline)
+            got = chan.batch_wait(rid, self._sock.fileno(), self._left_ms(deadline))
+        if got:                         # an error: read as a socket's reply
+            self._feed(chan.reply(got))
+            self._receive(rid, 1, deadline)
 
     def _settle(self, chan: Channel, deadline: float) -> None:
         """Waits for the answer to a channel request that timed out (or
         was interrupted) before anything else is sent, so that the daemon
         applies this connection's requests in order. If it does not come,
         nothing is sent: _NothingSent(TimeoutError)."""
-        if chan.outstanding is None:
-            return
         assert self._sock is not None
-        while True:
+        while chan.outstanding is not None:
             left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            got = (chan.wait(self._sock.fileno(), 0, left_ms, self._how) if left_ms > 0
-                   else -errno.ETIMEDOUT)
+            got = chan.wait(self._sock.fileno(), left_ms) if left_ms > 0 else -errno.ETIMEDOUT
             if got >= 0:
-                chan.reply(got)         # the outcome of a write already reported unknown
-                return
+                return                  # the outcome of a write already reported unknown
             if got == -errno.EPIPE:
                 raise _NothingSent() from ConnectionResetError("the daemon went away")
             if got != -errno.EINTR:
@@ -495,18 +487,18 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise error
         return results
 
-    def _receive_batch(self, request: bytes, deadline: float) -> None:
-        """Waits for the reply to one batch request (framed by
+    def _receive_batch(self, rid: int, deadline: float) -> None:
+        """Waits for the reply to the batch request rid (framed by
         batch_request). The daemon's reply is [id, OK, nil, seq], the id
         copied from the request: when the next bytes are exactly that,
         nothing is decoded; anything else (an error, late replies to
         requests that timed out, a reply cut in two) goes to _receive."""
         if self._fed == self._unpacker.tell():      # nothing buffered
             data = self._recv_some(deadline)
-            if is_batch_ack(request, data):
+            if is_batch_ack(rid, data):
                 return
             self._feed(data)
-        self._receive(batch_request_id(request), 1, deadline)
+        self._receive(rid, 1, deadline)
 
     def _request(self, op: Op, *args: Any) -> Any:
         return self._pipeline([[op, *args]])[0]
@@ -525,21 +517,35 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     def _write(self, blob: bytes) -> None:
         """One batch blob, acknowledged: the lean path of store() and
-        delete(), the same policy as _pipeline's."""
+        delete(), the same policy as _pipeline's. While the connection's
+        channel is up and idle it is one C call (shm_chan_batch), and
+        _exchange sees only what is not an acknowledgement."""
         with self._lock:
-            deadline = time.monotonic() + self.timeout
+            started = time.monotonic()
+            self._next_id += 1
+            chan, got = self._chan, None
+            if (chan is not None and chan.outstanding is None and self._trace is None
+                    and len(blob) <= CHANNEL_BLOB_BYTES):
+                assert self._sock is not None     # a channel lives only beside its socket
+                got = chan.batch(self._next_id, blob, self._sock.fileno(), self._spin.c,
+                                 math.ceil(self.timeout * 1000))
+                if got == 0:
+                    return          # acknowledged: visible to every process
             reader = self._reader
             if reader is None:
-                reader = self._open_locked(deadline)     # MapClosedError after close()
-            self._next_id += 1
-            request = batch_request(self._next_id, blob)
-            self._exchange(reader, request, self._next_id, 1, _ONE_BATCH, deadline)
+                reader = self._open_locked(started + self.timeout)   # MapClosedError after close()
+            self._exchange(reader, blob, self._next_id, 1, _ONE_BATCH,
+                           started + self.timeout, got)
 
     def _exchange(self, reader: MapReader, data: bytes, first_id: int, count: int,
-                  ops: Sequence[int], deadline: float) -> list[Any]:
+                  ops: Sequence[int], deadline: float,
+                  channel_got: Optional[int] = None) -> list[Any]:
         """Sends data, count framed requests with ids from first_id on whose
-        ops are ops, and returns their results in order. The caller holds
-        the lock. The retry policy:
+        ops are ops, and returns their results in order; for _ONE_BATCH,
+        data is the blob of request first_id, not yet framed, and
+        channel_got, if given, what the channel answered when _write posted
+        it there (then it is not sent again). The caller holds the lock.
+        The retry policy:
 
         - the daemon's error reply: raised, never resent;
         - the connection failed before a byte went out (a daemon that died
@@ -562,21 +568,27 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 self._connect(reader, deadline)
             sent = False
             try:
-                chan = self._chan
-                if chan is not None:
+                chan, got, channel_got = self._chan, channel_got, None   # posted once only
+                if got is not None:     # _write posted it: its outcome
+                    assert chan is not None
+                    sent = True
+                    self._channel_outcome(chan, first_id, got, deadline)
+                    return _BATCH_RESULT    # (a trace records only with no fast path)
+                if chan is not None and chan.outstanding is not None:
                     self._settle(chan, deadline)
-                if ops is _ONE_BATCH and chan is not None and len(data) <= CHANNEL_REQUEST_BYTES:
+                if ops is _ONE_BATCH and chan is not None and len(data) <= CHANNEL_BLOB_BYTES:
                     sent = True         # posting is all or nothing
-                    self._call_channel(chan, data, deadline)
+                    self._call_channel(chan, first_id, data, deadline)
+                    results = _BATCH_RESULT
+                elif ops is _ONE_BATCH:
+                    self._send_all(batch_request(first_id, data), deadline)
+                    sent = True
+                    self._receive_batch(first_id, deadline)
                     results = _BATCH_RESULT
                 else:
                     self._send_all(data, deadline)
                     sent = True
-                    if ops is _ONE_BATCH:
-                        self._receive_batch(data, deadline)
-                        results = _BATCH_RESULT
-                    else:
-                        results = self._receive(first_id, count, deadline)
+                    results = self._receive(first_id, count, deadline)
                 if self._trace is not None:
                     self._trace.wait(self.name, list(ops), traced)
                 return results

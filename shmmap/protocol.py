@@ -15,11 +15,10 @@ import enum
 import os
 import struct
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ._core import lib
+from ._core import ffi, lib
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024 * 1024  # bytes of one request; larger is a protocol error
@@ -34,103 +33,53 @@ RECV_SIZE = 64 * 1024      # bytes per recv: below malloc's mmap threshold
 
 class Spin:
     """How long a waiter polls (yielding the core on each turn) before it
-    sleeps, adapted to what polling bought lately.
-
-    Polling pays when the peer runs on another core and answers within the
-    spin; it costs when processes outnumber cores, because the peer needs
-    this very core (PLATFORM-NOTES: on 2 cores with a third busy process a
-    wake-up beats spinning; measured here, a daemon that spun under that
-    load cut the writer beside an iterating process 3-8 fold). So: no spin
-    while more processes are runnable than there are cores (crowded());
-    otherwise a wait that ended while spinning doubles the budget (up to
-    limit), one that had to sleep sets it to cover the wait it saw if that
-    is within the limit (waited()), else halves it, and a yield that gave
-    the core away for long (another process ran) ends the spin at once.
-    With no budget left, one wait in PROBE_EVERY spins a little, to notice
-    when polling pays again.
-    """
+    sleeps, adapted to what polling bought lately: a struct shm_spin,
+    whose comment in cext/shmmap.h gives the policy. The C waits take it
+    (``c``) and adapt it themselves; Python's waits (the daemon's _poll
+    path) use these methods."""
 
     MIN_SECONDS = lib.SHM_SPIN_MIN_NS / 1e9     # a budget below this is none
-    CONTENDED_SECONDS = lib.SHM_CONTENDED_NS / 1e9   # a yield this long: contended
-    PROBE_EVERY = 64
-    LOOK_SECONDS = 0.1          # how often crowded() looks at the kernel's count
-    CORES = len(os.sched_getaffinity(0))
+    PROBE_EVERY = lib.SHM_SPIN_PROBE_EVERY
+    CORES = len(os.sched_getaffinity(0))    # the cores this process may run on
 
-    __slots__ = ("limit", "seconds", "_waits", "_crowded_until", "_look_at")
+    __slots__ = ("c",)
 
     def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.seconds = limit
-        self._waits = 0
-        self._look_at = 0.0
-        self._crowded_until = 0.0
+        self.c = ffi.new("struct shm_spin *")
+        lib.shm_spin_init(self.c, round(limit * 1e9), self.CORES)
+
+    @property
+    def limit(self) -> float:
+        return self.c.limit_ns / 1e9
+
+    @property
+    def seconds(self) -> float:
+        """The budget now."""
+        return self.c.ns / 1e9
 
     def crowded(self) -> bool:
-        """Whether runnable processes outnumber cores: the kernel's count
-        of them right now (/proc/loadavg), looked at every LOOK_SECONDS. A
-        process that polls is runnable, so two that poll each other on two
-        cores are not crowded, and a third that iterates makes them so.
-        (The 1-minute load average answers too late: a 3 s benchmark
-        barely moves it, and two processes that poll each other raise it
-        to the number of cores within a minute.)"""
-        now = time.monotonic()
-        if now >= self._look_at:
-            self._look_at = now + self.LOOK_SECONDS
-            self._crowded_until = (now + self.LOOK_SECONDS
-                                   if _runnable() > self.CORES else 0.0)
-        return now < self._crowded_until
+        """Whether runnable processes outnumber cores (shm_spin_crowded)."""
+        return bool(lib.shm_spin_crowded(self.c))
 
     def budget(self) -> float:
         """Seconds to poll for the next wait."""
-        if not self.limit or self.crowded():
-            return 0.0
-        if self.seconds:
-            return self.seconds
-        self._waits += 1
-        return self.MIN_SECONDS if self._waits % self.PROBE_EVERY == 0 else 0.0
+        return lib.shm_spin_budget(self.c) / 1e9
 
     def won(self) -> None:
         """The wait ended while polling."""
-        self.seconds = min(self.limit, max(self.seconds * 2, self.MIN_SECONDS))
-
-    def waited(self, seconds: float, how: int) -> None:
-        """A wait ended after seconds; how (SHM_WAIT_*) says whether it
-        ended while polling. One that slept sets the budget to cover such
-        a wait (with half again as margin) if polling that long is within
-        the limit: so the budget follows the peer's answer times, however
-        the peer itself waits (a peer that sleeps answers slower, and
-        would make a halving-only budget give up)."""
-        if how == lib.SHM_WAIT_WON:
-            self.won()
-        elif how == lib.SHM_WAIT_CONTENDED or seconds > self.limit:
-            self.lost()
-        else:
-            self.seconds = min(self.limit, max(seconds * 1.5, self.MIN_SECONDS))
+        lib.shm_spin_won(self.c)
 
     def lost(self) -> None:
         """The wait had to sleep, or a yield found the cores contended."""
-        half = self.seconds / 2
-        self.seconds = half if half >= self.MIN_SECONDS else 0.0
+        lib.shm_spin_lost(self.c)
 
     def yield_core(self) -> bool:
         """Gives the core away once (sched_yield); False if that took so
         long that spinning does not pay now (the spin should end)."""
-        started = time.perf_counter()
-        os.sched_yield()
-        if time.perf_counter() - started > self.CONTENDED_SECONDS:
-            self.lost()
-            return False
-        return True
-
-
-def _runnable() -> int:
-    """Processes runnable on this host now (the 4th field of /proc/loadavg,
-    "running/total"; the caller is one of them)."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            return int(f.read().split()[3].split(b"/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
+        if lib.shm_yield_core():
+            return True
+        self.lost()
+        return False
 
 
 class Op(enum.IntEnum):
@@ -200,39 +149,29 @@ def batch_blob(ops: Iterable[tuple[bytes, Optional[bytes]]]) -> bytes:
 
 
 # ---- the lean path: one batch request, and its acknowledgement ----------------
-# A client's synchronous store frames its request without building a list:
-# [BATCH, id, blob] with the id as a msgpack uint64 and the blob as bin32.
-# The daemon echoes the id's bytes as they came, so the acknowledgement
-# [id, OK, nil, seq] is recognised by comparing bytes.
+# A client's synchronous store frames its request without building a list,
+# as the C core does in a channel (shm_batch_frame: the id a msgpack uint64,
+# the blob a bin32). The daemon echoes the id's bytes as they came, so the
+# acknowledgement [id, OK, nil, seq] is recognised by comparing bytes
+# (shm_batch_acked).
+# The socket's requests are framed here, with struct (a cffi call per
+# request would cost four times as much in a pipeline); tests check that
+# both framings give the same bytes.
 _BATCH_REQUEST = struct.Struct(">BBBQBI")
-_FIXARRAY3, _FIXARRAY4, _UINT64, _BIN32, _NIL = 0x93, 0x94, 0xcf, 0xc6, 0xc0
-_REQUEST_ID = slice(2, 11)      # the id's bytes in a framed request
-_REQUEST_ID_VALUE = 3           # ... and where its value starts
-_ACK_ID = slice(1, 10)          # the id's bytes in the acknowledgement
-_ACK_STATUS = slice(10, 12)     # OK, nil
-_ACK_SEQ = 12                   # the seq: a msgpack uint
-_ACK_STATUS_BYTES = bytes([OK, _NIL])
-# Bytes a msgpack uint takes, by its first byte.
-_UINT_SIZE = {**{b: 1 for b in range(0x80)}, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9}
+BATCH_HEADER = lib.SHM_BATCH_HEADER
+assert _BATCH_REQUEST.size == BATCH_HEADER
+_FIXARRAY3, _UINT64, _BIN32 = 0x93, 0xcf, 0xc6
 
 
 def batch_request(rid: int, blob: bytes) -> bytes:
-    """The framed request [BATCH, rid, blob]."""
+    """The framed request [BATCH, rid, blob], as shm_batch_frame frames it."""
     return _BATCH_REQUEST.pack(_FIXARRAY3, Op.BATCH, _UINT64, rid, _BIN32, len(blob)) + blob
 
 
-def batch_request_id(request: bytes) -> int:
-    """The id of a request framed by batch_request."""
-    return int.from_bytes(request[_REQUEST_ID_VALUE:_REQUEST_ID.stop], "big")
-
-
-def is_batch_ack(request: bytes, data: bytes) -> bool:
+def is_batch_ack(rid: int, data: bytes) -> bool:
     """Whether data is exactly the daemon's OK to the request framed by
-    batch_request, and nothing more."""
-    return (len(data) > _ACK_SEQ and data[0] == _FIXARRAY4
-            and data[_ACK_ID] == request[_REQUEST_ID]
-            and data[_ACK_STATUS] == _ACK_STATUS_BYTES
-            and len(data) == _ACK_SEQ + _UINT_SIZE.get(data[_ACK_SEQ], 0))
+    batch_request with rid, and nothing more."""
+    return bool(lib.shm_batch_acked(rid, data, len(data)))
 
 
 def default_socket_dir() -> Path:

@@ -209,11 +209,9 @@ class Transport:
         below which the loop returns for a build."""
         r = self._round
         loop.deadline_ns = int(deadline * 1e9)
-        loop.spin_limit_ns = 0 if spin.crowded() else int(spin.limit * 1e9)
-        loop.spin_ns = min(int(spin.seconds * 1e9), loop.spin_limit_ns)
+        loop.spin = spin.c
         loop.min_live, loop.dirty_room, loop.arena_room = room
         events = self.serve_loop(r, loop)
-        spin.seconds = loop.spin_ns / 1e9
         if events < 0:
             raise OSError(-events, f"epoll_wait: {os.strerror(-events)}")
         if loop.stop == lib.SHM_LOOP_LEFT:

@@ -15,6 +15,7 @@ import pytest
 
 import shmmap
 from shmmap import protocol
+from shmmap._core import ffi, lib
 from shmmap.codec import encode_key, encode_value
 from shmmap.protocol import MAX_REQUEST, OK, Err, Op, batch_request, delete_item, store_item
 from test_protocol_fuzz import connect_raw, read_replies
@@ -218,3 +219,46 @@ def test_spin_budget_follows_what_spinning_bought() -> None:
     for _ in range(10):                 # spins that paid: back up to the limit
         spin.won()
     assert spin.seconds == 100e-6
+
+
+def test_spin_budget_covers_the_waits_it_sees() -> None:
+    """A wait that slept sets the budget to cover such a wait, with half
+    again as margin, if that is within the limit; a longer one, or a
+    yield that found the cores contended, halves it."""
+    spin = _Uncrowded(100e-6)
+    lib.shm_spin_waited(spin.c, 20_000, lib.SHM_WAIT_SLEPT)
+    assert spin.seconds == 30e-6
+    lib.shm_spin_waited(spin.c, 1_000, lib.SHM_WAIT_SLEPT_ONLY)    # at least the minimum
+    assert spin.seconds == protocol.Spin.MIN_SECONDS
+    lib.shm_spin_waited(spin.c, 80_000, lib.SHM_WAIT_SLEPT)        # 1.5x is past the limit
+    assert spin.seconds == 100e-6
+    lib.shm_spin_waited(spin.c, 200_000, lib.SHM_WAIT_SLEPT)       # the wait itself is
+    assert spin.seconds == 50e-6
+    lib.shm_spin_waited(spin.c, 1_000, lib.SHM_WAIT_CONTENDED)
+    assert spin.seconds == 25e-6
+
+
+@pytest.mark.parametrize("rid", [0, 1, 127, 1 << 32, (1 << 64) - 1])
+@pytest.mark.parametrize("blob_len", [0, 3, 65535, 1 << 20])
+def test_python_and_c_frame_a_batch_request_alike(rid: int, blob_len: int) -> None:
+    """The socket's requests are framed in Python, a channel's in C
+    (shm_batch_frame): the daemon must read the same bytes."""
+    header = ffi.new("uint8_t[]", protocol.BATCH_HEADER)
+    lib.shm_batch_frame(header, rid, blob_len)
+    blob = (bytes(range(256)) * (blob_len // 256 + 1))[:blob_len]
+    framed = batch_request(rid, blob)
+    assert framed == bytes(header) + blob
+    assert msgpack.unpackb(framed) == [Op.BATCH, rid, blob]
+
+
+@pytest.mark.parametrize("seq", [0, 5, 200, 70_000, 1 << 40])
+def test_an_acknowledgement_is_recognised_exactly(seq: int) -> None:
+    """The daemon's [id, OK, nil, seq] to request id, and nothing else."""
+    rid = 1 << 40                           # packed as a uint64, as requests carry it
+    ack = msgpack.packb([rid, OK, None, seq])
+    assert protocol.is_batch_ack(rid, ack)
+    assert not protocol.is_batch_ack(rid + 1, ack)              # another request's
+    assert not protocol.is_batch_ack(rid, ack + b"\x00")        # something after it
+    assert not protocol.is_batch_ack(rid, ack[:-1])             # cut short
+    assert not protocol.is_batch_ack(rid, msgpack.packb([rid, Err.PROTOCOL, None, seq]))
+    assert not protocol.is_batch_ack(rid, msgpack.packb([rid, OK, None, -1]))
