@@ -78,9 +78,11 @@ static long runnable(void)
     return strtol(p, NULL, 10);
 }
 
-void shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores)
+void shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores,
+                   uint32_t in_crowds)
 {
-    *s = (struct shm_spin){.limit_ns = limit_ns, .ns = limit_ns, .cores = cores};
+    *s = (struct shm_spin){.limit_ns = limit_ns, .ns = limit_ns, .cores = cores,
+                           .in_crowds = in_crowds};
 }
 
 int shm_spin_crowded(struct shm_spin *s)
@@ -95,7 +97,7 @@ int shm_spin_crowded(struct shm_spin *s)
 
 int64_t shm_spin_budget(struct shm_spin *s)
 {
-    if (s->limit_ns == 0 || shm_spin_crowded(s))
+    if (s->limit_ns == 0 || (!s->in_crowds && shm_spin_crowded(s)))
         return 0;
     if (s->ns)
         return s->ns;

@@ -254,8 +254,7 @@ int64_t shm_chan_wait(struct shm_chan *c, int sockfd, uint32_t ticket,
     int64_t spin_ns = s != NULL ? shm_spin_budget(s) : 0;
     int32_t how = SHM_WAIT_SLEPT_ONLY;
     int64_t len = -1;
-    /* Relaxed: advice, from the daemon, that polling costs the cores. */
-    if (spin_ns > 0 && !__atomic_load_n(&c->crowded, __ATOMIC_RELAXED))
+    if (spin_ns > 0)
         len = spin(c, ticket, spin_ns, &how);
     if (len == -1) {
         len = sleep_for_reply(c, sockfd, ticket, deadline);

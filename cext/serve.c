@@ -337,15 +337,6 @@ static void set_sleeping(struct shm_round *r, uint32_t sleeps)
                              __ATOMIC_SEQ_CST);
 }
 
-/* Tells every channel's client whether polling pays (see struct
- * shm_chan.crowded). */
-static void set_crowded(struct shm_round *r, uint32_t crowded)
-{
-    for (uint64_t i = 0; i < r->chan_len; i++)
-        if (r->chans[i].chan != NULL)
-            __atomic_store_n(&r->chans[i].chan->crowded, crowded, __ATOMIC_RELAXED);
-}
-
 static int any_posted(const struct shm_round *r)
 {
     uint32_t posted;
@@ -539,10 +530,10 @@ static int round_timeout(int64_t now, int64_t spin_until, int64_t deadline)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
-/* Whether nobody should poll now: the daemon may not (its limit is 0),
+/* Whether the daemon should not poll now: it may not (its limit is 0),
  * runnable processes outnumber the cores, or a round shortly before
  * served several writers (until crowd_until). */
-static uint32_t polls_cost(struct shm_spin *spin, int64_t now, int64_t crowd_until)
+static int polls_cost(struct shm_spin *spin, int64_t now, int64_t crowd_until)
 {
     return spin->limit_ns == 0 || now < crowd_until || shm_spin_crowded(spin);
 }
@@ -551,8 +542,6 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                        struct shm_loop *L)
 {
     int64_t spin_until = 0, quiet_since = shm_now_ns(), crowd_until = 0;
-    uint32_t crowded = polls_cost(L->spin, quiet_since, crowd_until);
-    set_crowded(r, crowded);
     for (;;) {
         int64_t now = shm_now_ns();
         if (now >= L->deadline_ns) {
@@ -584,16 +573,14 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
         }
         if (r->served >= 2)         /* several writers at once */
             crowd_until = started + SHM_CROWD_NS;
-        uint32_t now_crowded = polls_cost(L->spin, started, crowd_until);
-        if (now_crowded != crowded)
-            set_crowded(r, crowded = now_crowded);
         if (n > 0) {
             /* The spin adapts to the gaps between a client's requests,
              * however the client itself waits (struct shm_spin). */
             shm_spin_waited(L->spin, started - quiet_since,
                             spinning ? SHM_WAIT_WON : SHM_WAIT_SLEPT);
             quiet_since = shm_now_ns();
-            spin_until = crowded ? 0 : quiet_since + L->spin->ns;
+            spin_until = polls_cost(L->spin, started, crowd_until)
+                       ? 0 : quiet_since + L->spin->ns;
         }
         /* A yield that took long: the cores are contended, stop polling. */
         if (shm_now_ns() < spin_until && !shm_yield_core()) {

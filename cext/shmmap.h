@@ -721,11 +721,12 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                                           kernel's count of runnable
                                           processes (/proc/loadavg) */
 #define SHM_CROWD_NS         10000000  /* after a round that served two or
-                                          more requests, nobody polls for
-                                          this long: several writers and the
-                                          daemon want more than 2 cores, and
-                                          group commit gathers their
-                                          requests while the daemon works */
+                                          more requests, the daemon does not
+                                          poll for this long: several
+                                          writers and the daemon want more
+                                          than 2 cores, and group commit
+                                          gathers their requests while the
+                                          daemon works */
 
 /* How long a waiter polls (yielding the core on each turn) before it
  * sleeps, adapted to what polling bought lately. Private to one process
@@ -733,13 +734,18 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
  * daemon's loop between rounds (protocol.Spin wraps it for Python).
  *
  * Polling pays when the peer runs on another core and answers within the
- * spin; it costs when processes outnumber cores, because the peer needs
- * this very core (PLATFORM-NOTES: on 2 cores with a third busy process a
- * wake-up beats spinning; measured here, a daemon that spun under that
- * load cut the writer beside an iterating process 3-8 fold). So:
- * - no polling while more processes are runnable than there are cores
- *   (shm_spin_crowded: the kernel's count, not the 1-minute load average,
- *   which answers too late -- a 3 s benchmark barely moves it);
+ * spin. When processes outnumber cores it depends on who polls:
+ * - the daemon does not poll then (shm_spin_crowded: more processes
+ *   runnable than there are cores -- the kernel's count, not the 1-minute
+ *   load average, which answers too late: a 3 s benchmark barely moves
+ *   it). Measured here, a daemon that spun under that load cut the writer
+ *   beside an iterating process 3-8 fold, and one that kept polling while
+ *   8 writers wrote made them 10-20% slower than one that sleeps;
+ * - a client does (in_crowds): each turn yields its core to the processes
+ *   it would wait for anyway, and costs a sched_yield, where a sleep costs
+ *   a futex wait, the daemon's futex wake and two context switches.
+ *   Measured here, 8 writers wrote 20-50% more than with clients that
+ *   slept at once when crowded;
  * - a wait that ended while polling doubles the budget, up to the limit;
  * - one that had to sleep sets it to cover the wait it saw (with half
  *   again as margin) if polling that long is within the limit -- so the
@@ -756,16 +762,21 @@ struct shm_spin {
     int64_t crowded_until_ns;       /* crowded until then (CLOCK_MONOTONIC) */
     uint32_t cores;                 /* the cores this process may run on */
     uint32_t waits;                 /* waits with no budget (the probe) */
+    uint32_t in_crowds;             /* 1: polls while crowded too */
+    uint32_t reserved;
 };
 
-/* A budget of limit_ns, for a process that may run on `cores` cores. */
-void     shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores);
+/* A budget of limit_ns, for a process that may run on `cores` cores;
+ * in_crowds 1 for a client (see above). */
+void     shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores,
+                       uint32_t in_crowds);
 /* Whether runnable processes outnumber the cores (looked at every
  * SHM_SPIN_LOOK_NS). A process that polls is runnable: two that poll each
  * other on two cores are not crowded, and a third that iterates makes
  * them so. */
 int      shm_spin_crowded(struct shm_spin *s);
-/* Nanoseconds to poll for the next wait (0: sleep at once). */
+/* Nanoseconds to poll for the next wait (0: sleep at once): none while
+ * crowded, unless in_crowds. */
 int64_t  shm_spin_budget(struct shm_spin *s);
 /* A wait of ns ended, as how (SHM_WAIT_*) says: adapts the budget. */
 void     shm_spin_waited(struct shm_spin *s, int64_t ns, int32_t how);
@@ -834,12 +845,7 @@ struct shm_chan {
     uint32_t daemon_sleeps;         /* atomic: 1 while the daemon sleeps, or
                                        is about to, in epoll */
     uint64_t reply_len;             /* bytes of the reply */
-    uint32_t crowded;               /* atomic, relaxed (advice only): 1
-                                       while polling does not pay -- more
-                                       processes want the cores than there
-                                       are -- so the client sleeps at once */
-    uint32_t daemon_reserved;
-    uint8_t  daemon_pad[SHM_CACHE_LINE - 24];
+    uint8_t  daemon_pad[SHM_CACHE_LINE - 16];
     uint8_t  request[SHM_CHAN_REQUEST];
     uint8_t  reply[SHM_CHAN_REPLY];
 };
@@ -886,7 +892,7 @@ void     shm_chan_detach(struct shm_chan *c);
 int      shm_chan_post(struct shm_chan *c, int efd, const char *request,
                        uint64_t len, uint32_t ticket);
 /* Client: waits for the reply to ticket: polls as spin says (none if
- * spin is NULL; none either while the daemon says the cores are crowded),
+ * spin is NULL),
  * then sleeps on the futex, looking at sockfd every SHM_CHAN_CHECK_NS.
  * Returns the reply's length (its bytes in c->reply), -ETIMEDOUT, -EINTR
  * (a signal: call again), -EPROTO (a reply length past the area), or

@@ -134,7 +134,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._poller: Optional[select.poll] = None
         self._unpacker = msgpack.Unpacker(raw=False)
         self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
-        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS)
+        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS, in_crowds=True)
         self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
         self._recv_bytes = ffi.buffer(self._recv_buf)
         self._packer = msgpack.Packer(use_bin_type=True)

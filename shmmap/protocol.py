@@ -44,9 +44,11 @@ class Spin:
 
     __slots__ = ("c",)
 
-    def __init__(self, limit: float) -> None:
+    def __init__(self, limit: float, in_crowds: bool = False) -> None:
+        """A budget of limit seconds; in_crowds for a client, which polls
+        while processes outnumber cores too (see struct shm_spin)."""
         self.c = ffi.new("struct shm_spin *")
-        lib.shm_spin_init(self.c, round(limit * 1e9), self.CORES)
+        lib.shm_spin_init(self.c, round(limit * 1e9), self.CORES, in_crowds)
 
     @property
     def limit(self) -> float:

@@ -207,6 +207,14 @@ def test_no_spin_while_processes_outnumber_cores() -> None:
     assert [spin.budget() for _ in range(200)] == [0.0] * 200
 
 
+def test_a_client_polls_while_processes_outnumber_cores() -> None:
+    """A client's poll yields its core on every turn to the processes it
+    would wait for anyway: crowded cores do not stop it (in_crowds)."""
+    spin = _Crowded(100e-6, in_crowds=True)
+    assert spin.crowded()
+    assert [spin.budget() for _ in range(10)] == [100e-6] * 10
+
+
 def test_spin_budget_follows_what_spinning_bought() -> None:
     spin = _Uncrowded(100e-6)
     assert spin.budget() == 100e-6
