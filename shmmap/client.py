@@ -418,10 +418,10 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._channel_outcome(chan, rid, got, deadline)
 
     def _channel_outcome(self, chan: Channel, rid: int, got: int, deadline: float) -> None:
-        """What a channel's batch call returned (got) made an outcome:
-        nothing for the acknowledgement; else the daemon's error, a
-        TimeoutError, or what the socket says when the daemon went away
-        meanwhile; a signal's interruption waits on."""
+        """Turns what a channel's batch call returned (got) into the
+        write's outcome: nothing for the acknowledgement; else it raises
+        the daemon's error, TimeoutError, or what the socket says when the
+        daemon went away meanwhile. After a signal it waits on."""
         assert self._sock is not None
         while got < 0:
             if got == -errno.ETIMEDOUT:
