@@ -55,9 +55,7 @@ int shm_spin_turn(int64_t until, int32_t *how)
 
 /* ---- the spin policy ----------------------------------------------------- */
 
-/* Processes runnable on this host now (the 4th field of /proc/loadavg,
- * "running/total"; the caller is one of them), or 0 if it cannot be read. */
-static long runnable(void)
+int64_t shm_runnable(void)
 {
     char buf[LOADAVG_BYTES];
     int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
@@ -90,9 +88,9 @@ int shm_spin_crowded(struct shm_spin *s)
     int64_t now = shm_now_ns();
     if (now >= s->look_at_ns) {
         s->look_at_ns = now + SHM_SPIN_LOOK_NS;
-        s->crowded_until_ns = runnable() > (long)s->cores ? now + SHM_SPIN_LOOK_NS : 0;
+        s->crowded = shm_runnable() > (int64_t)s->cores;
     }
-    return now < s->crowded_until_ns;
+    return (int)s->crowded;
 }
 
 int64_t shm_spin_budget(struct shm_spin *s)

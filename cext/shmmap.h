@@ -758,18 +758,22 @@ struct shm_spin {
     int64_t limit_ns;               /* the longest poll (0: never poll) */
     int64_t ns;                     /* the budget: 0, or SHM_SPIN_MIN_NS
                                        up to limit_ns */
-    int64_t look_at_ns;             /* when crowded() next reads the count */
-    int64_t crowded_until_ns;       /* crowded until then (CLOCK_MONOTONIC) */
+    int64_t look_at_ns;             /* when crowded() next reads the count
+                                       (CLOCK_MONOTONIC) */
     uint32_t cores;                 /* the cores this process may run on */
+    uint32_t crowded;               /* what the count said last: more
+                                       runnable processes than cores */
     uint32_t waits;                 /* waits with no budget (the probe) */
     uint32_t in_crowds;             /* 1: polls while crowded too */
-    uint32_t reserved;
 };
 
 /* A budget of limit_ns, for a process that may run on `cores` cores;
  * in_crowds 1 for a client (see above). */
 void     shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores,
                        uint32_t in_crowds);
+/* Processes runnable on this host now (the 4th field of /proc/loadavg,
+ * "running/total"; the caller is one of them), or 0 if it cannot be read. */
+int64_t  shm_runnable(void);
 /* Whether runnable processes outnumber the cores (looked at every
  * SHM_SPIN_LOOK_NS). A process that polls is runnable: two that poll each
  * other on two cores are not crowded, and a third that iterates makes

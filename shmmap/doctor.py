@@ -403,11 +403,10 @@ def _schedstat(pid: int) -> Optional[tuple[int, int]]:
 
 
 def _runnable() -> Optional[int]:
-    """Runnable scheduling entities now (/proc/loadavg), less this one."""
-    try:
-        return int((PROC / "loadavg").read_text().split()[3].split("/")[0]) - 1
-    except (OSError, ValueError, IndexError):
-        return None
+    """Runnable processes now (shm_runnable: /proc/loadavg), less this one;
+    None if the kernel's count cannot be read."""
+    n = lib.shm_runnable()
+    return n - 1 if n > 0 else None
 
 
 def _proc_state(pid: int) -> str:

@@ -51,17 +51,9 @@ class Spin:
         lib.shm_spin_init(self.c, round(limit * 1e9), self.CORES, in_crowds)
 
     @property
-    def limit(self) -> float:
-        return self.c.limit_ns / 1e9
-
-    @property
     def seconds(self) -> float:
         """The budget now."""
         return self.c.ns / 1e9
-
-    def crowded(self) -> bool:
-        """Whether runnable processes outnumber cores (shm_spin_crowded)."""
-        return bool(lib.shm_spin_crowded(self.c))
 
     def budget(self) -> float:
         """Seconds to poll for the next wait."""
