@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shmmap import bench
-from shmmap.bench import gopeer
+from shmmap.bench import gopeer, writes
 from shmmap.bench.peers import LMDB_DIR_PREFIX, LMDB_PARENT, PEERS
 
 WRITE_SCENARIOS = {"iteration under 1 writer", "writer under iteration", "1 writer together",
@@ -70,8 +70,11 @@ def test_bench_quick_run(tmp_path: Path) -> None:
         [r for r in results if r["system"] == "shmmap" and r["check"] != "ok"]
     assert all(r["check"] == "ok" or r["check"].startswith(("n/a", "FAILED")) for r in results)
 
-    iteration = shm["iteration under 1 writer"]["extra"]
-    assert iteration["idle_p50_ms"] > 0 and iteration["under_load_vs_idle"] > 0
+    iteration = shm["iteration under 1 writer"]
+    extra = iteration["extra"]
+    assert extra["idle_p50_ms"] > 0 and extra["under_load_vs_idle"] > 0
+    # The writer only adds keys: a median iteration saw at least the start.
+    assert extra["keys_seen_p50"] >= iteration["keys"] and extra["whole_p50_ms"] > 0
     for scenario in WRITE_SCENARIOS - {"iteration under 1 writer"}:
         row = shm[scenario]
         assert row["value"] > 0 and row["unit"] == "writes/s", row
@@ -106,6 +109,16 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert not left, f"the bench left shared memory behind: {sorted(left)}"
     assert not list(Path(LMDB_PARENT).glob(f"{LMDB_DIR_PREFIX}*"))
     assert not list(Path("/tmp").glob("shmmap-bench-*"))
+
+
+def test_iteration_times_compare_per_key() -> None:
+    """The map grows under the writer: an iteration of twice the keys in
+    twice the time costs what an idle one does, as ms for the start's keys."""
+    idle = [(0.004, 0.003, 1000)] * 3
+    grown = [(0.008, 0.006, 2000), (0.0088, 0.0066, 2200), (0.0125, 0.009, 2500)]
+    assert writes._ms_at(idle, 1000, 0) == pytest.approx(4.0)
+    assert writes._ms_at(grown, 1000, 0) == pytest.approx(4.0)     # the median per key
+    assert writes._ms_at(grown, 1000, 1) == pytest.approx(3.0)
 
 
 def test_lmdb_runs_on_dev_shm_without_fsync() -> None:
@@ -173,5 +186,6 @@ def test_go_sync_map_peer(tmp_path: Path) -> None:
     iteration, writer = rows["iteration under 1 writer"], rows["writer under iteration"]
     assert iteration["extra"]["go_version"].startswith("go")
     assert iteration["value"] > 0 and iteration["extra"]["idle_p50_ms"] > 0
+    assert iteration["extra"]["keys_seen_p50"] >= iteration["keys"]
     assert writer["value"] > 0 and writer["extra"]["cpu_us_per_write"] > 0
     assert not list(Path("/tmp").glob("shmmap-bench-go-*"))

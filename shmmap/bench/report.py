@@ -136,14 +136,15 @@ def _write_verdicts(results: list[Result], keys: int) -> list[str]:
     if it and it.ok and it.extra.get("under_load_vs_idle"):
         ratio, cpu = it.extra["under_load_vs_idle"], it.extra.get("cpu_under_load_vs_idle")
         out.append(_verdict(ratio <= 1.2, f"shmmap iteration while one writer writes takes "
-                                          f"{ratio:.2f}x its idle time (target <= 1.2x); its "
-                                          f"CPU time is {cpu}x idle's (wall time beyond CPU "
-                                          f"time is waiting for a core)"))
+                                          f"{ratio:.2f}x its idle time per key (target <= 1.2x; "
+                                          f"the writer's new keys grow the map); its CPU time "
+                                          f"is {cpu}x idle's (wall time beyond CPU time is "
+                                          f"waiting for a core)"))
     go = _value(results, "iteration under 1 writer", GO, keys)
     if it and it.ok and it.value and go:
         out.append(_verdict(it.value <= go, f"shmmap iterates under one writer in "
-                                            f"{it.value / go:.2f}x the time Go's sync.Map.Range "
-                                            f"takes under the same load (target <= 1x)"))
+                                            f"{it.value / go:.2f}x the time per key Go's sync.Map."
+                                            f"Range takes under the same load (target <= 1x)"))
     promo = next((r for r in results if r.system == SHMMAP and r.ok
                   and r.scenario == "write latency during promotion"), None)
     if promo and promo.value is not None:

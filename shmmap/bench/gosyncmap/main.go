@@ -34,11 +34,17 @@ const rusageThread = 1
 // writeBurst is how many writes the writer makes between looks at the stop flag.
 const writeBurst = 64
 
+// rangeStats describes the Ranges of one phase. The writer's new keys grow
+// the map under load, so each Range's time per entry seen is what compares
+// with an idle Range, not its whole time.
 type rangeStats struct {
-	P50Ms      float64 `json:"p50_ms"`
-	P99Ms      float64 `json:"p99_ms"`
-	Iterations int     `json:"iterations"`
-	MaxEntries int     `json:"max_entries_seen"`
+	P50Ms         float64 `json:"p50_ms"`
+	P99Ms         float64 `json:"p99_ms"`
+	P50NsPerEntry float64 `json:"p50_ns_per_entry"`
+	P99NsPerEntry float64 `json:"p99_ns_per_entry"`
+	P50Entries    int     `json:"p50_entries_seen"`
+	Iterations    int     `json:"iterations"`
+	MaxEntries    int     `json:"max_entries_seen"`
 }
 
 type report struct {
@@ -72,27 +78,29 @@ func fullRange(m *sync.Map, keys int) (time.Duration, int, error) {
 
 // rangeFor ranges in a loop for at least d and three times.
 func rangeFor(m *sync.Map, keys int, d time.Duration) (rangeStats, error) {
-	var times []time.Duration
-	most := 0
+	var times, perEntry []float64
+	var counts []int
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) || len(times) < 3 {
 		t, count, err := fullRange(m, keys)
 		if err != nil {
 			return rangeStats{}, err
 		}
-		times = append(times, t)
-		if count > most {
-			most = count
-		}
+		times = append(times, float64(t.Nanoseconds()))
+		perEntry = append(perEntry, float64(t.Nanoseconds())/float64(count))
+		counts = append(counts, count)
 	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	ms := func(t time.Duration) float64 { return float64(t.Nanoseconds()) / 1e6 }
+	sort.Float64s(times)
+	sort.Float64s(perEntry)
+	sort.Ints(counts)
 	p99 := len(times) * 99 / 100
 	if p99 >= len(times) {
 		p99 = len(times) - 1
 	}
-	return rangeStats{P50Ms: ms(times[len(times)/2]), P99Ms: ms(times[p99]),
-		Iterations: len(times), MaxEntries: most}, nil
+	mid := len(times) / 2
+	return rangeStats{P50Ms: times[mid] / 1e6, P99Ms: times[p99] / 1e6,
+		P50NsPerEntry: perEntry[mid], P99NsPerEntry: perEntry[p99],
+		P50Entries: counts[mid], Iterations: len(times), MaxEntries: counts[len(counts)-1]}, nil
 }
 
 func cpuTime(who int) time.Duration {
