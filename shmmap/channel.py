@@ -30,12 +30,14 @@ class Channel:
     interrupted), else None: no new request may be posted before it is
     answered, or the daemon could apply the two out of order."""
 
-    __slots__ = ("_chan", "efd", "ticket", "outstanding", "_reply")
+    __slots__ = ("_chan", "efd", "sockfd", "ticket", "outstanding", "_reply")
 
-    def __init__(self, memfd: int, efd: int) -> None:
+    def __init__(self, memfd: int, efd: int, sockfd: int) -> None:
         """Maps the channel memfd (closed here, whatever happens) and keeps
-        the doorbell efd (closed by close()). OSError if memfd is not a
-        channel as the daemon makes them."""
+        the doorbell efd (closed by close()). sockfd is the connection's
+        socket, which a wait watches for the daemon's end: the channel is
+        dropped whenever the socket is, never after. OSError if memfd is
+        not a channel as the daemon makes them."""
         try:
             chan = lib.shm_chan_attach(memfd)
             if chan == ffi.NULL:
@@ -46,38 +48,38 @@ class Channel:
             os.close(memfd)
         self._chan = chan
         self.efd = efd
+        self.sockfd = sockfd
         self.ticket = 0
         self.outstanding: Optional[int] = None
         self._reply = ffi.buffer(chan.reply, REPLY_BYTES)
 
-    def batch(self, rid: int, blob: bytes, sockfd: int, spin: "ffi.CData",
-              timeout_ms: int) -> int:
+    def batch(self, rid: int, blob: bytes, spin: "ffi.CData", timeout_ms: int) -> int:
         """Posts the batch request rid of blob as the next ticket and waits
         for its reply (shm_chan_batch, spin a struct shm_spin): 0 for its
         acknowledgement, the length of any other reply, or -errno."""
         self.ticket = ticket = (self.ticket + 1) & 0xFFFFFFFF
         self.outstanding = ticket       # set first: a KeyboardInterrupt may end the wait
-        got = lib.shm_chan_batch(self._chan, self.efd, sockfd, rid, blob, len(blob), ticket,
-                                 spin, timeout_ms)
+        got = lib.shm_chan_batch(self._chan, self.efd, self.sockfd, rid, blob, len(blob),
+                                 ticket, spin, timeout_ms)
         if got >= 0:
             self.outstanding = None
         return got
 
-    def batch_wait(self, rid: int, sockfd: int, timeout_ms: int) -> int:
+    def batch_wait(self, rid: int, timeout_ms: int) -> int:
         """Waits on for the reply to the outstanding batch request rid, as
         batch() does (shm_chan_batch_wait), without polling."""
         assert self.outstanding is not None
-        got = lib.shm_chan_batch_wait(self._chan, sockfd, self.outstanding, rid, ffi.NULL,
-                                      timeout_ms)
+        got = lib.shm_chan_batch_wait(self._chan, self.sockfd, self.outstanding, rid,
+                                      ffi.NULL, timeout_ms)
         if got >= 0:
             self.outstanding = None
         return got
 
-    def wait(self, sockfd: int, timeout_ms: int) -> int:
+    def wait(self, timeout_ms: int) -> int:
         """Waits on for the reply to the outstanding request, whatever it
         is (shm_chan_wait), without polling: its length, or -errno."""
         assert self.outstanding is not None
-        got = lib.shm_chan_wait(self._chan, sockfd, self.outstanding, ffi.NULL, timeout_ms)
+        got = lib.shm_chan_wait(self._chan, self.sockfd, self.outstanding, ffi.NULL, timeout_ms)
         if got >= 0:
             self.outstanding = None
         return got

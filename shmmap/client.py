@@ -30,7 +30,7 @@ from ._core import ffi, lib
 from .channel import BLOB_BYTES as CHANNEL_BLOB_BYTES
 from .channel import Channel, receive_fds
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
-from .codec import decode_value, encode_key, encode_value
+from .codec import decode_value, encode_key, encode_pair, encode_value
 from .errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError, ShmmapError,
                      WriteTimeoutError, reply_error)
 from .generation import Generation
@@ -313,7 +313,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                     raise ValueError(f"CHANNEL's reply carried {len(fds)} descriptors, not 2")
                 memfd, efd = fds
                 fds = []
-                self._chan = Channel(memfd, efd)
+                self._chan = Channel(memfd, efd, self._sock.fileno())
         finally:
             for fd in fds:
                 os.close(fd)
@@ -414,7 +414,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         """Sends the batch request rid of blob through the channel and
         waits for its acknowledgement, in one C call (shm_chan_batch)."""
         assert self._sock is not None
-        got = chan.batch(rid, blob, self._sock.fileno(), self._spin.c, self._left_ms(deadline))
+        got = chan.batch(rid, blob, self._spin.c, self._left_ms(deadline))
         self._channel_outcome(chan, rid, got, deadline)
 
     def _channel_outcome(self, chan: Channel, rid: int, got: int, deadline: float) -> None:
@@ -431,7 +431,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 raise ValueError("the daemon answered a channel request on the socket")
             if got != -errno.EINTR:     # a signal: its handler ran; wait on
                 raise OSError(-got, os.strerror(-got))
-            got = chan.batch_wait(rid, self._sock.fileno(), self._left_ms(deadline))
+            got = chan.batch_wait(rid, self._left_ms(deadline))
         if got:                         # an error: read as a socket's reply
             self._feed(chan.reply(got))
             self._receive(rid, 1, deadline)
@@ -444,7 +444,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         assert self._sock is not None
         while chan.outstanding is not None:
             left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            got = chan.wait(self._sock.fileno(), left_ms) if left_ms > 0 else -errno.ETIMEDOUT
+            got = chan.wait(left_ms) if left_ms > 0 else -errno.ETIMEDOUT
             if got >= 0:
                 return                  # the outcome of a write already reported unknown
             if got == -errno.EPIPE:
@@ -526,8 +526,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             chan, got = self._chan, None
             if (chan is not None and chan.outstanding is None and self._trace is None
                     and len(blob) <= CHANNEL_BLOB_BYTES):
-                assert self._sock is not None     # a channel lives only beside its socket
-                got = chan.batch(self._next_id, blob, self._sock.fileno(), self._spin.c,
+                got = chan.batch(self._next_id, blob, self._spin.c,
                                  math.ceil(self.timeout * 1000))
                 if got == 0:
                     return          # acknowledged: visible to every process
@@ -767,9 +766,6 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     # Each checks the closed state on entry (before encoding its arguments),
     # and again under the lock in _pipeline.
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.store(key, value)
-
     def __delitem__(self, key: Any) -> None:
         _, loaded = self.load_and_delete(key)
         if not loaded:
@@ -806,7 +802,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
         blobs, parts, size = [], [], 0
         for key, value in pairs:
-            item = STORE + encode_key(key) + encode_value(value)
+            item = STORE + encode_pair(key, value)
             parts.append(item)
             size += len(item)
             if size >= BATCH_BYTES:
@@ -832,7 +828,9 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         """Sets key to value; returns once every process can read it."""
         if self._reader is None:
             self._open()        # closed: MapClosedError before the arguments
-        self._write(STORE + encode_key(key) + encode_value(value))
+        self._write(STORE + encode_pair(key, value))
+
+    __setitem__ = store         # one call less on the hottest write
 
     def load_or_store(self, key: Any, value: Any) -> tuple[Any, bool]:
         """(the existing value, True), or (value, False) after storing it."""
@@ -962,7 +960,7 @@ class Pipeline:
 
     def store(self, key: Any, value: Any) -> None:
         """Sets key to value (also: ``p[key] = value``)."""
-        self._add(STORE + encode_key(key) + encode_value(value))
+        self._add(STORE + encode_pair(key, value))
 
     def delete(self, key: Any) -> None:
         """Removes key if present (also: ``del p[key]``)."""

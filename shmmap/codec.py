@@ -62,6 +62,19 @@ def encode_value(value: Any) -> bytes:
         raise TypeError(f"value cannot be encoded as msgpack: {exc}") from None
 
 
+def encode_pair(key: Key, value: Any) -> bytes:
+    """encode_key(key) + encode_value(value) in one call, as a store sends
+    them: keys of the common types are canonical as they are, so they skip
+    the checks."""
+    t = type(key)
+    if t is int or t is str or t is bytes:
+        try:
+            return _pack(key) + _pack(value)
+        except (TypeError, ValueError, OverflowError):
+            pass                # encode_key and encode_value say what is wrong
+    return encode_key(key) + encode_value(value)
+
+
 def decode_value(data: Any) -> Any:
     """The value encoded in data (lists as lists, any map key allowed)."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False)

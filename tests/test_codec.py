@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmmap._core import ffi, lib
-from shmmap.codec import decode_key, decode_value, encode_key, encode_value
+from shmmap.codec import decode_key, decode_value, encode_key, encode_pair, encode_value
 from shmmap.errors import InvalidRequestError, LimitError, MapFullError
 from shmmap.reader import MapReader, lookup_in
 from shmmap.protocol import DELETE, STORE, batch_blob
@@ -104,6 +104,25 @@ def test_int_subclasses_and_bools_are_their_int() -> None:
 def test_other_keys_raise_type_error(key: Any) -> None:
     with pytest.raises(TypeError):
         encode_key(key)
+
+
+@pytest.mark.parametrize("key", ACCEPTED_KEYS[:30] + [True, Color.RED, Name("n"), (True, "a")],
+                         ids=lambda k: repr(k)[:30])
+def test_a_store_pair_is_the_key_then_the_value(key: Any) -> None:
+    for value in (1, None, "v", b"\x00" * 300, [1, {"a": 2.5}]):
+        assert encode_pair(key, value) == encode_key(key) + encode_value(value)
+
+
+@pytest.mark.parametrize("key, value, says", [
+    (1.5, 1, "keys must be"),
+    (2**64, 1, "does not fit in 64 bits"),
+    ("k", object(), "value cannot be encoded as msgpack"),
+    (7, 2**64, "value cannot be encoded as msgpack"),
+    (b"k", {1, 2}, "value cannot be encoded as msgpack"),
+])
+def test_a_bad_store_pair_raises_what_its_part_does(key: Any, value: Any, says: str) -> None:
+    with pytest.raises(TypeError, match=says):
+        encode_pair(key, value)
 
 
 # -- shm_check_key: the canonical form, byte by byte -------------------------
