@@ -6,8 +6,9 @@
  * The waits follow PLATFORM-NOTES: on idle cores a sleeping peer takes
  * about 20 us to wake and one that polls answers in well under one; when
  * processes outnumber the cores, polling takes the core the peer needs.
- * So each side polls for a budget its caller adapts (protocol.Spin),
- * yielding the core on every turn, and then sleeps.
+ * So each side polls for a budget that adapts to what polling bought
+ * lately (struct shm_spin), yielding the core on every turn, and then
+ * sleeps.
  *
  * The two wake-up handshakes are the same store-load pattern. The waiter
  * stores "I sleep" and then loads the word it waits for; the other side

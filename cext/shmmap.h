@@ -704,8 +704,8 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
  * A synchronous write waits for its acknowledgement. Polling finds it a
  * few microseconds after the daemon sent it when both run at once, while
  * a sleeper needs a wake-up; but when processes outnumber cores, polling
- * takes the core the daemon needs. shm_wait_recv polls for the budget the
- * caller gives it (adapted to how that paid lately, see protocol.Spin),
+ * takes the core the daemon needs. shm_wait_recv polls for the budget of
+ * the caller's struct shm_spin (adapted to how that paid lately),
  * yielding the core on each turn, then sleeps in poll(). */
 #define SHM_WAIT_WON         1         /* the bytes came while it polled */
 #define SHM_WAIT_SLEPT       2         /* it polled in vain, then slept */
@@ -896,8 +896,7 @@ void     shm_chan_detach(struct shm_chan *c);
 int      shm_chan_post(struct shm_chan *c, int efd, const char *request,
                        uint64_t len, uint32_t ticket);
 /* Client: waits for the reply to ticket: polls as spin says (none if
- * spin is NULL),
- * then sleeps on the futex, looking at sockfd every SHM_CHAN_CHECK_NS.
+ * spin is NULL), then sleeps on the futex, looking at sockfd every SHM_CHAN_CHECK_NS.
  * Returns the reply's length (its bytes in c->reply), -ETIMEDOUT, -EINTR
  * (a signal: call again), -EPROTO (a reply length past the area), or
  * -EPIPE when sockfd became readable (the daemon closed the connection or

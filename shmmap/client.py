@@ -413,7 +413,6 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def _call_channel(self, chan: Channel, rid: int, blob: bytes, deadline: float) -> None:
         """Sends the batch request rid of blob through the channel and
         waits for its acknowledgement, in one C call (shm_chan_batch)."""
-        assert self._sock is not None
         got = chan.batch(rid, blob, self._spin.c, self._left_ms(deadline))
         self._channel_outcome(chan, rid, got, deadline)
 
@@ -441,7 +440,6 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         was interrupted) before anything else is sent, so that the daemon
         applies this connection's requests in order. If it does not come,
         nothing is sent: _NothingSent(TimeoutError)."""
-        assert self._sock is not None
         while chan.outstanding is not None:
             left_ms = math.ceil((deadline - time.monotonic()) * 1000)
             got = chan.wait(left_ms) if left_ms > 0 else -errno.ETIMEDOUT

@@ -192,10 +192,7 @@ class Transport:
         events = self.serve_round(r, math.ceil(timeout * 1000))
         if events < 0:
             raise OSError(-events, f"epoll_wait: {os.strerror(-events)}")
-        for i in range(r.left_count):
-            self._handle(r.left[i])
-        for i in range(r.chan_left_count):
-            self._serve_channel(r.chan_left[i])
+        self._handle_left()
         return events > 0
 
     def serve(self, loop: Any, deadline: float, spin: "protocol.Spin",
@@ -215,12 +212,18 @@ class Transport:
         if events < 0:
             raise OSError(-events, f"epoll_wait: {os.strerror(-events)}")
         if loop.stop == lib.SHM_LOOP_LEFT:
-            for i in range(r.left_count):
-                self._handle(r.left[i])
-            for i in range(r.chan_left_count):
-                self._serve_channel(r.chan_left[i])
+            self._handle_left()
         elif loop.stop == lib.SHM_LOOP_UNSENT:
             self._queue_unsent()
+
+    def _handle_left(self) -> None:
+        """What the last C round left to Python: its events, then the
+        requests it took from channels."""
+        r = self._round
+        for i in range(r.left_count):
+            self._handle(r.left[i])
+        for i in range(r.chan_left_count):
+            self._serve_channel(r.chan_left[i])
 
     def _handle(self, ev: Any) -> None:
         """An event the C round left (a struct shm_round_event)."""

@@ -439,11 +439,9 @@ class MapWriter:
         view = self.generation.view
         if int(view.live_count) < lib.SHM_BACKGROUND_MIN_LIVE:
             return False
-        keys, nbytes = self._room_at_start
-        runway = lib.SHM_PROMOTE_RUNWAY
-        return ((int(view.dirty_cap) - int(view.dirty_count)) * runway <= keys
-                or (int(view.arena_hi) - int(view.arena_lo) - int(view.arena_used)) * runway
-                <= nbytes)
+        keys_room, bytes_room = self.runway_room()
+        return (int(view.dirty_cap) - int(view.dirty_count) <= keys_room
+                or int(view.arena_hi) - int(view.arena_lo) - int(view.arena_used) <= bytes_room)
 
     def _publish(self, new: Generation) -> None:
         """Makes new current: publish its number, mark the old generation
