@@ -83,14 +83,27 @@ void shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores,
                            .in_crowds = in_crowds};
 }
 
-int shm_spin_crowded(struct shm_spin *s)
+int64_t shm_spin_runnable(struct shm_spin *s)
 {
     int64_t now = shm_now_ns();
     if (now >= s->look_at_ns) {
         s->look_at_ns = now + SHM_SPIN_LOOK_NS;
-        s->crowded = shm_runnable() > (int64_t)s->cores;
+        s->runnable = shm_runnable();
     }
-    return (int)s->crowded;
+    return s->runnable;
+}
+
+int shm_spin_crowded(struct shm_spin *s)
+{
+    return shm_spin_runnable(s) > (int64_t)s->cores;
+}
+
+int shm_daemon_polls(int64_t runnable, int64_t cores, int64_t active)
+{
+    if (runnable <= cores)
+        return 1;
+    int64_t foreign = runnable - active - 1;    /* 1: the daemon */
+    return foreign * SHM_FOREIGN_SHARE <= active;
 }
 
 int64_t shm_spin_budget(struct shm_spin *s)

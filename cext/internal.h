@@ -87,6 +87,17 @@ int64_t shm_now_ns(void);
  * ran out) or SHM_WAIT_CONTENDED (see shm_yield_core). */
 int shm_spin_turn(int64_t until, int32_t *how);
 
+/* Tells the core this is a busy-wait (a poll that does not yield): it
+ * saves power and frees the sibling hyperthread for a moment. */
+static inline void shm_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* Formats a message into err (which may be NULL) and returns code.
  * (status.c) */
 int shm_fail(char *err, size_t errlen, int code, const char *fmt, ...)

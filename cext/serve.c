@@ -352,7 +352,7 @@ static int any_posted(const struct shm_round *r)
  * leaves it to the caller. 0 if there was no room to take it this round
  * (the next round does; the daemon does not sleep meanwhile). */
 static int take_request(struct shm_round *r, struct shm_serve *s, uint64_t i,
-                        uint32_t posted)
+                        uint32_t posted, int64_t now)
 {
     struct shm_chan_end *e = &r->chans[i];
     /* Loaded once: the client may change it right after. */
@@ -364,6 +364,7 @@ static int take_request(struct shm_round *r, struct shm_serve *s, uint64_t i,
     uint8_t *p = r->inbuf + r->in_used;
     memcpy(p, e->chan->request, copy);
     e->ticket = posted;
+    e->taken_ns = now;
     e->in_at = r->in_used;
     e->in_len = len;                /* over SHM_CHAN_REQUEST: the caller
                                        answers that it is too big */
@@ -390,10 +391,34 @@ static uint64_t serve_chans(struct shm_round *r, struct shm_serve *s)
 {
     uint64_t taken = 0;
     uint32_t posted;
+    int64_t now = r->chan_len ? shm_now_ns() : 0;
     for (uint64_t i = 0; i < r->chan_len; i++)
         if (posted_request(&r->chans[i], &posted, __ATOMIC_ACQUIRE))
-            taken += (uint64_t)take_request(r, s, i, posted);
+            taken += (uint64_t)take_request(r, s, i, posted, now);
     return taken;
+}
+
+/* Channels whose request was taken within SHM_ACTIVE_NS before now. */
+static int64_t active_clients(const struct shm_round *r, int64_t now)
+{
+    int64_t active = 0;
+    for (uint64_t i = 0; i < r->chan_len; i++)
+        if (r->chans[i].chan != NULL && now - r->chans[i].taken_ns < SHM_ACTIVE_NS)
+            active++;
+    return active;
+}
+
+/* One polling turn: every client that waits sees the daemon on a core. */
+static void beat(struct shm_round *r)
+{
+    for (uint64_t i = 0; i < r->chan_len; i++) {
+        struct shm_chan *c = r->chans[i].chan;
+        /* Relaxed: advisory (struct shm_chan.beat); the daemon keeps no
+         * copy, so what a client wrote there is only carried forward. */
+        if (c != NULL)
+            __atomic_store_n(&c->beat, __atomic_load_n(&c->beat, __ATOMIC_RELAXED) + 1,
+                             __ATOMIC_RELAXED);
+    }
 }
 
 /* Publishes the reply of channel entry e and wakes its client if it
@@ -450,12 +475,12 @@ int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
     for (int i = 0; i < n; i++) {
         int fd = ev[i].data.fd;
         uint32_t events = ev[i].events;
-        if (fd >= 0 && fd < r->fast_len && r->fast[fd] == SHM_FAST_DOORBELL) {
-            uint64_t count;
-            ssize_t got = read(fd, &count, sizeof count);   /* reset it */
-            (void)got;
+        /* A doorbell is edge-triggered (EPOLLET): each ring is an event
+         * with no read to reset it. Its count only grows, one per ring;
+         * 2^64 rings are out of reach. The round serves every channel
+         * anyway. */
+        if (fd >= 0 && fd < r->fast_len && r->fast[fd] == SHM_FAST_DOORBELL)
             continue;
-        }
         /* Room for a whole receive, and for the replies of its requests
          * (each at least 4 bytes, each reply at most SHM_REPLY_MAX). */
         if (fd < 0 || fd >= r->fast_len || r->fast[fd] != SHM_FAST_CONN ||
@@ -531,17 +556,20 @@ static int round_timeout(int64_t now, int64_t spin_until, int64_t deadline)
 }
 
 /* Whether the daemon should not poll now: it may not (its limit is 0),
- * runnable processes outnumber the cores, or a round shortly before
- * served several writers (until crowd_until). */
-static int polls_cost(struct shm_spin *spin, int64_t now, int64_t crowd_until)
+ * or the processes that crowd the cores are not mostly its clients
+ * (shm_daemon_polls). */
+static int polls_cost(const struct shm_round *r, struct shm_spin *spin,
+                      int64_t now)
 {
-    return spin->limit_ns == 0 || now < crowd_until || shm_spin_crowded(spin);
+    return spin->limit_ns == 0 ||
+           !shm_daemon_polls(shm_spin_runnable(spin), spin->cores,
+                             active_clients(r, now));
 }
 
 int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                        struct shm_loop *L)
 {
-    int64_t spin_until = 0, quiet_since = shm_now_ns(), crowd_until = 0;
+    int64_t spin_until = 0, quiet_since = shm_now_ns();
     for (;;) {
         int64_t now = shm_now_ns();
         if (now >= L->deadline_ns) {
@@ -571,21 +599,23 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                 return n;
             }
         }
-        if (r->served >= 2)         /* several writers at once */
-            crowd_until = started + SHM_CROWD_NS;
         if (n > 0) {
             /* The spin adapts to the gaps between a client's requests,
              * however the client itself waits (struct shm_spin). */
             shm_spin_waited(L->spin, started - quiet_since,
                             spinning ? SHM_WAIT_WON : SHM_WAIT_SLEPT);
             quiet_since = shm_now_ns();
-            spin_until = polls_cost(L->spin, started, crowd_until)
+            spin_until = polls_cost(r, L->spin, started)
                        ? 0 : quiet_since + L->spin->ns;
         }
-        /* A yield that took long: the cores are contended, stop polling. */
-        if (shm_now_ns() < spin_until && !shm_yield_core()) {
-            spin_until = 0;
-            shm_spin_lost(L->spin);
+        if (shm_now_ns() < spin_until) {
+            beat(r);
+            /* A yield that took long: the cores are contended, stop
+             * polling. */
+            if (!shm_yield_core()) {
+                spin_until = 0;
+                shm_spin_lost(L->spin);
+            }
         }
     }
 }

@@ -720,13 +720,16 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
 #define SHM_SPIN_LOOK_NS     100000000 /* how often crowded() reads the
                                           kernel's count of runnable
                                           processes (/proc/loadavg) */
-#define SHM_CROWD_NS         10000000  /* after a round that served two or
-                                          more requests, the daemon does not
-                                          poll for this long: several
-                                          writers and the daemon want more
-                                          than 2 cores, and group commit
-                                          gathers their requests while the
-                                          daemon works */
+#define SHM_ACTIVE_NS        1000000   /* a channel whose request the
+                                          daemon took this recently is an
+                                          active client's */
+#define SHM_FOREIGN_SHARE    4         /* the daemon polls in crowds while
+                                          other processes are at most one in
+                                          this many of its active clients */
+#define SHM_BEAT_STILL_NS    5000      /* a client stops following the
+                                          daemon's beat when it stood still
+                                          this long: several of the daemon's
+                                          polling turns, so it lost its core */
 
 /* How long a waiter polls (yielding the core on each turn) before it
  * sleeps, adapted to what polling bought lately. Private to one process
@@ -734,13 +737,18 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
  * daemon's loop between rounds (protocol.Spin wraps it for Python).
  *
  * Polling pays when the peer runs on another core and answers within the
- * spin. When processes outnumber cores it depends on who polls:
- * - the daemon does not poll then (shm_spin_crowded: more processes
- *   runnable than there are cores -- the kernel's count, not the 1-minute
- *   load average, which answers too late: a 3 s benchmark barely moves
- *   it). Measured here, a daemon that spun under that load cut the writer
- *   beside an iterating process 3-8 fold, and one that kept polling while
- *   8 writers wrote made them 10-20% slower than one that sleeps;
+ * spin. When processes outnumber cores (shm_spin_runnable: the kernel's
+ * count of runnable processes, not the 1-minute load average, which
+ * answers too late: a 3 s benchmark barely moves it) it depends on who
+ * polls and who crowds the cores:
+ * - the daemon polls only if the crowd is mostly its own active clients
+ *   (shm_daemon_polls): their waits are what its polling shortens, and a
+ *   client that sees the daemon's beat move polls without yielding and
+ *   writes again within its time slice (chan.c). Other processes in the
+ *   crowd lose the core the daemon polls on. Measured here: a daemon that
+ *   polled beside an iterating process cut its writer 3-8 fold, while
+ *   polling among 8 writers raised them 25-50% over a daemon that sleeps
+ *   after each round;
  * - a client does (in_crowds): each turn yields its core to the processes
  *   it would wait for anyway, and costs a sched_yield, where a sleep costs
  *   a futex wait, the daemon's futex wake and two context switches.
@@ -758,11 +766,10 @@ struct shm_spin {
     int64_t limit_ns;               /* the longest poll (0: never poll) */
     int64_t ns;                     /* the budget: 0, or SHM_SPIN_MIN_NS
                                        up to limit_ns */
-    int64_t look_at_ns;             /* when crowded() next reads the count
-                                       (CLOCK_MONOTONIC) */
+    int64_t look_at_ns;             /* when runnable() next reads the
+                                       count (CLOCK_MONOTONIC) */
+    int64_t runnable;               /* what the count said last */
     uint32_t cores;                 /* the cores this process may run on */
-    uint32_t crowded;               /* what the count said last: more
-                                       runnable processes than cores */
     uint32_t waits;                 /* waits with no budget (the probe) */
     uint32_t in_crowds;             /* 1: polls while crowded too */
 };
@@ -774,11 +781,18 @@ void     shm_spin_init(struct shm_spin *s, int64_t limit_ns, uint32_t cores,
 /* Processes runnable on this host now (the 4th field of /proc/loadavg,
  * "running/total"; the caller is one of them), or 0 if it cannot be read. */
 int64_t  shm_runnable(void);
-/* Whether runnable processes outnumber the cores (looked at every
- * SHM_SPIN_LOOK_NS). A process that polls is runnable: two that poll each
- * other on two cores are not crowded, and a third that iterates makes
+/* Processes runnable on this host as last counted (shm_runnable, read
+ * every SHM_SPIN_LOOK_NS). A process that polls is runnable: two that poll
+ * each other on two cores are not crowded, and a third that iterates makes
  * them so. */
+int64_t  shm_spin_runnable(struct shm_spin *s);
+/* Whether runnable processes outnumber the cores. */
 int      shm_spin_crowded(struct shm_spin *s);
+/* Whether the daemon polls between rounds, with `runnable` processes on
+ * `cores` and `active` clients (see struct shm_spin): when not crowded, or
+ * when the processes beyond its clients and itself are at most
+ * 1/SHM_FOREIGN_SHARE of its clients. */
+int      shm_daemon_polls(int64_t runnable, int64_t cores, int64_t active);
 /* Nanoseconds to poll for the next wait (0: sleep at once): none while
  * crowded, unless in_crowds. */
 int64_t  shm_spin_budget(struct shm_spin *s);
@@ -849,7 +863,13 @@ struct shm_chan {
     uint32_t daemon_sleeps;         /* atomic: 1 while the daemon sleeps, or
                                        is about to, in epoll */
     uint64_t reply_len;             /* bytes of the reply */
-    uint8_t  daemon_pad[SHM_CACHE_LINE - 16];
+    uint32_t beat;                  /* atomic, relaxed, advisory: the
+                                       daemon adds one at each polling turn,
+                                       so a waiting client sees it is on a
+                                       core (chan.c). Nothing relies on its
+                                       value: a wrong one changes only how
+                                       long a client polls before it yields */
+    uint8_t  daemon_pad[SHM_CACHE_LINE - 20];
     uint8_t  request[SHM_CHAN_REQUEST];
     uint8_t  reply[SHM_CHAN_REPLY];
 };
@@ -869,6 +889,9 @@ struct shm_chan_end {
     uint32_t state;                 /* SHM_CHAN_* */
     uint32_t done;                  /* the ticket last answered */
     uint32_t ticket;                /* the ticket taken this round */
+    int64_t taken_ns;               /* when a request was last taken
+                                       (CLOCK_MONOTONIC): an active client
+                                       (SHM_ACTIVE_NS) */
     uint64_t in_at, in_len;         /* LEFT: the request, in the round's
                                        inbuf */
     uint64_t reply_len;

@@ -358,7 +358,7 @@ class Transport:
             heapq.heappush(self._free_ends, i)
             raise OSError(-rc, f"cannot make a channel: {os.strerror(-rc)}")
         try:
-            self.epoll.register(e.efd, _IN)
+            self.epoll.register(e.efd, _IN | select.EPOLLET)   # never read (serve.c)
         except OSError:
             lib.shm_chan_close(e)
             os.close(memfd[0])

@@ -349,6 +349,7 @@ def test_garbage_in_a_channel_never_hurts_the_daemon_or_other_clients(map_name: 
                 if rng.random() < 0.1:          # the daemon's words, scribbled on
                     raw.chan.done = rng.randrange(1 << 32)
                     raw.chan.daemon_sleeps = rng.randrange(2)
+                    raw.chan.beat = rng.randrange(1 << 32)
                     raw.chan.reply_len = rng.randrange(1 << 64)
                 if rng.random() < 0.05:
                     got = raw.claim(rng.choice([lib.SHM_CHAN_REQUEST + 1, 1 << 40, 2**64 - 1,

@@ -215,6 +215,48 @@ def test_a_client_polls_while_processes_outnumber_cores() -> None:
     assert [spin.budget() for _ in range(10)] == [100e-6] * 10
 
 
+@pytest.mark.parametrize("runnable, active, polls", [
+    (1, 0, True), (2, 1, True),         # no more runnable than cores
+    (3, 1, False),                      # one writer beside an iterating process
+    (4, 2, False),                      # two writers beside one
+    (9, 8, True),                       # 8 writers and the daemon: its own crowd
+    (10, 8, True),                      # ... and one other process: 1 in 8
+    (11, 8, True),                      # ... and two: 1 in 4, the most allowed
+    (12, 8, False),                     # ... and three
+    (5, 0, False),                      # no client writes: nothing to poll for
+])
+def test_the_daemon_polls_in_a_crowd_of_its_own_clients(runnable: int, active: int,
+                                                      polls: bool) -> None:
+    """On 2 cores the daemon polls between rounds when the processes
+    beyond it are mostly its active clients, whose waits its polling
+    shortens; not when other processes would lose the core."""
+    assert bool(lib.shm_daemon_polls(runnable, 2, active)) is polls
+
+
+def _beat(m: shmmap.SharedMap) -> int:
+    return int(m._chan._chan.beat)          # type: ignore[union-attr]
+
+
+def test_the_daemons_beat_moves_while_it_polls_and_stands_still_asleep(map_name: str) -> None:
+    """A client waiting for a reply polls without yielding while the
+    daemon's beat moves (cext/chan.c). The daemon beats on each polling
+    turn between a client's writes, and not once it sleeps."""
+    with shmmap.Daemon(map_name) as d, d.connect() as m:
+        m[0] = 0
+        before, deadline = _beat(m), time.monotonic() + 30
+        while _beat(m) == before:           # the machine may be crowded a while
+            for i in range(100):
+                m[i] = i
+            assert time.monotonic() < deadline, "the daemon never polled between writes"
+        chan = m._chan._chan                # type: ignore[union-attr]
+        while not chan.daemon_sleeps:       # its spin runs out
+            assert time.monotonic() < deadline, "the daemon never slept"
+        asleep = _beat(m)
+        time.sleep(0.2)
+        assert _beat(m) == asleep and chan.daemon_sleeps
+        assert m[99] == 99
+
+
 def test_spin_budget_follows_what_spinning_bought() -> None:
     spin = _Uncrowded(100e-6)
     assert spin.budget() == 100e-6
