@@ -73,6 +73,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     iteration = shm["iteration under 1 writer"]
     extra = iteration["extra"]
     assert extra["idle_p50_ms"] > 0 and extra["under_load_vs_idle"] > 0
+    assert extra["idle_drift"] >= 1.0
     # The writer only adds keys: a median iteration saw at least the start.
     assert extra["keys_seen_p50"] >= iteration["keys"] and extra["whole_p50_ms"] > 0
     for scenario in WRITE_SCENARIOS - {"iteration under 1 writer"}:
@@ -119,6 +120,18 @@ def test_iteration_times_compare_per_key() -> None:
     assert writes._ms_at(idle, 1000, 0) == pytest.approx(4.0)
     assert writes._ms_at(grown, 1000, 0) == pytest.approx(4.0)     # the median per key
     assert writes._ms_at(grown, 1000, 1) == pytest.approx(3.0)
+
+
+def test_an_idle_baseline_that_moved_is_called_unsteady() -> None:
+    """The idle iterations before and after the load compare per key: the
+    map grown 1.5x in between is no drift, a machine gone 1.6x slower is."""
+    before = [(0.004, 0.004, 1000)] * 3
+    grown = [(0.006, 0.006, 1500)] * 3
+    slower = [(0.0096, 0.0096, 1500)] * 3
+    assert writes._idle_drift(before, grown, 1000) == pytest.approx(1.0)
+    assert writes._idle_drift(before, slower, 1000) == pytest.approx(1.6)
+    assert writes._idle_drift(slower, before, 1000) == pytest.approx(1.6)
+    assert writes._idle_drift(before, slower, 1000) > writes.UNSTEADY_DRIFT
 
 
 def test_lmdb_runs_on_dev_shm_without_fsync() -> None:

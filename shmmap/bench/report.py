@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from . import writes
 from .scenarios import Result
 
 SHMMAP = "shmmap"
@@ -135,11 +136,15 @@ def _write_verdicts(results: list[Result], keys: int) -> list[str]:
     it = _find(results, "iteration under 1 writer", SHMMAP, keys)
     if it and it.ok and it.extra.get("under_load_vs_idle"):
         ratio, cpu = it.extra["under_load_vs_idle"], it.extra.get("cpu_under_load_vs_idle")
+        drift = it.extra.get("idle_drift", 1.0)
+        unsteady = (f"; UNSTEADY: its idle iterations before and after the load differ "
+                    f"{drift:.2f}x, so the machine's speed changed and this ratio is not to "
+                    f"trust" if drift > writes.UNSTEADY_DRIFT else "")
         out.append(_verdict(ratio <= 1.2, f"shmmap iteration while one writer writes takes "
                                           f"{ratio:.2f}x its idle time per key (target <= 1.2x; "
                                           f"the writer's new keys grow the map); its CPU time "
                                           f"is {cpu}x idle's (wall time beyond CPU time is "
-                                          f"waiting for a core)"))
+                                          f"waiting for a core){unsteady}"))
     go = _value(results, "iteration under 1 writer", GO, keys)
     if it and it.ok and it.value and go:
         out.append(_verdict(it.value <= go, f"shmmap iterates under one writer in "

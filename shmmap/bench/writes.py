@@ -19,6 +19,8 @@ from .peers import Peer, Store
 from .scenarios import CTX, WORKER_START_TIMEOUT, CheckFailed, Result, check_keys, full_iteration
 
 WRITE_BURST = 16        # writes between two looks at the stop flag
+UNSTEADY_DRIFT = 1.25   # idle before and after the load this far apart: the
+                        # machine's speed changed, the ratio is not to trust
 
 Job = Callable[..., tuple[int, Any]]
 
@@ -194,6 +196,17 @@ def _ms_at(samples: list[tuple[float, float, int]], n: int, which: int) -> float
     return statistics.median(s[which] / s[2] for s in samples) * n * 1e3
 
 
+def _idle_drift(before: list[tuple[float, float, int]], after: list[tuple[float, float, int]],
+                n: int) -> float:
+    """How far apart the idle iterations before and after the load are,
+    per key, as the larger over the smaller. These VMs switch between a
+    fast and a slow phase (dict iteration of 100k keys in 4.5 or 7.2 ms)
+    for seconds at a time; an idle baseline taken in one and a load in the
+    other would make a ratio of 0.6x or 1.8x out of nothing."""
+    a, b = _ms_at(before, n, 0), _ms_at(after, n, 0)
+    return max(a, b) / min(a, b)
+
+
 def _p(times: list[float], q: float) -> float:
     ordered = sorted(times)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -202,7 +215,10 @@ def _p(times: list[float], q: float) -> float:
 def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
     """This process iterates the whole map in a loop, idle, then while one
     writer (a process; a thread for thread-only peers) writes as fast as it
-    can, half overwrites and half new keys."""
+    can, half overwrites and half new keys, then idle again. The idle
+    baseline is both idle stretches together: the second at the size the
+    writer grew the map to, and the two show whether the machine's speed
+    changed meanwhile (_idle_drift)."""
     it_name, w_name = "iteration under 1 writer", "writer under iteration"
     if not peer.shared:
         why = "n/a: nothing else can write to it"
@@ -211,7 +227,7 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
     store = peer.open()
     try:
         check_keys(store, n)
-        idle = _iterate_for(store, n, duration / 2, growing=False)
+        before = _iterate_for(store, n, duration / 4, growing=False)
         workers = Workers(peer, mixed_writes, [(n, 1)])
         try:
             workers.start()
@@ -220,12 +236,15 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
         finally:
             (writes, seconds, cpu, _), = workers.finish()
             server = processes_cpu(peer.server_pids()) - server0
+        after = _iterate_for(store, n, duration / 4, growing=True)
     except (CheckFailed, RuntimeError) as exc:
         failed = f"FAILED: {exc}"
         return [Result(it_name, peer.name, n, None, "ms", failed),
                 Result(w_name, peer.name, n, None, "writes/s", failed)]
     finally:
         store.close()
+    idle = before + after
+    drift = _idle_drift(before, after, n)
     idle_ms, load_ms = (_ms_at(s, n, 0) for s in (idle, loaded))
     idle_cpu, load_cpu = (_ms_at(s, n, 1) for s in (idle, loaded))
     ratio, cpu_ratio = load_ms / idle_ms, load_cpu / idle_cpu if idle_cpu else None
@@ -235,11 +254,13 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
         "idle_p50_ms": round(idle_ms, 3), "under_load_vs_idle": round(ratio, 2),
         "cpu_p50_ms": round(load_cpu, 3), "idle_cpu_p50_ms": round(idle_cpu, 3),
         "cpu_under_load_vs_idle": None if cpu_ratio is None else round(cpu_ratio, 2),
-        "keys_seen_p50": keys_seen,
+        "keys_seen_p50": keys_seen, "idle_drift": round(drift, 2),
         "whole_p50_ms": round(statistics.median(w for w, _, _ in loaded) * 1e3, 3),
         "iterations": len(loaded),
         "summary": f"per {n:,} keys; idle {idle_ms:.2f} ms, {ratio:.2f}x idle under load "
-                   f"(median iteration {keys_seen:,} keys); CPU {cpu_ratio or 0:.2f}x idle's"})
+                   f"(median iteration {keys_seen:,} keys); CPU {cpu_ratio or 0:.2f}x idle's"
+                   + (f"; UNSTEADY: idle before and after differ {drift:.2f}x"
+                      if drift > UNSTEADY_DRIFT else "")})
     rate = writes / seconds if seconds else 0.0
     writer = Result(w_name, peer.name, n, round(rate), "writes/s", extra={
         "writes": writes, "cpu_us_per_write": us_per(cpu + server, writes),
