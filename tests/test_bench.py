@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 
 from shmmap import bench
 from shmmap.bench import gopeer, writes
-from shmmap.bench.peers import LMDB_DIR_PREFIX, LMDB_PARENT, PEERS
+from shmmap.bench.peers import LMDB_DIR_PREFIX, LMDB_PARENT, PEERS, LockedDictStore
 
 WRITE_SCENARIOS = {"iteration under 1 writer", "writer under iteration", "1 writer together",
                    "2 writers together"}
@@ -73,7 +75,8 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     iteration = shm["iteration under 1 writer"]
     extra = iteration["extra"]
     assert extra["idle_p50_ms"] > 0 and extra["under_load_vs_idle"] > 0
-    assert extra["idle_drift"] >= 1.0
+    assert extra["speed_drift"] >= 1.0
+    assert extra["turns"] == writes.TURNS
     # The writer only adds keys: a median iteration saw at least the start.
     assert extra["keys_seen_p50"] >= iteration["keys"] and extra["whole_p50_ms"] > 0
     for scenario in WRITE_SCENARIOS - {"iteration under 1 writer"}:
@@ -122,16 +125,43 @@ def test_iteration_times_compare_per_key() -> None:
     assert writes._ms_at(grown, 1000, 1) == pytest.approx(3.0)
 
 
-def test_an_idle_baseline_that_moved_is_called_unsteady() -> None:
-    """The idle iterations before and after the load compare per key: the
-    map grown 1.5x in between is no drift, a machine gone 1.6x slower is."""
-    before = [(0.004, 0.004, 1000)] * 3
-    grown = [(0.006, 0.006, 1500)] * 3
-    slower = [(0.0096, 0.0096, 1500)] * 3
-    assert writes._idle_drift(before, grown, 1000) == pytest.approx(1.0)
-    assert writes._idle_drift(before, slower, 1000) == pytest.approx(1.6)
-    assert writes._idle_drift(slower, before, 1000) == pytest.approx(1.6)
-    assert writes._idle_drift(before, slower, 1000) > writes.UNSTEADY_DRIFT
+def test_the_metronome_reads_the_machines_speed() -> None:
+    """A local dict's iteration, timed: positive, and about proportional
+    to its keys, however the machine runs. Two readings compare either way."""
+    small, big = writes._metronome(10_000), writes._metronome(100_000)
+    assert 0 < small < big
+    assert writes._drift(0.004, 0.0064) == pytest.approx(1.6) == writes._drift(0.0064, 0.004)
+    assert writes._drift(0.004, 0.0064) > writes.UNSTEADY_DRIFT >= writes._drift(0.004, 0.0045)
+
+
+def test_the_writer_under_iteration_writes_only_in_its_turns() -> None:
+    """The iterating side takes idle and loaded stretches in turn: while
+    the turn is cleared the writer adds nothing, and the seconds it reports
+    are those it wrote for."""
+    lock = threading.Lock()
+    d = dict.fromkeys(range(1000), 1)
+    stop, turn, out = threading.Event(), threading.Event(), []
+    store = LockedDictStore(d, lock)
+    th = threading.Thread(target=lambda: out.append(
+        writes.mixed_writes_in_turns(store, stop, 1000, 7, turn)))
+    th.start()
+    try:
+        turn.set()
+        while len(d) < 2000:
+            pass
+        turn.clear()
+        with lock:                      # a burst in flight ends at the turn's end
+            pass
+        time.sleep(3 * writes.TURN_WAIT_SECONDS)
+        paused = len(d)
+        time.sleep(3 * writes.TURN_WAIT_SECONDS)
+        assert len(d) == paused, "the writer wrote out of its turn"
+    finally:
+        stop.set()
+        turn.set()
+        th.join(30)
+    (count, seconds), = out
+    assert count >= 1000 and 0 < seconds < 60   # 1000 new keys, about as many overwrites
 
 
 def test_lmdb_runs_on_dev_shm_without_fsync() -> None:

@@ -136,10 +136,10 @@ def _write_verdicts(results: list[Result], keys: int) -> list[str]:
     it = _find(results, "iteration under 1 writer", SHMMAP, keys)
     if it and it.ok and it.extra.get("under_load_vs_idle"):
         ratio, cpu = it.extra["under_load_vs_idle"], it.extra.get("cpu_under_load_vs_idle")
-        drift = it.extra.get("idle_drift", 1.0)
-        unsteady = (f"; UNSTEADY: its idle iterations before and after the load differ "
-                    f"{drift:.2f}x, so the machine's speed changed and this ratio is not to "
-                    f"trust" if drift > writes.UNSTEADY_DRIFT else "")
+        drift = it.extra.get("speed_drift", 1.0)
+        unsteady = (f"; UNSTEADY: a local dict's iteration took {drift:.2f}x longer at one "
+                    f"end of the run than at the other, so the machine's speed changed and "
+                    f"this ratio is not to trust" if drift > writes.UNSTEADY_DRIFT else "")
         out.append(_verdict(ratio <= 1.2, f"shmmap iteration while one writer writes takes "
                                           f"{ratio:.2f}x its idle time per key (target <= 1.2x; "
                                           f"the writer's new keys grow the map); its CPU time "

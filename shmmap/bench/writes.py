@@ -19,29 +19,40 @@ from .peers import Peer, Store
 from .scenarios import CTX, WORKER_START_TIMEOUT, CheckFailed, Result, check_keys, full_iteration
 
 WRITE_BURST = 16        # writes between two looks at the stop flag
-UNSTEADY_DRIFT = 1.25   # idle before and after the load this far apart: the
+UNSTEADY_DRIFT = 1.25   # the metronome before and after this far apart: the
                         # machine's speed changed, the ratio is not to trust
+METRONOME_PASSES = 5    # iterations of a local dict per metronome reading
+TURNS = 5               # idle and loaded stretches, taken in turn
+TURN_WAIT_SECONDS = 0.1 # a paused writer looks at the stop flag this often
 
 Job = Callable[..., tuple[int, Any]]
 
 
 # -- jobs: what each worker does between go and stop -------------------------------
 
-def mixed_writes(store: Store, stop: Any, n: int, seed: int) -> tuple[int, Any]:
-    """As fast as it can: half overwrites of a random existing key, half new
-    keys (n, n+1, ...). Every value is 1, so a consistent view of the map
-    holds some number of keys summing to that number."""
+def mixed_writes_in_turns(store: Store, stop: Any, n: int, seed: int, turn: Any
+                          ) -> tuple[int, Any]:
+    """While the event turn is set, as fast as it can: half overwrites of a
+    random existing key, half new keys (n, n+1, ...); while it is not, it
+    waits. Every value is 1, so a consistent view of the map holds some
+    number of keys summing to that number. Its data is the seconds it
+    wrote for."""
     rng = random.Random(seed)
-    size, writes = n, 0
+    size, writes, writing = n, 0, 0.0
     while not stop.is_set():
-        for _ in range(WRITE_BURST):
-            if rng.random() < 0.5:
-                store.set(rng.randrange(size), 1)
-            else:
-                store.set(size, 1)
-                size += 1
-        writes += WRITE_BURST
-    return writes, None
+        if not turn.wait(TURN_WAIT_SECONDS):
+            continue
+        started = time.perf_counter()
+        while turn.is_set() and not stop.is_set():
+            for _ in range(WRITE_BURST):
+                if rng.random() < 0.5:
+                    store.set(rng.randrange(size), 1)
+                else:
+                    store.set(size, 1)
+                    size += 1
+            writes += WRITE_BURST
+        writing += time.perf_counter() - started
+    return writes, writing
 
 
 def overwrites(store: Store, stop: Any, n: int, seed: int) -> tuple[int, Any]:
@@ -101,18 +112,28 @@ class Workers:
     """k workers running one job each: processes attached to the peer, or
     threads of this process for peers that only share within one. Each gets
     ready, waits for go, runs until stop; finish() collects
-    (count, seconds, cpu seconds, data) from each."""
+    (count, seconds, cpu seconds, data) from each. With with_turn, each job
+    gets the event turn after its args (set at first: see
+    mixed_writes_in_turns)."""
 
-    def __init__(self, peer: Peer, job: Job, args: list[tuple[Any, ...]]) -> None:
+    def __init__(self, peer: Peer, job: Job, args: list[tuple[Any, ...]],
+                 with_turn: bool = False) -> None:
         self.k = len(args)
         self.in_threads = not peer.processes
         self.go: Any
         self.stop: Any
+        self.turn: Any
         self.ready: Any
         self.out: Any
         self.handles: list[Any] = []
         if self.in_threads:
-            self.go, self.stop = threading.Event(), threading.Event()
+            self.go, self.stop, self.turn = (threading.Event() for _ in range(3))
+        else:
+            self.go, self.stop, self.turn = (CTX.Event() for _ in range(3))
+        self.turn.set()
+        if with_turn:
+            args = [(*a, self.turn) for a in args]
+        if self.in_threads:
             self.ready, self.out = queue.Queue(), queue.Queue()
             for a in args:
                 th = threading.Thread(target=self._thread, args=(peer.open(), job, a),
@@ -120,7 +141,6 @@ class Workers:
                 th.start()
                 self.handles.append(th)
         else:
-            self.go, self.stop = CTX.Event(), CTX.Event()
             self.ready, self.out = CTX.Queue(), CTX.Queue()
             for a in args:
                 p = CTX.Process(target=_worker_process, args=(
@@ -196,15 +216,26 @@ def _ms_at(samples: list[tuple[float, float, int]], n: int, which: int) -> float
     return statistics.median(s[which] / s[2] for s in samples) * n * 1e3
 
 
-def _idle_drift(before: list[tuple[float, float, int]], after: list[tuple[float, float, int]],
-                n: int) -> float:
-    """How far apart the idle iterations before and after the load are,
-    per key, as the larger over the smaller. These VMs switch between a
-    fast and a slow phase (dict iteration of 100k keys in 4.5 or 7.2 ms)
-    for seconds at a time; an idle baseline taken in one and a load in the
+def _metronome(n: int) -> float:
+    """The machine's speed now: the median seconds of one iteration of a
+    local dict of n keys, which nothing else touches. These VMs switch
+    between a fast and a slow phase (that iteration in 4.5 or 7.2 ms) for
+    seconds at a time; an idle baseline taken in one and a load in the
     other would make a ratio of 0.6x or 1.8x out of nothing."""
-    a, b = _ms_at(before, n, 0), _ms_at(after, n, 0)
-    return max(a, b) / min(a, b)
+    local = dict.fromkeys(range(n), 1)
+    times = []
+    for _ in range(METRONOME_PASSES):
+        t = time.perf_counter()
+        for _ in local.items():
+            pass
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _drift(before: float, after: float) -> float:
+    """How far apart two metronome readings are: the larger over the
+    smaller."""
+    return max(before, after) / min(before, after)
 
 
 def _p(times: list[float], q: float) -> float:
@@ -212,13 +243,30 @@ def _p(times: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _iterate_in_turns(store: Store, n: int, duration: float, turn: Any
+                      ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
+    """TURNS rounds of iterating idle (turn cleared, the writer paused), then
+    while the writer writes (turn set): duration / 2 idle and duration
+    loaded in all. Taken in turn, idle and loaded iterations see the same
+    phases of the machine's speed, which on these VMs last seconds; one
+    stretch of each, one after the other, compared a fast phase with a
+    slow one as often as not."""
+    idle: list[tuple[float, float, int]] = []
+    loaded: list[tuple[float, float, int]] = []
+    for i in range(TURNS):
+        turn.clear()
+        idle += _iterate_for(store, n, duration / 2 / TURNS, growing=i > 0)
+        turn.set()
+        loaded += _iterate_for(store, n, duration / TURNS, growing=True)
+    return idle, loaded
+
+
 def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
-    """This process iterates the whole map in a loop, idle, then while one
-    writer (a process; a thread for thread-only peers) writes as fast as it
-    can, half overwrites and half new keys, then idle again. The idle
-    baseline is both idle stretches together: the second at the size the
-    writer grew the map to, and the two show whether the machine's speed
-    changed meanwhile (_idle_drift)."""
+    """This process iterates the whole map in a loop while one writer (a
+    process; a thread for thread-only peers) writes as fast as it can, half
+    overwrites and half new keys, and idle, in turns (_iterate_in_turns).
+    A metronome before and after (_metronome) shows whether the machine's
+    speed changed meanwhile all the same."""
     it_name, w_name = "iteration under 1 writer", "writer under iteration"
     if not peer.shared:
         why = "n/a: nothing else can write to it"
@@ -227,24 +275,23 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
     store = peer.open()
     try:
         check_keys(store, n)
-        before = _iterate_for(store, n, duration / 4, growing=False)
-        workers = Workers(peer, mixed_writes, [(n, 1)])
+        tick = _metronome(n)
+        workers = Workers(peer, mixed_writes_in_turns, [(n, 1)], with_turn=True)
         try:
+            workers.turn.clear()
             workers.start()
             server0 = processes_cpu(peer.server_pids())
-            loaded = _iterate_for(store, n, duration, growing=True)
+            idle, loaded = _iterate_in_turns(store, n, duration, workers.turn)
         finally:
-            (writes, seconds, cpu, _), = workers.finish()
+            (writes, _, cpu, seconds), = workers.finish()
             server = processes_cpu(peer.server_pids()) - server0
-        after = _iterate_for(store, n, duration / 4, growing=True)
+        drift = _drift(tick, _metronome(n))
     except (CheckFailed, RuntimeError) as exc:
         failed = f"FAILED: {exc}"
         return [Result(it_name, peer.name, n, None, "ms", failed),
                 Result(w_name, peer.name, n, None, "writes/s", failed)]
     finally:
         store.close()
-    idle = before + after
-    drift = _idle_drift(before, after, n)
     idle_ms, load_ms = (_ms_at(s, n, 0) for s in (idle, loaded))
     idle_cpu, load_cpu = (_ms_at(s, n, 1) for s in (idle, loaded))
     ratio, cpu_ratio = load_ms / idle_ms, load_cpu / idle_cpu if idle_cpu else None
@@ -254,12 +301,12 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
         "idle_p50_ms": round(idle_ms, 3), "under_load_vs_idle": round(ratio, 2),
         "cpu_p50_ms": round(load_cpu, 3), "idle_cpu_p50_ms": round(idle_cpu, 3),
         "cpu_under_load_vs_idle": None if cpu_ratio is None else round(cpu_ratio, 2),
-        "keys_seen_p50": keys_seen, "idle_drift": round(drift, 2),
+        "keys_seen_p50": keys_seen, "turns": TURNS, "speed_drift": round(drift, 2),
         "whole_p50_ms": round(statistics.median(w for w, _, _ in loaded) * 1e3, 3),
         "iterations": len(loaded),
         "summary": f"per {n:,} keys; idle {idle_ms:.2f} ms, {ratio:.2f}x idle under load "
                    f"(median iteration {keys_seen:,} keys); CPU {cpu_ratio or 0:.2f}x idle's"
-                   + (f"; UNSTEADY: idle before and after differ {drift:.2f}x"
+                   + (f"; UNSTEADY: the machine's speed moved {drift:.2f}x"
                       if drift > UNSTEADY_DRIFT else "")})
     rate = writes / seconds if seconds else 0.0
     writer = Result(w_name, peer.name, n, round(rate), "writes/s", extra={
