@@ -7,9 +7,11 @@ a memoryview); equal, nothing was committed or published since, and the
 dict answers. Different, the cache refreshes first: the C core scans the
 generation's arena from where the last scan stopped and reports each key
 whose value changed (generation.Changes), so a refresh costs the writes
-since, not the map. After a promotion, the old generation's tail up to the
-new one's base_seq, then the new generation, carry it on; after anything
-else (a clear, several promotions at once) it loads the map again.
+since, not the map. After a promotion, the old generation up to the new
+one's base_seq (if the dict is not past it), then the new generation from
+there, carry it on -- also when the promotion was built while writes went
+on; after anything else (a clear, several promotions at once) it loads the
+map again.
 
 Every snapshot guarantee of the uncached reads holds:
 - a refresh brings every changed key to S at once, then publishes the new
@@ -370,11 +372,19 @@ class ReadCache:
         phases = []
         if _superseded(gen.view):
             new = self._check_open().refresh()
-            # The old generation ended at the seq the new one was built at
-            # (a promotion), or it did not (a clear): then load again.
-            if new.gen != gen.gen + 1 or new.base_seq() != gen.snapshot():
+            base = new.base_seq()
+            # A promotion built g+1 from g at base, at or below what g
+            # committed: the writes g took after base are in g+1 too, with
+            # their seqs (a build under writes replays them). A clear's
+            # base is past all of g. So: a clear, or several promotions at
+            # once, load again; one promotion scans g up to base if the dict
+            # is not there yet, then g+1 from base -- which reports again,
+            # with its value now, each key the dict already took from g
+            # after base.
+            if new.gen != gen.gen + 1 or base > gen.snapshot():
                 return None
-            phases.append(changes.scan(new.base_seq()))
-            changes = Changes(new, new.base_seq())
+            if changes.since < base:
+                phases.append(changes.scan(base))
+            changes = Changes(new, base)
         phases.append(changes.scan(changes.gen.snapshot()))
         return changes, phases

@@ -95,6 +95,40 @@ def test_writes_go_on_while_a_requested_promotion_is_built(map_name: str) -> Non
             assert snap[k] == v, k
 
 
+def test_a_readers_cache_follows_promotions_built_under_writes(map_name: str) -> None:
+    """The writes g took while g+1 was built are in g+1 too, with their
+    seqs: a reader's cache carries on through such a promotion, from a
+    refresh made while it was built or from one before it, without loading
+    the map again, and reads what a reader without a cache reads."""
+    with shmmap.Daemon(map_name) as d, d.connect() as m, d.connect() as m2, \
+            d.connect() as promoter, d.connect() as reader:
+        _load(m, BIG)
+        assert sum(1 for _ in reader.items()) == BIG       # loads the cache
+        loads = reader.stats()["cache"]["loads"]
+        writer = Writer(m2, BIG)
+        writer.start()
+        try:
+            promoting = threading.Thread(target=promoter.promote)
+            promoting.start()
+            if _wait_building(m):
+                reader.get(0)           # the cache moves past the build's base
+            promoting.join()
+            reader.get(0)               # ... and follows the promotion
+            replayed = [m.stats()["last_promotion"]["replayed"]]
+            promoter.promote()          # the cache still at a seq before it
+            replayed.append(m.stats()["last_promotion"]["replayed"])
+        finally:
+            acked = writer.finish()
+        assert writer.error is None
+        assert all(replayed), f"no writes during a build to replay: {replayed}"
+        with d.connect(cache_keys=0) as plain:
+            truth = plain.snapshot()
+        assert dict(reader.items()) == truth
+        for k, v in acked.items():
+            assert truth[k] == v, k
+        assert reader.stats()["cache"]["loads"] == loads
+
+
 def test_a_build_starts_before_the_generation_fills(map_name: str) -> None:
     n = lib.SHM_BACKGROUND_MIN_LIVE + 1000
     with shmmap.Daemon(map_name) as d, d.connect() as m:
