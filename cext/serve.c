@@ -452,15 +452,28 @@ static void publish_chans(struct shm_round *r)
 
 /* ---- a round ------------------------------------------------------------- */
 
-int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
-                        int timeout_ms)
+/* Empties r and s's reply buffer for a new round. */
+static void round_begin(struct shm_round *r, struct shm_serve *s)
 {
-    struct epoll_event ev[SHM_ROUND_EVENTS];
     r->in_used = r->served = r->left_count = r->reply_count = 0;
     r->chan_left_count = 0;
     s->out = r->outbuf;
     s->out_cap = SHM_ROUND_OUT;
     s->out_len = 0;
+}
+
+/* A round of the channels alone, with no system call (see peek_posts). */
+static int64_t round_serve_chans(struct shm_round *r, struct shm_serve *s)
+{
+    round_begin(r, s);
+    return (int64_t)serve_chans(r, s);
+}
+
+int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
+                        int timeout_ms)
+{
+    struct epoll_event ev[SHM_ROUND_EVENTS];
+    round_begin(r, s);
     int sleeping = timeout_ms != 0 && r->chan_len > 0;
     if (sleeping) {
         set_sleeping(r, 1);
@@ -555,6 +568,24 @@ static int round_timeout(int64_t now, int64_t spin_until, int64_t deadline)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* Looks at the channels' posted words, with no system call, until one
+ * has a request or until passes: whether one has. Between two polling
+ * turns this takes a post within a fraction of a microsecond, where the
+ * turn's epoll_wait and sched_yield would take it a microsecond or more
+ * later (measured: one writer 10% faster, 8 writers 9%). */
+static int peek_posts(const struct shm_round *r, int64_t until)
+{
+    for (;;) {
+        uint32_t posted;
+        for (uint64_t i = 0; i < r->chan_len; i++)
+            if (posted_request(&r->chans[i], &posted, __ATOMIC_ACQUIRE))
+                return 1;
+        if (shm_now_ns() >= until)
+            return 0;
+        shm_cpu_relax();
+    }
+}
+
 /* Whether the daemon should not poll now: it may not (its limit is 0),
  * or the processes that crowd the cores are not mostly its clients
  * (shm_daemon_polls). */
@@ -569,7 +600,7 @@ static int polls_cost(const struct shm_round *r, struct shm_spin *spin,
 int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
                        struct shm_loop *L)
 {
-    int64_t spin_until = 0, quiet_since = shm_now_ns();
+    int64_t spin_until = 0, quiet_since = shm_now_ns(), epolled = 0;
     for (;;) {
         int64_t now = shm_now_ns();
         if (now >= L->deadline_ns) {
@@ -577,8 +608,18 @@ int64_t shm_serve_loop(struct shm_round *r, struct shm_serve *s,
             return 0;
         }
         int spinning = now < spin_until;
-        int64_t n = shm_round_serve(r, s, round_timeout(now, spin_until,
-                                                        L->deadline_ns));
+        /* While it polls, a post found by peeking is served without
+         * epoll_wait -- but the sockets are looked at every
+         * SHM_EPOLL_EVERY_NS all the same. */
+        int64_t n;
+        if (spinning && peek_posts(r, now + SHM_PEEK_NS) &&
+            shm_now_ns() - epolled < SHM_EPOLL_EVERY_NS) {
+            n = round_serve_chans(r, s);
+        } else {
+            epolled = shm_now_ns();
+            n = shm_round_serve(r, s, round_timeout(epolled, spin_until,
+                                                    L->deadline_ns));
+        }
         if (n < 0)
             return n;
         int64_t started = shm_now_ns();

@@ -663,7 +663,8 @@ int64_t  shm_round_send(struct shm_round *r);
  * committed (shm_commit), then its replies published and sent, then the
  * next round waits -- polling for a while after a round that served
  * something (the next request of a busy client comes sooner than a
- * wake-up), then asleep in epoll. It returns to the caller when a round
+ * wake-up; between turns it peeks at the channels for SHM_PEEK_NS with no
+ * system call), then asleep in epoll. It returns to the caller when a round
  * left something to it (s's writes of that round then not committed:
  * the caller handles what was left, commits and sends), when replies
  * could not all be sent, when the generation's room runs short, or at the
@@ -726,10 +727,16 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
 #define SHM_FOREIGN_SHARE    4         /* the daemon polls in crowds while
                                           other processes are at most one in
                                           this many of its active clients */
-#define SHM_BEAT_STILL_NS    5000      /* a client stops following the
+#define SHM_BEAT_STILL_NS    10000     /* a client stops following the
                                           daemon's beat when it stood still
                                           this long: several of the daemon's
                                           polling turns, so it lost its core */
+#define SHM_PEEK_NS          2000      /* between polling turns, the daemon
+                                          looks at the channels this long
+                                          with no system call */
+#define SHM_EPOLL_EVERY_NS   20000     /* ... and while posts keep it from
+                                          epoll_wait, calls it this often
+                                          anyway, for the sockets */
 
 /* How long a waiter polls (yielding the core on each turn) before it
  * sleeps, adapted to what polling bought lately. Private to one process

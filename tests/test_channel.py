@@ -85,6 +85,46 @@ def test_the_daemons_errors_come_back_through_the_channel(map_name: str) -> None
         m.close()
 
 
+HAMMERS = 4         # writer processes on channels
+
+
+def _hammer(name: str, base: int, stop: Any) -> None:
+    with shmmap.connect(name) as m:
+        i = 0
+        while not stop.is_set():
+            m[base + i % 1000] = i
+            i += 1
+
+
+def test_socket_requests_are_served_while_channel_writes_keep_coming(map_name: str) -> None:
+    """While writer processes keep the daemon busy with their channels, and
+    it polls and peeks at them between rounds, it still serves the
+    sockets: a client without a channel gets every write through, each
+    within its timeout."""
+    ctx = mp.get_context("fork")
+    with shmmap.Daemon(map_name) as d, d.connect(channel=False, timeout=10.0) as plain:
+        stop = ctx.Event()
+        hammers = [ctx.Process(target=_hammer, args=(map_name, 10_000 * (k + 1), stop))
+                   for k in range(HAMMERS)]
+        for p in hammers:
+            p.start()
+        try:
+            while len(plain) < 1000 * HAMMERS:  # every hammer is writing
+                pass
+            for i in range(300):
+                plain[f"s{i}"] = i
+        finally:
+            stop.set()
+            for p in hammers:
+                p.join(60)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        assert [p.exitcode for p in hammers] == [0] * HAMMERS
+        snap = plain.snapshot()
+        assert all(snap[f"s{i}"] == i for i in range(300))
+
+
 def test_channel_false_sends_every_write_on_the_socket(map_name: str) -> None:
     with shmmap.Daemon(map_name) as d:
         m = d.connect(channel=False)
