@@ -1,8 +1,9 @@
 """The article's system as a peer: Go's sync.Map, in one Go process.
 
 The Go program (gosyncmap/main.go beside this file) runs the "writer under
-iteration load" scenario itself: Range in a loop, idle and while a
-goroutine writes half overwrites and half new keys. It is built with the Go
+iteration load" scenario itself: Range in a loop, in turns idle and while
+a goroutine writes half overwrites and half new keys (as writes.py does for
+the other systems). It is built with the Go
 toolchain found here, into a temporary directory, offline, at bench time.
 Go 1.19 has the read/dirty sync.Map the article measured; Go 1.24 replaced
 it with a trie, so the version that ran goes into every result."""

@@ -2,12 +2,14 @@
 // shmmap answers, run on Go's sync.Map inside one process.
 //
 // The map holds the int keys 0..keys-1, each with the value 1. One goroutine
-// calls Range over the whole map in a loop; first with nothing else running
-// (idle), then while a second goroutine writes as fast as it can, half of the
-// writes overwriting a random existing key and half storing a new key (keys
-// are never deleted, every value stays 1). It prints one JSON object on
-// stdout: Range times idle and under that load, and the writer's writes per
-// second with its CPU time per write.
+// calls Range over the whole map in a loop, in turns with nothing else
+// running (idle) and while a second goroutine writes as fast as it can, half
+// of the writes overwriting a random existing key and half storing a new key
+// (keys are never deleted, every value stays 1): the machine's speed moves in
+// phases that last seconds, and taken in turns, idle and loaded Ranges see
+// the same ones. It prints one JSON object on stdout: Range times idle and
+// under that load, and the writer's writes per second (of the time it
+// wrote) with its CPU time per write.
 //
 // Every Range is checked: it must see at least keys entries, each with the
 // value 1. sync.Map's Range is not a snapshot, so nothing stronger holds.
@@ -33,6 +35,10 @@ const rusageThread = 1
 
 // writeBurst is how many writes the writer makes between looks at the stop flag.
 const writeBurst = 64
+
+// turns is how many idle and loaded stretches the Ranges take in turn
+// (shmmap bench's writes.TURNS).
+const turns = 5
 
 // rangeStats describes the Ranges of one phase. The writer's new keys grow
 // the map under load, so each Range's time per entry seen is what compares
@@ -76,20 +82,30 @@ func fullRange(m *sync.Map, keys int) (time.Duration, int, error) {
 	return elapsed, count, nil
 }
 
-// rangeFor ranges in a loop for at least d and three times.
-func rangeFor(m *sync.Map, keys int, d time.Duration) (rangeStats, error) {
-	var times, perEntry []float64
-	var counts []int
+// ranges holds the Ranges of one phase, over all its stretches.
+type ranges struct {
+	times, perEntry []float64
+	counts          []int
+}
+
+// rangeFor ranges in a loop for at least d and three times, adding to r.
+func (r *ranges) rangeFor(m *sync.Map, keys int, d time.Duration) error {
 	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) || len(times) < 3 {
+	for n := 0; time.Now().Before(deadline) || n < 3; n++ {
 		t, count, err := fullRange(m, keys)
 		if err != nil {
-			return rangeStats{}, err
+			return err
 		}
-		times = append(times, float64(t.Nanoseconds()))
-		perEntry = append(perEntry, float64(t.Nanoseconds())/float64(count))
-		counts = append(counts, count)
+		r.times = append(r.times, float64(t.Nanoseconds()))
+		r.perEntry = append(r.perEntry, float64(t.Nanoseconds())/float64(count))
+		r.counts = append(r.counts, count)
 	}
+	return nil
+}
+
+// stats sums up r's Ranges (it sorts them).
+func (r *ranges) stats() rangeStats {
+	times, perEntry, counts := r.times, r.perEntry, r.counts
 	sort.Float64s(times)
 	sort.Float64s(perEntry)
 	sort.Ints(counts)
@@ -100,7 +116,7 @@ func rangeFor(m *sync.Map, keys int, d time.Duration) (rangeStats, error) {
 	mid := len(times) / 2
 	return rangeStats{P50Ms: times[mid] / 1e6, P99Ms: times[p99] / 1e6,
 		P50NsPerEntry: perEntry[mid], P99NsPerEntry: perEntry[p99],
-		P50Entries: counts[mid], Iterations: len(times), MaxEntries: counts[len(counts)-1]}, nil
+		P50Entries: counts[mid], Iterations: len(times), MaxEntries: counts[len(counts)-1]}
 }
 
 func cpuTime(who int) time.Duration {
@@ -117,29 +133,58 @@ type writerResult struct {
 	cpu     time.Duration
 }
 
-// writer stores until stop is set: half overwrites of a random existing
-// key, half new keys. It runs on its own OS thread so that RUSAGE_THREAD
-// measures it alone.
-func writer(m *sync.Map, keys int, stop *atomic.Bool, ready chan<- struct{}, done chan<- writerResult) {
+// turn lets the writer write (paused false) or makes it wait (paused true)
+// until a resume or the stop. resume holds one token: a resume sent while
+// the writer was not waiting is found by its next wait, which looks at
+// paused again.
+type turn struct {
+	paused atomic.Bool
+	stop   atomic.Bool
+	resume chan struct{}
+}
+
+func (t *turn) wake() {
+	select {
+	case t.resume <- struct{}{}:
+	default:
+	}
+}
+
+func (t *turn) pause()   { t.paused.Store(true) }
+func (t *turn) unpause() { t.paused.Store(false); t.wake() }
+func (t *turn) end()     { t.stop.Store(true); t.wake() }
+
+// writer stores while its turn lasts, until the end: half overwrites of a
+// random existing key, half new keys. It runs on its own OS thread so that
+// RUSAGE_THREAD measures it alone; elapsed counts the time it wrote.
+func writer(m *sync.Map, keys int, t *turn, ready chan<- struct{}, done chan<- writerResult) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	rng := rand.New(rand.NewSource(1))
 	next := keys
 	var writes int64
-	cpu0, started := cpuTime(rusageThread), time.Now()
+	var elapsed time.Duration
+	cpu0 := cpuTime(rusageThread)
 	close(ready)
-	for !stop.Load() {
-		for i := 0; i < writeBurst; i++ {
-			if rng.Intn(2) == 0 {
-				m.Store(rng.Intn(next), 1)
-			} else {
-				m.Store(next, 1)
-				next++
-			}
+	for !t.stop.Load() {
+		for t.paused.Load() && !t.stop.Load() {
+			<-t.resume
 		}
-		writes += writeBurst
+		started := time.Now()
+		for !t.paused.Load() && !t.stop.Load() {
+			for i := 0; i < writeBurst; i++ {
+				if rng.Intn(2) == 0 {
+					m.Store(rng.Intn(next), 1)
+				} else {
+					m.Store(next, 1)
+					next++
+				}
+			}
+			writes += writeBurst
+		}
+		elapsed += time.Since(started)
 	}
-	done <- writerResult{writes, time.Since(started), cpuTime(rusageThread) - cpu0}
+	done <- writerResult{writes, elapsed, cpuTime(rusageThread) - cpu0}
 }
 
 func run(keys int, d time.Duration) report {
@@ -148,26 +193,32 @@ func run(keys int, d time.Duration) report {
 	for k := 0; k < keys; k++ {
 		m.Store(k, 1)
 	}
-	idle, err := rangeFor(&m, keys, d/2)
-	if err != nil {
-		rep.Check = "FAILED: idle: " + err.Error()
-		return rep
-	}
-	rep.Idle = idle
-
-	var stop atomic.Bool
+	t := &turn{resume: make(chan struct{}, 1)}
+	t.pause()
 	ready, done := make(chan struct{}), make(chan writerResult, 1)
 	processCPU := cpuTime(syscall.RUSAGE_SELF)
-	go writer(&m, keys, &stop, ready, done)
+	go writer(&m, keys, t, ready, done)
 	<-ready
-	load, err := rangeFor(&m, keys, d)
-	stop.Store(true)
+	var idle, load ranges
+	var err error
+	for i := 0; i < turns && err == nil; i++ {
+		t.pause()
+		if err = idle.rangeFor(&m, keys, d/2/turns); err != nil {
+			rep.Check = "FAILED: idle: " + err.Error()
+			break
+		}
+		t.unpause()
+		if err = load.rangeFor(&m, keys, d/turns); err != nil {
+			rep.Check = "FAILED: under load: " + err.Error()
+		}
+	}
+	t.end()
 	w := <-done
 	processCPU = cpuTime(syscall.RUSAGE_SELF) - processCPU
 	if err != nil {
-		rep.Check = "FAILED: under load: " + err.Error()
+		return rep
 	}
-	rep.UnderLoad = load
+	rep.Idle, rep.UnderLoad = idle.stats(), load.stats()
 	rep.Writes = w.writes
 	if w.writes > 0 {
 		rep.WritesPerS = float64(w.writes) / w.elapsed.Seconds()
@@ -179,7 +230,7 @@ func run(keys int, d time.Duration) report {
 
 func main() {
 	keys := flag.Int("keys", 100000, "int keys in the map before the load starts")
-	d := flag.Duration("duration", 3*time.Second, "how long Range runs under the load (idle: half of it)")
+	d := flag.Duration("duration", 3*time.Second, "how long Range runs under the load, in all (idle: half of it)")
 	flag.Parse()
 	if *keys < 1 || *d <= 0 {
 		fmt.Fprintln(os.Stderr, "gosyncmap: -keys and -duration must be positive")
