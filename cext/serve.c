@@ -337,11 +337,13 @@ static void set_sleeping(struct shm_round *r, uint32_t sleeps)
                              __ATOMIC_SEQ_CST);
 }
 
-static int any_posted(const struct shm_round *r)
+/* Whether a channel has a request not yet taken; order as in
+ * posted_request (seq_cst before a sleep, see set_sleeping). */
+static int any_posted(const struct shm_round *r, int order)
 {
     uint32_t posted;
     for (uint64_t i = 0; i < r->chan_len; i++)
-        if (posted_request(&r->chans[i], &posted, __ATOMIC_SEQ_CST))
+        if (posted_request(&r->chans[i], &posted, order))
             return 1;
     return 0;
 }
@@ -477,7 +479,7 @@ int64_t shm_round_serve(struct shm_round *r, struct shm_serve *s,
     int sleeping = timeout_ms != 0 && r->chan_len > 0;
     if (sleeping) {
         set_sleeping(r, 1);
-        if (any_posted(r))
+        if (any_posted(r, __ATOMIC_SEQ_CST))
             timeout_ms = 0;
     }
     int n = epoll_wait(r->epfd, ev, SHM_ROUND_EVENTS, timeout_ms);
@@ -576,10 +578,8 @@ static int round_timeout(int64_t now, int64_t spin_until, int64_t deadline)
 static int peek_posts(const struct shm_round *r, int64_t until)
 {
     for (;;) {
-        uint32_t posted;
-        for (uint64_t i = 0; i < r->chan_len; i++)
-            if (posted_request(&r->chans[i], &posted, __ATOMIC_ACQUIRE))
-                return 1;
+        if (any_posted(r, __ATOMIC_ACQUIRE))
+            return 1;
         if (shm_now_ns() >= until)
             return 0;
         shm_cpu_relax();

@@ -718,7 +718,7 @@ int64_t  shm_serve_loop(struct shm_round *r, struct shm_serve *s,
 #define SHM_SPIN_PROBE_EVERY 64        /* with no budget, one wait in this
                                           many polls a little: to notice
                                           when polling pays again */
-#define SHM_SPIN_LOOK_NS     100000000 /* how often crowded() reads the
+#define SHM_SPIN_LOOK_NS     100000000 /* how often runnable() reads the
                                           kernel's count of runnable
                                           processes (/proc/loadavg) */
 #define SHM_ACTIVE_NS        1000000   /* a channel whose request the

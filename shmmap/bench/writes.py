@@ -113,8 +113,8 @@ class Workers:
     threads of this process for peers that only share within one. Each gets
     ready, waits for go, runs until stop; finish() collects
     (count, seconds, cpu seconds, data) from each. With with_turn, each job
-    gets the event turn after its args (set at first: see
-    mixed_writes_in_turns)."""
+    gets the event turn after its args, cleared: it waits for the caller
+    to set it (see mixed_writes_in_turns)."""
 
     def __init__(self, peer: Peer, job: Job, args: list[tuple[Any, ...]],
                  with_turn: bool = False) -> None:
@@ -130,7 +130,6 @@ class Workers:
             self.go, self.stop, self.turn = (threading.Event() for _ in range(3))
         else:
             self.go, self.stop, self.turn = (CTX.Event() for _ in range(3))
-        self.turn.set()
         if with_turn:
             args = [(*a, self.turn) for a in args]
         if self.in_threads:
@@ -278,7 +277,6 @@ def writer_under_iteration(peer: Peer, n: int, duration: float) -> list[Result]:
         tick = _metronome(n)
         workers = Workers(peer, mixed_writes_in_turns, [(n, 1)], with_turn=True)
         try:
-            workers.turn.clear()
             workers.start()
             server0 = processes_cpu(peer.server_pids())
             idle, loaded = _iterate_in_turns(store, n, duration, workers.turn)
