@@ -8,6 +8,7 @@
 {'a': 1}
 """
 from .client import Batch, Pipeline, SharedMap, connect
+from .codec import Ext
 from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonStartError,
                      DaemonUnavailableError, InvalidNameError, InvalidRequestError, LimitError,
                      MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError,
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonStartError",
-    "DaemonUnavailableError",
+    "DaemonUnavailableError", "Ext",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
     "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError", "WriteTimeoutError",
     "connect",

@@ -524,9 +524,11 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--allow-uid", type=_natural, action="append", default=[],
                    help="also accept clients of this uid (repeatable)")
     p.add_argument("--max-key", type=_positive, default=Limits.max_key,
-                   help=f"largest key in bytes (default {Limits.max_key})")
+                   help="largest key, counted as its msgpack encoding: a str or bytes key "
+                   f"takes up to 5 bytes more than its payload (default {Limits.max_key})")
     p.add_argument("--max-value", type=_positive, default=Limits.max_value,
-                   help=f"largest value in bytes (default {Limits.max_value})")
+                   help="largest value, counted as its msgpack encoding: a str or bytes "
+                   f"value takes up to 5 bytes more than its payload (default {Limits.max_value})")
     p.add_argument("--max-live-bytes", type=_natural, default=0,
                    help="largest total of live keys and values (default 0: no limit)")
     p.add_argument("--max-connections", type=_positive, default=1024,

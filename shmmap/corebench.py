@@ -27,7 +27,7 @@ import msgpack
 
 from ._core import ffi, lib
 from .client import connect
-from .codec import encode_key, encode_value
+from .codec import decode_key, decode_value, encode_key, encode_value
 from .generation import EXPORT_BATCH
 from .progress import Progress
 from .reader import MapReader
@@ -131,8 +131,8 @@ def _exported(reader: MapReader) -> list[tuple[bytes, bytes]]:
 
 def _decode(batches: list[tuple[bytes, bytes]]) -> None:
     for k, v in batches:
-        msgpack.unpackb(k, use_list=False)
-        msgpack.unpackb(v, strict_map_key=False)
+        decode_key(k)
+        decode_value(v)
 
 
 def bench_dataset(n: int, label: str, keys: list[Any], value: Callable[[int], Any],

@@ -9,6 +9,7 @@ import msgpack
 
 from . import status
 from ._core import ffi, lib
+from .codec import CODEC, Codec
 
 _LEN_BITS = lib.SHM_FOUND_LEN_BITS
 _LEN_MASK = (1 << _LEN_BITS) - 1
@@ -25,7 +26,7 @@ EXPORT_BUFFER = 4096         # initial bytes of each export buffer; grows
 DELTA_BUFFER = 16384         # initial bytes of each of a delta scan's buffers
 DELTA_BUFFER_MAX = 4 << 20   # ... grown while a scan has more than they take
 
-_unpackb = msgpack.unpackb
+_unpackb = msgpack.unpackb     # keys only: values decode through the map's Codec
 
 
 class Generation:
@@ -40,13 +41,15 @@ class Generation:
     """
 
     __slots__ = ("segment", "mm", "buf", "view", "header", "gen", "_counted_into",
-                 "__weakref__")
+                 "decode", "__weakref__")
 
-    def __init__(self, segment: str, mm: mmap.mmap) -> None:
-        """Opens a view on mm, the mapping of segment; CorruptSegmentError
-        (and mm closed) if its header is not sound."""
+    def __init__(self, segment: str, mm: mmap.mmap, codec: Codec = CODEC) -> None:
+        """Opens a view on mm, the mapping of segment, whose values decode
+        with codec's types; CorruptSegmentError (and mm closed) if its
+        header is not sound."""
         self.segment = segment
         self.mm = mm
+        self.decode = codec.decode_value
         self.buf = ffi.from_buffer(mm)
         self.view = ffi.new("struct shm_view *")
         self._counted_into: list[Any] = []
@@ -107,7 +110,7 @@ class Generation:
 
     def value_at(self, packed: int) -> Any:
         """Decodes the value a lookup found."""
-        return _unpackb(self.raw_at(packed), raw=False, strict_map_key=False)
+        return self.decode(self.raw_at(packed))
 
     def lookup_raw(self, key: bytes, snap: int) -> Optional[bytes]:
         """The encoded value of encoded key at snapshot snap, or None."""
@@ -133,8 +136,7 @@ class Generation:
                 if x.count:
                     yield (
                         _unpackb(ffi.buffer(keys, x.keys_len), use_list=False, raw=False),
-                        _unpackb(ffi.buffer(values, x.values_len), raw=False,
-                                 strict_map_key=False),
+                        self.decode(ffi.buffer(values, x.values_len)),
                     )
                 if rc == 1:
                     return
@@ -203,8 +205,7 @@ class Changes:
             if x.count:
                 stored_keys.append(_unpackb(ffi.buffer(keys, x.keys_len), use_list=False,
                                             raw=False))
-                stored_values.append(_unpackb(ffi.buffer(values, x.values_len), raw=False,
-                                              strict_map_key=False))
+                stored_values.append(self.gen.decode(ffi.buffer(values, x.values_len)))
             if x.dead_count:
                 dead.append(_unpackb(ffi.buffer(gone, x.dead_len), use_list=False, raw=False))
             if rc == 1:

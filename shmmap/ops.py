@@ -235,5 +235,7 @@ def _bin(x: Any, what: str) -> bytes:
 
 def _same(stored: bytes, given: bytes) -> bool:
     """Whether two encoded (and validated) values are equal as Python
-    values (1 == 1.0)."""
+    values (1 == 1.0, {1, 2} == {2, 1}). The daemon has no application's
+    Ext types: their values decode as msgpack.ExtType and compare as their
+    bytes."""
     return stored == given or bool(decode_value(stored) == decode_value(given))

@@ -6,11 +6,9 @@ import threading
 import weakref
 from typing import Any, Iterator, Optional
 
-import msgpack
-
 from . import segments
 from ._core import ffi, lib
-from .codec import encode_key
+from .codec import CODEC, Codec, encode_key
 from .errors import CorruptSegmentError, MapClosedError, MapNotFoundError
 from .generation import Generation
 from .slots import ClientSlot
@@ -22,7 +20,6 @@ _LEN_LONG = lib.SHM_FOUND_LEN_LONG
 _lookup = lib.shm_lookup
 _lookup_int = lib.shm_lookup_int
 _superseded = lib.shm_superseded
-_unpackb = msgpack.unpackb
 # How often a reader re-reads current_gen when the generation it names has
 # already been unlinked, or was superseded by the time it was mapped: each
 # retry means the daemon published again meanwhile, so this bounds only
@@ -63,9 +60,11 @@ class MapReader:
     still uses a mapping keeps it, and nothing of it is ever used unmapped.
     """
 
-    def __init__(self, name: str) -> None:
-        """Maps map name's header and current generation (no daemon needed)."""
+    def __init__(self, name: str, codec: Codec = CODEC) -> None:
+        """Maps map name's header and current generation (no daemon
+        needed); its values decode with codec's types."""
         self.name = segments.check_map_name(name)
+        self.codec = codec
         # Maps and slot changes; never taken by a lookup or an iteration.
         self._lock = threading.Lock()
         self._slot: Optional[ClientSlot] = None
@@ -110,7 +109,7 @@ class MapReader:
                 mm = segments.open_readonly(seg)
             except FileNotFoundError:
                 continue                # superseded meanwhile: read again
-            return self._adopt(Generation(seg, mm))
+            return self._adopt(Generation(seg, mm, self.codec))
         raise MapNotFoundError(f"map {self.name!r} has no current generation")
 
     def _adopt(self, g: Generation) -> Generation:
@@ -191,7 +190,7 @@ class MapReader:
             n = packed & _LEN_MASK
             if n != _LEN_LONG:
                 off = packed >> _LEN_BITS
-                return _unpackb(gen.mm[off:off + n], strict_map_key=False)
+                return gen.decode(gen.mm[off:off + n])
             return gen.value_at(packed)
         if packed == _SUPERSEDED:
             return self._lookup_after_promotion(key, default)

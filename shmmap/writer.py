@@ -264,7 +264,7 @@ class MapWriter:
 
     def _check_one(self, fn: Any, what: str, data: bytes, limit: int) -> None:
         if len(data) > limit:
-            raise LimitError(f"{what} of {len(data)} bytes is over the limit of {limit} bytes")
+            raise LimitError(f"encoded {what} of {len(data)} bytes exceeds --max-{what} {limit}")
         status.check(fn(data, len(data), self._err, status.ERR_LEN), self._err)
 
     def apply(self, blob: bytes) -> int:
