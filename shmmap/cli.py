@@ -191,7 +191,7 @@ def _run_dump(args: argparse.Namespace) -> int:
     size = 0
     try:
         for key, value in reader.items():
-            line = (jsontags.dumps({"key": key, "value": value}).translate(_LINE_BREAKS)
+            line = (jsontags.dumps_pair(key, value).translate(_LINE_BREAKS)
                     + "\n").encode()
             chunk.append(line)
             size += len(line)
