@@ -36,6 +36,7 @@ _TUPLE, _SET, _FROZENSET = lib.SHM_EXT_TUPLE, lib.SHM_EXT_SET, lib.SHM_EXT_FROZE
 _DATETIME, _DATE = lib.SHM_EXT_DATETIME, lib.SHM_EXT_DATE
 _DECIMAL, _UUID = lib.SHM_EXT_DECIMAL, lib.SHM_EXT_UUID
 _ERR_LEN = lib.SHM_ERR_LEN
+_check_value = lib.shm_check_value
 
 
 class _Packers:
@@ -49,18 +50,20 @@ class _Packers:
     same Packer, even when one runs inside another on the same thread. A
     pack that raises leaves its Packer to the garbage collector."""
 
-    __slots__ = ("_idle", "_new")
+    __slots__ = ("idle", "new")
 
     def __init__(self, new: Callable[[], msgpack.Packer]) -> None:
-        self._idle: list[msgpack.Packer] = []
-        self._new = new
+        self.idle: list[msgpack.Packer] = []
+        self.new = new
 
     def pack(self, obj: Any) -> bytes:
         """obj as msgpack; the Packer's exception if it cannot pack obj."""
-        idle = self._idle
-        packer = idle.pop() if idle else self._new()
+        try:
+            packer = self.idle.pop()    # not "if idle": another thread may
+        except IndexError:              # take the last one in between
+            packer = self.new()
         data: bytes = packer.pack(obj)
-        idle.append(packer)
+        self.idle.append(packer)
         return data
 
 
@@ -110,7 +113,8 @@ class Ext:
     process that shares the map (``connect(name, ext_types=[...])``); one
     that lacks a code reads its values as ``msgpack.ExtType(code, data)``,
     and the daemon stores them without decoding them (a conditional write
-    compares them as bytes)."""
+    compares them as bytes). A map pickled to another process takes its
+    Exts along, so their functions must pickle (module-level ones do)."""
 
     code: int
     cls: type
@@ -118,10 +122,9 @@ class Ext:
     decode: Callable[[bytes], Any]
 
 
-# First bytes of an encoded value with insides (arrays, maps, ext types):
-# the scalars the Packer writes are valid as they are, these are checked.
-_HAS_INSIDES = bytes(1 if 0x80 <= b <= 0x9f or 0xc7 <= b <= 0xc9 or 0xd4 <= b <= 0xd8
-                     or 0xdc <= b <= 0xdf else 0 for b in range(256))
+# What the Packer writes for these is valid as it is (its strings are
+# UTF-8); a value of any other type is checked as the daemon checks it.
+_SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 _US = datetime.timedelta(microseconds=1)
 _EPOCH = datetime.datetime(1, 1, 1)
 _DAY_US = 86_400_000_000
@@ -163,20 +166,79 @@ class Codec:
             self._encoders[ext.cls] = partial(_user_ext, ext)
             decoders[ext.code] = ext.decode
         find = decoders.get
+        unpackb = msgpack.unpackb
 
         def ext_hook(code: int, data: bytes) -> Any:
             decode = find(code)
             return msgpack.ExtType(code, data) if decode is None else decode(data)
 
-        # One decoder for every value this map reads, whatever the path:
-        # lookups, iteration, the cache's deltas, the daemon's replies.
-        self.decode_value: Callable[[Any], Any] = partial(
-            msgpack.unpackb, raw=False, strict_map_key=False, ext_hook=ext_hook)
+        def decode_value(data: Any) -> Any:
+            """The value encoded in data. The one decoder of every value
+            this map reads, whatever the path: lookups (MapReader.lookup
+            makes this call inline), iteration, the cache's deltas, the
+            daemon's replies. (functools.partial would cost a get ~200 ns
+            more: it builds its keywords anew on each call.)"""
+            return unpackb(data, strict_map_key=False, ext_hook=ext_hook)
+
+        self.ext_hook = ext_hook
+        self.decode_value = decode_value
         # strict_types: a tuple (and any subclass) is not packed as an
-        # array but handed to _default, which gives it its ext type.
-        self._values = _Packers(partial(msgpack.Packer, use_bin_type=True, autoreset=True,
-                                        strict_types=True, default=self._default))
-        self._err = ffi.new("char[]", _ERR_LEN)
+        # array but handed to _default, which gives it its ext type. Exact
+        # int, str and bytes pack as the key Packer packs them.
+        self._values = values = _Packers(partial(
+            msgpack.Packer, use_bin_type=True, autoreset=True, strict_types=True,
+            default=self._default))
+        take, give, new = values.idle.pop, values.idle.append, values.new
+        scalars, check, null, ok = _SCALARS, _check_value, ffi.NULL, lib.SHM_OK
+
+        def encode_value(value: Any) -> bytes:
+            """The msgpack encoding of value; TypeError, before anything is
+            sent, for a value the daemon would refuse (a type it cannot
+            store, nesting deeper than MAX_DEPTH, an unhashable map key)."""
+            try:
+                packer = take()
+            except IndexError:
+                packer = new()
+            try:
+                data: bytes = packer.pack(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise TypeError(f"value cannot be encoded as msgpack: {exc}") from None
+            except RecursionError:
+                raise TypeError(f"value cannot be encoded as msgpack: nested deeper than "
+                                f"{MAX_DEPTH} levels") from None
+            give(packer)
+            v = type(value)
+            if v is not int and v is not str and v not in scalars and \
+                    check(data, len(data), null, 0) != ok:
+                _refuse(data)
+            return data
+
+        def encode_pair(key: Key, value: Any) -> bytes:
+            """encode_key(key) + encode_value(value) in one call, as a store
+            sends them: keys of the common types are canonical as they are,
+            so they skip the checks and share the value's Packer."""
+            t = type(key)
+            if t is int or t is str or t is bytes:
+                try:
+                    packer = take()
+                except IndexError:
+                    packer = new()
+                try:
+                    kb: bytes = packer.pack(key)
+                    data: bytes = packer.pack(value)
+                except (TypeError, ValueError, OverflowError, RecursionError):
+                    pass        # encode_key and encode_value say what is wrong
+                else:
+                    give(packer)
+                    v = type(value)
+                    if v is not int and v is not str and v not in scalars and \
+                            check(data, len(data), null, 0) != ok:
+                        _refuse(data)
+                    return kb + data
+            return encode_key(key) + encode_value(value)
+
+        self.encode_value = encode_value
+        self.encode_pair = encode_pair
 
     def _default(self, obj: Any) -> Any:
         """What the Packer packs for obj, a type msgpack has no form for."""
@@ -205,30 +267,15 @@ class Codec:
     def _frozenset(self, obj: frozenset[Any]) -> msgpack.ExtType:
         return msgpack.ExtType(_FROZENSET, self._inside(list(obj)))
 
-    def encode_value(self, value: Any) -> bytes:
-        """The msgpack encoding of value; TypeError, before anything is
-        sent, for a value the daemon would refuse (a type it cannot
-        store, nesting deeper than MAX_DEPTH, an unhashable map key)."""
-        try:
-            data = self._values.pack(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"value cannot be encoded as msgpack: {exc}") from None
-        except RecursionError:
-            raise TypeError(f"value cannot be encoded as msgpack: nested deeper than {MAX_DEPTH} "
-                            "levels") from None
-        if _HAS_INSIDES[data[0]]:
-            self._check(data)
-        return data
 
-    def _check(self, data: bytes) -> None:
-        err = self._err
-        if lib.shm_check_value(data, len(data), err, _ERR_LEN) != lib.SHM_OK:
-            raise TypeError(f"value cannot be encoded as msgpack: {ffi.string(err).decode()}")
 
-    def encode_pair(self, key: Key, value: Any) -> bytes:
-        """encode_key(key) + encode_value(value) in one call, as a store
-        sends them."""
-        return encode_key(key) + self.encode_value(value)
+def _refuse(data: bytes) -> None:
+    """Raises TypeError with why shm_check_value refused data: the check
+    runs without a message buffer first (one shared by threads could mix
+    two messages; one per call would cost every call)."""
+    err = ffi.new("char[]", _ERR_LEN)
+    _check_value(data, len(data), err, _ERR_LEN)
+    raise TypeError(f"value cannot be encoded as msgpack: {ffi.string(err).decode()}")
 
 
 def _user_ext(ext: Ext, obj: Any) -> msgpack.ExtType:

@@ -41,7 +41,7 @@ class Generation:
     """
 
     __slots__ = ("segment", "mm", "buf", "view", "header", "gen", "_counted_into",
-                 "decode", "__weakref__")
+                 "decode", "ext_hook", "__weakref__")
 
     def __init__(self, segment: str, mm: mmap.mmap, codec: Codec = CODEC) -> None:
         """Opens a view on mm, the mapping of segment, whose values decode
@@ -50,6 +50,7 @@ class Generation:
         self.segment = segment
         self.mm = mm
         self.decode = codec.decode_value
+        self.ext_hook = codec.ext_hook      # for MapReader.lookup's inline decode
         self.buf = ffi.from_buffer(mm)
         self.view = ffi.new("struct shm_view *")
         self._counted_into: list[Any] = []
