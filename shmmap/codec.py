@@ -100,7 +100,7 @@ def encode_key(key: Key) -> bytes:
         raise TypeError(f"int key {key!r} does not fit in 64 bits") from None
 
 
-def decode_key(data: bytes) -> Key:
+def decode_key(data: Any) -> Key:
     """The key whose canonical encoding is data (a tuple key as a tuple)."""
     return msgpack.unpackb(data, use_list=False, raw=False)
 
@@ -127,7 +127,6 @@ class Ext:
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 _US = datetime.timedelta(microseconds=1)
 _EPOCH = datetime.datetime(1, 1, 1)
-_DAY_US = 86_400_000_000
 _U32, _U64, _I64 = 4, 8, 8
 # A subclass of one of these is stored as the type itself: its data, not
 # what a __str__ or __int__ of its own says (an IntEnum as its int, a
@@ -146,12 +145,32 @@ class Codec:
 
     def __init__(self, ext_types: Iterable[Ext] = ()) -> None:
         self.ext_types = tuple(ext_types)
+        # strict_types: a tuple (and any subclass) is not packed as an
+        # array but handed to _default, which gives it its ext type. Exact
+        # int, str and bytes pack as the key Packer packs them.
+        self._values = values = _Packers(partial(
+            msgpack.Packer, use_bin_type=True, autoreset=True, strict_types=True,
+            default=self._default))
+        take, give, new = values.idle.pop, values.idle.append, values.new
+        scalars, check, null, ok = _SCALARS, _check_value, ffi.NULL, lib.SHM_OK
+        ext_type = msgpack.ExtType
+
+        def tuple_ext(obj: tuple[Any, ...]) -> msgpack.ExtType:
+            # The inside goes to another Packer: the one packing obj is
+            # busy with it.
+            try:
+                packer = take()
+            except IndexError:
+                packer = new()
+            data = packer.pack(list(obj))
+            give(packer)
+            return ext_type(_TUPLE, data)
+
         self._encoders: dict[type, Callable[[Any], msgpack.ExtType]] = {
-            tuple: self._tuple, set: self._set, frozenset: self._frozenset,
+            tuple: tuple_ext, set: self._set, frozenset: self._frozenset,
             datetime.datetime: _datetime, datetime.date: _date,
             decimal.Decimal: _decimal, uuid.UUID: _uuid}
         decoders: dict[int, Callable[[bytes], Any]] = {
-            _TUPLE: lambda data: tuple(self.decode_value(data)),
             _SET: lambda data: set(self.decode_value(data)),
             _FROZENSET: lambda data: frozenset(self.decode_value(data)),
             _DATETIME: _to_datetime, _DATE: _to_date,
@@ -169,6 +188,8 @@ class Codec:
         unpackb = msgpack.unpackb
 
         def ext_hook(code: int, data: bytes) -> Any:
+            if code == _TUPLE:          # the commonest, without a call more
+                return tuple(unpackb(data, strict_map_key=False, ext_hook=ext_hook))
             decode = find(code)
             return msgpack.ExtType(code, data) if decode is None else decode(data)
 
@@ -176,20 +197,12 @@ class Codec:
             """The value encoded in data. The one decoder of every value
             this map reads, whatever the path: lookups (MapReader.lookup
             makes this call inline), iteration, the cache's deltas, the
-            daemon's replies. (functools.partial would cost a get ~200 ns
-            more: it builds its keywords anew on each call.)"""
+            daemon's replies. A def, not a functools.partial, which builds
+            its keywords anew on each call (~200 ns more a get)."""
             return unpackb(data, strict_map_key=False, ext_hook=ext_hook)
 
         self.ext_hook = ext_hook
         self.decode_value = decode_value
-        # strict_types: a tuple (and any subclass) is not packed as an
-        # array but handed to _default, which gives it its ext type. Exact
-        # int, str and bytes pack as the key Packer packs them.
-        self._values = values = _Packers(partial(
-            msgpack.Packer, use_bin_type=True, autoreset=True, strict_types=True,
-            default=self._default))
-        take, give, new = values.idle.pop, values.idle.append, values.new
-        scalars, check, null, ok = _SCALARS, _check_value, ffi.NULL, lib.SHM_OK
 
         def encode_value(value: Any) -> bytes:
             """The msgpack encoding of value; TypeError, before anything is
@@ -257,9 +270,6 @@ class Codec:
 
     def _inside(self, items: list[Any]) -> bytes:
         return self._values.pack(items)
-
-    def _tuple(self, obj: tuple[Any, ...]) -> msgpack.ExtType:
-        return msgpack.ExtType(_TUPLE, self._inside(list(obj)))
 
     def _set(self, obj: set[Any]) -> msgpack.ExtType:
         return msgpack.ExtType(_SET, self._inside(list(obj)))

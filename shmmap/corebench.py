@@ -23,8 +23,6 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
-import msgpack
-
 from ._core import ffi, lib
 from .client import connect
 from .codec import decode_key, decode_value, encode_key, encode_value

@@ -5,11 +5,9 @@ import mmap
 from itertools import chain
 from typing import Any, Iterator, Optional
 
-import msgpack
-
 from . import status
 from ._core import ffi, lib
-from .codec import CODEC, Codec
+from .codec import CODEC, Codec, decode_key
 
 _LEN_BITS = lib.SHM_FOUND_LEN_BITS
 _LEN_MASK = (1 << _LEN_BITS) - 1
@@ -26,7 +24,6 @@ EXPORT_BUFFER = 4096         # initial bytes of each export buffer; grows
 DELTA_BUFFER = 16384         # initial bytes of each of a delta scan's buffers
 DELTA_BUFFER_MAX = 4 << 20   # ... grown while a scan has more than they take
 
-_unpackb = msgpack.unpackb     # keys only: values decode through the map's Codec
 
 
 class Generation:
@@ -136,7 +133,7 @@ class Generation:
                     break
                 if x.count:
                     yield (
-                        _unpackb(ffi.buffer(keys, x.keys_len), use_list=False, raw=False),
+                        decode_key(ffi.buffer(keys, x.keys_len)),
                         self.decode(ffi.buffer(values, x.values_len)),
                     )
                 if rc == 1:
@@ -204,11 +201,10 @@ class Changes:
             status.check(rc, context=f"{self.gen.segment}: scanning for changes")
             keys, values, gone = self._bufs
             if x.count:
-                stored_keys.append(_unpackb(ffi.buffer(keys, x.keys_len), use_list=False,
-                                            raw=False))
+                stored_keys.append(decode_key(ffi.buffer(keys, x.keys_len)))
                 stored_values.append(self.gen.decode(ffi.buffer(values, x.values_len)))
             if x.dead_count:
-                dead.append(_unpackb(ffi.buffer(gone, x.dead_len), use_list=False, raw=False))
+                dead.append(decode_key(ffi.buffer(gone, x.dead_len)))
             if rc == 1:
                 self.since = snap
                 return stored_keys, stored_values, dead
