@@ -162,8 +162,8 @@ class MapOps:
 
     def op_hello(self, conn: Connection, version: Any) -> Result:
         if version != protocol.VERSION:
-            raise InvalidRequestError(f"protocol version {version!r}, the daemon speaks "
-                                      f"{protocol.VERSION}")
+            raise InvalidRequestError(f"the client speaks protocol version {version!r}, the "
+                                      f"daemon {protocol.VERSION}: run the same shmmap in both")
         if conn.slot < 0:
             conn.slot = self.slots.assign(conn.peer.pid)
         lim = self.writer.limits

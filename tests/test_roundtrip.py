@@ -22,7 +22,10 @@ import pytest
 
 import shmmap
 from shmmap.codec import MAX_DEPTH, Codec
+from shmmap.protocol import VERSION, Err, Op
 from shmmap.reader import MapReader
+
+from test_protocol_fuzz import connect_raw, read_replies
 
 CTX = mp.get_context("spawn")
 
@@ -388,3 +391,18 @@ def test_serve_help_says_limits_count_encoded_bytes() -> None:
     text = " ".join(serve.format_help().split())
     assert "largest value, counted as its msgpack encoding" in text
     assert "largest key, counted as its msgpack encoding" in text
+
+
+def test_a_client_of_the_protocol_before_these_types_is_refused_clearly(map_name: str) -> None:
+    # Protocol 1 sent tuples as arrays and read them as lists.
+    assert VERSION == 2
+    with shmmap.Daemon(map_name) as d:
+        sock = connect_raw(str(d.socket_path))
+        try:
+            sock.sendall(msgpack.packb([Op.HELLO, 1, 1]))
+            [reply] = read_replies(sock, 1)
+        finally:
+            sock.close()
+        assert reply[:2] == [1, Err.INVALID]
+        assert reply[2] == "the client speaks protocol version 1, the daemon 2: run the same " \
+            "shmmap in both"
