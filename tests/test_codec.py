@@ -1,6 +1,7 @@
-"""Keys and values as bytes: the canonical key encoding (shmmap.codec and
-the C core's check of it), the checks the daemon makes on every key and
-value before it stores them, and a writer that rejects a bad batch whole.
+"""Keys and values as bytes: the canonical key encoding (shmmap.shared.codec
+and the C core's check of it), the checks the daemon makes on every key
+and value before it stores them, and a writer that rejects a bad batch
+whole.
 
 The safety property behind the checks: whatever shm_check_value accepts,
 every reader can decode; whatever shm_check_key accepts is the one
@@ -19,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmmap._core import ffi, lib
-from shmmap.codec import decode_key, decode_value, encode_key, encode_pair, encode_value
-from shmmap.errors import InvalidRequestError, LimitError, MapFullError
-from shmmap.reader import MapReader, lookup_in
-from shmmap.protocol import DELETE, STORE, batch_blob
-from shmmap.writer import Limits, MapWriter
+from shmmap.client.reader import MapReader, lookup_in
+from shmmap.server.writer import MapWriter
+from shmmap.shared.codec import decode_key, decode_value, encode_key, encode_pair, encode_value
+from shmmap.shared.config import Limits
+from shmmap.shared.errors import InvalidRequestError, LimitError, MapFullError
+from shmmap.shared.protocol import DELETE, STORE, batch_blob
 
 ERR_LEN = 256
 MAX_DEPTH = lib.SHM_MAX_DEPTH

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from conftest import remove_map, unique_map_name
 from shmmap._core import lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.reader import MapReader, lookup_in
-from shmmap.protocol import batch_blob
-from shmmap.writer import MapWriter
+from shmmap.client.reader import MapReader, lookup_in
+from shmmap.server.writer import MapWriter
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import batch_blob
 
 M64 = (1 << 64) - 1
 ABSENT = object()

@@ -21,10 +21,10 @@ import pytest
 import shmmap
 from shmmap import MapClosedError
 from shmmap._core import lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.protocol import batch_blob
-from shmmap.reader import MapReader
-from shmmap.writer import MapWriter
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import batch_blob
 
 CTX = mp.get_context("spawn")
 KEYS = 5000
