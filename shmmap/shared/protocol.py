@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 import struct
 import tempfile
 from pathlib import Path
@@ -188,3 +189,18 @@ def default_socket_dir() -> Path:
 def default_socket_path(name: str) -> Path:
     """Where map name's daemon listens unless told otherwise (--socket)."""
     return default_socket_dir() / f"{name}.sock"
+
+
+def socket_in_use(path: Path) -> bool:
+    """Whether a process listens on the Unix socket at path. The connect
+    does not block: a full backlog means a listener too."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(str(path))
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:         # refused (none listens), absent, not a socket
+        return False
+    finally:
+        probe.close()
+    return True
