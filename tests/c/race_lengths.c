@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "shmmap.h"
+#include "core.h"
 
 #define KEYS        8           /* int keys 0..KEYS-1, fixints */
 #define VALUE_LEN   10          /* bin8 of 8 bytes */
