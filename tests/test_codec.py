@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmmap._core import ffi, lib
-from shmmap.client.reader import MapReader, lookup_in
+from shmmap.client.reader import MapReader
 from shmmap.server.writer import MapWriter
 from shmmap.shared.codec import decode_key, decode_value, encode_key, encode_pair, encode_value
 from shmmap.shared.config import Limits
@@ -406,7 +406,8 @@ def test_int_lookups_from_c_find_what_python_encoded(map_name: str) -> None:
         w.promote()                     # now from the read table
         for k in stored:
             assert r.lookup(k) == str(k), k
-            assert lookup_in(r.generation, k, r.generation.snapshot()) == str(k)
+            gen = r.generation
+            assert gen.lookup_raw(encode_key(k), gen.snapshot()) == encode_value(str(k))
         assert r.lookup(True) == "1" and r.lookup(False) == "0" and r.lookup(Color.RED) == "1"
         with pytest.raises(TypeError):
             r.lookup(2**64)

@@ -28,7 +28,6 @@ _unpackb = msgpack.unpackb
 # retry means the daemon published again meanwhile, so this bounds only
 # pathological churn (or a corrupt header).
 _REMAP_TRIES = 1000
-_MISSING = object()
 
 
 def open_header(name: str) -> Any:
@@ -211,10 +210,6 @@ class MapReader:
         raise CorruptSegmentError(
             f"map {self.name!r}: superseded {_REMAP_TRIES} times during one lookup")
 
-    def contains(self, key: Any) -> bool:
-        """Whether key is in the map now."""
-        return self.lookup(key, _MISSING) is not _MISSING
-
     def pin(self) -> tuple[Generation, int]:
         """The current generation and its committed seq: a consistent view
         that stays readable for as long as the Generation is referenced."""
@@ -258,9 +253,3 @@ def _forget_generation(reader_ref: "weakref.ref[MapReader]") -> Any:
             reader._report_mapped()
     return forget
 
-
-def lookup_in(gen: Generation, key: Any, snap: int, default: Optional[Any] = None) -> Any:
-    """The value of key in gen at snapshot snap (for snapshot reads)."""
-    kb = encode_key(key)
-    packed = lib.shm_lookup_at(gen.view, kb, len(kb), snap)
-    return gen.value_at(packed) if packed >= 0 else default

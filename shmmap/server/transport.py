@@ -103,7 +103,7 @@ class Later:
 
 
 class Stop(enum.IntEnum):
-    """Why serve_bytes stopped (SHM_STOP_* of cext/shmmap.h)."""
+    """Why serve_bytes stopped (SHM_STOP_* of cext/core.h)."""
 
     END = lib.SHM_STOP_END        # every byte served
     MORE = lib.SHM_STOP_MORE      # an incomplete request: wait for more bytes

@@ -1,4 +1,4 @@
-"""The C core's status codes as exceptions: one table in ``cext/shmmap.h``
+"""The C core's status codes as exceptions: one table in ``cext/core.h``
 (``SHM_*``, named by ``shm_strerror``), one mapping to the classes of
 :mod:`shmmap.shared.errors`, one helper that raises."""
 from __future__ import annotations

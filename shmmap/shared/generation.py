@@ -156,7 +156,7 @@ class Generation:
 
 class Changes:
     """What changed in one generation since a snapshot, scan after scan:
-    each scan reads the arena from where the last one stopped (shmmap.h,
+    each scan reads the arena from where the last one stopped (core.h,
     shm_delta_batch), so it costs the writes since, not the map.
 
     Holds its Generation (the view its C calls use)."""

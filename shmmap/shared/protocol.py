@@ -44,7 +44,7 @@ BUCKET_BOUNDS: tuple[float, ...] = (
 class Spin:
     """How long a waiter polls (yielding the core on each turn) before it
     sleeps, adapted to what polling bought lately: a struct shm_spin,
-    whose comment in cext/shmmap.h gives the policy. The C waits take it
+    whose comment in cext/core.h gives the policy. The C waits take it
     (``c``) and adapt it themselves; Python's waits (the daemon's _poll
     path) use these methods."""
 

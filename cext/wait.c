@@ -1,14 +1,15 @@
 /*
- * call.c -- waiting without Python: the clock, the spin policy (how long
+ * wait.c -- waiting without Python: the clock, the spin policy (how long
  * a waiter polls before it sleeps; see struct shm_spin), and a client's
  * wait for the daemon's reply on its socket.
  *
- * The Python version of the socket wait raised and caught an exception per
- * failed receive and crossed into the interpreter on every turn of the
- * spin; here one C call does the whole wait with the GIL released (cffi
- * releases it), so other threads of the client run meanwhile. The policy
- * is here too, so that a wait adapts it without a call back into Python,
- * and the daemon's loop (serve.c) follows the same one.
+ * The socket wait is one C call, with the GIL released (cffi releases
+ * it), so other threads of the client run meanwhile; and a turn of its
+ * spin costs a receive and a yield, where in Python each turn would cross
+ * into the interpreter and raise an exception for the receive that found
+ * nothing. The policy is here too, so that a wait adapts it without a
+ * call back into Python, and the daemon's loop (serve.c) follows the same
+ * one.
  */
 /* clock_gettime and poll: POSIX, which -std=c11 leaves out. */
 #define _POSIX_C_SOURCE 200809L
