@@ -21,9 +21,9 @@ import msgpack
 import pytest
 
 import shmmap
-from shmmap.codec import MAX_DEPTH, Codec
-from shmmap.protocol import VERSION, Err, Op
-from shmmap.reader import MapReader
+from shmmap.client.reader import MapReader
+from shmmap.shared.codec import MAX_DEPTH, Codec
+from shmmap.shared.protocol import VERSION, Err, Op
 
 from test_protocol_fuzz import connect_raw, read_replies
 
@@ -382,7 +382,7 @@ def test_limits_count_encoded_bytes_and_say_so(map_name: str) -> None:
 
 
 def test_serve_help_says_limits_count_encoded_bytes() -> None:
-    from shmmap.cli import build_parser
+    from shmmap.cli.main import build_parser
     serve: Optional[Any] = None
     parser = build_parser()
     for action in parser._subparsers._group_actions:    # type: ignore[union-attr]
