@@ -364,7 +364,8 @@ class ReadCache:
         self.hot = (version, word, data)
         return data
 
-    def _scan(self, changes: Changes) -> Optional[tuple[Changes, list[tuple[list, list, list]]]]:
+    def _scan(self, changes: Changes
+              ) -> Optional[tuple[Changes, list[tuple[list[Any], list[Any], list[Any]]]]]:
         """The changes since the dict's seq up to now, a phase per
         generation (one promotion is followed); None if the dict must be
         loaded again."""

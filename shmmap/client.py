@@ -63,28 +63,28 @@ class _NothingSent(Exception):
     daemon cannot have applied them (the cause is chained)."""
 
 
-class _Keys(KeysView):  # type: ignore[type-arg]
+class _Keys(KeysView[Any]):
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("keys")
 
 
-class _Values(ValuesView):  # type: ignore[type-arg]
+class _Values(ValuesView[Any]):
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("values")
 
 
-class _Items(ItemsView):  # type: ignore[type-arg]
+class _Items(ItemsView[Any, Any]):
     _mapping: "SharedMap"
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._pairs()
 
 
-class SharedMap(MutableMapping):  # type: ignore[type-arg]
+class SharedMap(MutableMapping[Any, Any]):
     """A map shared with every process of this host that connects to it.
 
     A MutableMapping, plus the operations of Go's sync.Map under Python
@@ -711,17 +711,17 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def __iter__(self) -> Iterator[Any]:
         return self._iterate("keys")
 
-    def keys(self) -> KeysView:  # type: ignore[type-arg]
+    def keys(self) -> KeysView[Any]:
         """The keys; each iteration over them reads one snapshot."""
         self._open()
         return _Keys(self)
 
-    def values(self) -> ValuesView:  # type: ignore[type-arg]
+    def values(self) -> ValuesView[Any]:
         """The values; each iteration over them reads one snapshot."""
         self._open()
         return _Values(self)
 
-    def items(self) -> ItemsView:  # type: ignore[type-arg]
+    def items(self) -> ItemsView[Any, Any]:
         """The (key, value) pairs; each iteration over them reads one
         snapshot, however long it runs."""
         self._open()
@@ -793,7 +793,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 return key, value
         raise KeyError("popitem(): map is empty")
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Stores many pairs; each blob of about BATCH_BYTES is atomic, and
         the blobs are pipelined."""
         self._open()

@@ -98,7 +98,7 @@ class MapOps:
                 if stop != lib.SHM_STOP_FULL:
                     break
         finally:
-            if cbuf is not buf:
+            if not isinstance(cbuf, bytes):
                 ffi.release(cbuf)
         if served:
             writer.seq = s.seq

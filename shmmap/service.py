@@ -48,7 +48,7 @@ class Daemon:
         self.socket_path = Path(options.get("socket") or protocol.default_socket_path(name))
         self.socket_path = self.socket_path.absolute()     # the child runs in CHILD_CWD
         self.process: Optional[subprocess.Popen[bytes]] = None
-        self._log: Optional[IO[bytes]] = tempfile.TemporaryFile()
+        self._log: Optional[IO[bytes]] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _keep_log)
         self._final_log = ""
 
     def _command(self, ready_fd: int) -> list[str]:
