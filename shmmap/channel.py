@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from ._core import ffi, lib
 
 if TYPE_CHECKING:
-    from ._core import CBuffer, CData
+    from ._core import CBuffer, struct_shm_chan, struct_shm_spin
 
 REQUEST_BYTES = lib.SHM_CHAN_REQUEST    # a longer request goes on the socket
 BLOB_BYTES = REQUEST_BYTES - lib.SHM_BATCH_HEADER   # ... a batch's blob, framed
@@ -49,14 +49,14 @@ class Channel:
                 raise OSError(err, f"cannot map the daemon's channel: {os.strerror(err)}")
         finally:
             os.close(memfd)
-        self._chan: Optional[CData] = chan     # None once closed
+        self._chan: Optional[struct_shm_chan] = chan     # None once closed
         self.efd = efd
         self.sockfd = sockfd
         self.ticket = 0
         self.outstanding: Optional[int] = None
         self._reply: Optional[CBuffer] = ffi.buffer(chan.reply, REPLY_BYTES)
 
-    def batch(self, rid: int, blob: bytes, spin: CData, timeout_ms: int) -> int:
+    def batch(self, rid: int, blob: bytes, spin: struct_shm_spin, timeout_ms: int) -> int:
         """Posts the batch request rid of blob as the next ticket and waits
         for its reply (shm_chan_batch, spin a struct shm_spin): 0 for its
         acknowledgement, the length of any other reply, or -errno."""

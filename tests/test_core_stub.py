@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from shmmap._core import lib
+from shmmap._core import ffi, lib
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "shmmap" / "_core.pyi"
@@ -24,15 +24,15 @@ def _tool() -> ModuleType:
     return module
 
 
-def _stub_lib_names(text: str) -> set[str]:
-    (lib_class,) = [n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == "_Lib"]
-    names = set()
-    for node in lib_class.body:
-        if isinstance(node, ast.FunctionDef):
-            names.add(node.name)
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            names.add(node.target.id)
-    return names
+def _stub_classes(text: str) -> dict[str, list[str]]:
+    """Each class of the stub: the names it declares, in order."""
+    classes = {}
+    for cls in ast.parse(text).body:
+        if isinstance(cls, ast.ClassDef):
+            classes[cls.name] = [n.name if isinstance(n, ast.FunctionDef) else n.target.id
+                                 for n in cls.body if isinstance(n, ast.FunctionDef)
+                                 or isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    return classes
 
 
 def test_the_stub_is_what_the_tool_makes_of_the_cdef() -> None:
@@ -42,8 +42,17 @@ def test_the_stub_is_what_the_tool_makes_of_the_cdef() -> None:
 
 
 def test_the_stub_names_every_function_and_constant_of_the_built_core() -> None:
-    stub = _stub_lib_names(STUB.read_text())
+    stub = set(_stub_classes(STUB.read_text())["_Lib"])
     built = {n for n in dir(lib) if not n.startswith("__")}
     assert stub, "the stub declares nothing"
     assert sorted(built - stub) == [], "in the core, not in the stub"
     assert sorted(stub - built) == [], "in the stub, not in the core"
+
+
+def test_the_stub_has_every_struct_of_the_built_core_with_its_fields() -> None:
+    stub = {name[len("struct_"):]: fields for name, fields in _stub_classes(STUB.read_text()).items()
+            if name.startswith("struct_")}
+    structs = ffi.list_types()[1]
+    assert structs and sorted(stub) == sorted(structs)
+    for name in structs:
+        assert stub[name] == [f for f, _ in ffi.typeof(f"struct {name}").fields], name
