@@ -543,6 +543,7 @@ class _Lib:
     SHM_WAIT_SLEPT_ONLY: Final[int]
     SHM_WAIT_WON: Final[int]
     shm_gen_infix: CData
+    shm_legacy_prefix: CData
     shm_name_prefix: CData
     shm_readers_suffix: CData
     def shm_apply(self, v: struct_shm_view | CData, blob: CData | bytes, len: int, seq: int, info: struct_shm_apply_info | CData, err: CData, errlen: int, /) -> int: ...
