@@ -2,6 +2,8 @@
 # tests/test_core_stub.py fails when the two differ.
 from typing import Any, Final, Literal, overload, type_check_only
 
+from typing_extensions import Self
+
 @type_check_only
 class CData:
     """A cdata of a C type known only at run time (cffi checks it): its
@@ -27,7 +29,11 @@ class CBuffer:
 
 @type_check_only
 class _Struct:
-    """A pointer to a struct: its fields are read and written through it."""
+    """A pointer to a struct: its fields are read and written through it,
+    and p[i] is the i-th struct of an array that p points into."""
+    def __getitem__(self, index: int) -> Self: ...
+    def __setitem__(self, index: int, value: Any) -> None: ...
+    def __add__(self, offset: int) -> Self: ...
     def __bool__(self) -> bool: ...
     def __eq__(self, other: object) -> bool: ...
 
