@@ -26,12 +26,15 @@ def _tool() -> ModuleType:
 
 def _stub_classes(text: str) -> dict[str, list[str]]:
     """Each class of the stub: the names it declares, in order."""
-    classes = {}
+    classes: dict[str, list[str]] = {}
     for cls in ast.parse(text).body:
         if isinstance(cls, ast.ClassDef):
-            classes[cls.name] = [n.name if isinstance(n, ast.FunctionDef) else n.target.id
-                                 for n in cls.body if isinstance(n, ast.FunctionDef)
-                                 or isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+            names = classes[cls.name] = []
+            for node in cls.body:
+                if isinstance(node, ast.FunctionDef):
+                    names.append(node.name)
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    names.append(node.target.id)
     return classes
 
 
