@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from .._core import ffi, lib
 
 if TYPE_CHECKING:
-    from ._core import CBuffer, struct_shm_chan, struct_shm_spin
+    from .._core import CBuffer, struct_shm_chan, struct_shm_spin
 
 REQUEST_BYTES = lib.SHM_CHAN_REQUEST    # a longer request goes on the socket
 BLOB_BYTES = REQUEST_BYTES - lib.SHM_BATCH_HEADER   # ... a batch's blob, framed
