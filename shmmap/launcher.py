@@ -72,7 +72,7 @@ class Daemon:
                 cmd += [flag, str(value)]
         return cmd
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         """Starts the daemon and returns once it serves the map (or raises
         DaemonRunningError, DaemonStartError with the daemon's own words)."""
         if self.process is not None or self._log is None:
@@ -155,7 +155,7 @@ class Daemon:
             self.process.kill()
             return self.process.wait()
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

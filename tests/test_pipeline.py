@@ -13,7 +13,7 @@ from shmmap.client.map import PIPELINE_WRITES
 CTX = mp.get_context("spawn")
 
 
-def _read_in_child(name: str, keys: list[int], q: "mp.Queue[object]") -> None:
+def _read_in_child(name: str, keys: list[int], q: mp.Queue[object]) -> None:
     with shmmap.connect(name) as m:
         q.put([m.get(k) for k in keys])
 

@@ -48,7 +48,7 @@ _BATCH_RESULT = [None]     # ... and its results
 _BATCHES = [Op.BATCH]      # the ops of _write_many's requests
 _MISSING: Any = object()
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
-_live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
+_live_maps: weakref.WeakValueDictionary[int, SharedMap] = weakref.WeakValueDictionary()
 
 
 def _forget_connections_in_child() -> None:
@@ -65,21 +65,21 @@ class _NothingSent(Exception):
 
 
 class _Keys(KeysView[Any]):
-    _mapping: "SharedMap"
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("keys")
 
 
 class _Values(ValuesView[Any]):
-    _mapping: "SharedMap"
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("values")
 
 
 class _Items(ItemsView[Any, Any]):
-    _mapping: "SharedMap"
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._pairs()
@@ -121,7 +121,7 @@ class SharedMap(MutableMapping[Any, Any]):
         self.cache_limits = CacheLimits(cache_keys, cache_bytes)
         # The read fast path loads self._cache.hot and nothing else; before
         # the map is opened it never matches, so the first read opens it.
-        self._cache: "NoCache | ReadCache" = NoCache()
+        self._cache: NoCache | ReadCache = NoCache()
         # Opt-in trace events (iterations, waits): see shmmap.client.tracer.
         self._trace_path = trace
         self._trace = client_tracer(trace)
@@ -199,7 +199,7 @@ class SharedMap(MutableMapping[Any, Any]):
         if reader is not None:
             reader.close()
 
-    def __enter__(self) -> "SharedMap":
+    def __enter__(self) -> SharedMap:
         self._open()
         return self
 
@@ -748,7 +748,7 @@ class SharedMap(MutableMapping[Any, Any]):
         merged.update(self.snapshot())
         return merged
 
-    def __ior__(self, other: Any) -> "SharedMap":
+    def __ior__(self, other: Any) -> SharedMap:
         self.update(other)
         return self
 
@@ -877,7 +877,7 @@ class SharedMap(MutableMapping[Any, Any]):
                 return
 
     @contextmanager
-    def batch(self) -> Iterator["Batch"]:
+    def batch(self) -> Iterator[Batch]:
         """``with m.batch() as b: b[k] = v; del b[j]`` -- applied as one
         atomic write when the block ends without an exception."""
         self._open()
@@ -886,7 +886,7 @@ class SharedMap(MutableMapping[Any, Any]):
         if b.items:
             self._write(batch_blob(b.items))
 
-    def pipeline(self) -> "Pipeline":
+    def pipeline(self) -> Pipeline:
         """``with m.pipeline() as p: p[k] = v; del p[j]`` -- writes sent
         without waiting for each acknowledgement: they go to the daemon in
         bursts of up to PIPELINE_WRITES, each burst one round trip, and the
@@ -989,7 +989,7 @@ class Pipeline:
         if blobs:
             self._map._write_many(blobs)
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -71,7 +71,7 @@ class MapOps:
             self.writer.commit()
             self.uncommitted = False
 
-    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+    def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
                     pos: int) -> tuple[int, int, Any, int]:
         """Serves the batch requests of buf from pos on in C (shm_serve):
         applies each, appending its reply to conn.out, up to the first
