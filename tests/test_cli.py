@@ -461,8 +461,8 @@ SPAWN = mp.get_context("spawn")
 
 
 def _main_as_nobody(argv: list[str], out_path: str, err_path: str) -> None:
-    sys.stdout = open(out_path, "w")
-    sys.stderr = open(err_path, "w")
+    sys.stdout = open(out_path, "w")      # noqa: SIM115 (this child's output until os._exit)
+    sys.stderr = open(err_path, "w")      # noqa: SIM115
     try:
         # Everything is imported first (nobody may not read the stdlib): the
         # parser's modules, and the daemon's, which serve imports when it runs.

@@ -174,7 +174,8 @@ def _daemon_results(m: shmmap.SharedMap, rows: list[str]) -> dict[str, dict[str,
     removed.update((k, m.load_and_delete(k)[0]) for k in rows[1::2])
     for k in rows:
         m[k] = expected[k]
-    return {"items after the writes (the cache's deltas)": dict(m.items()), "swap": swapped, "load_or_store": loaded, "pop and load_and_delete": removed,
+    return {"items after the writes (the cache's deltas)": dict(m.items()), "swap": swapped,
+            "load_or_store": loaded, "pop and load_and_delete": removed,
             "compare_and_swap with an equal value": {k: expected[k] for k in equal}}
 
 

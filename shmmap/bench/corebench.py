@@ -4,7 +4,7 @@ run -- first without a daemon (one process writes and reads the map), then
 through a real daemon and client (get, iteration, synchronous and batched
 stores).
 
-Last, the cache's goals (issue 10) from processes other than the writer:
+Last, what the reader's cache is for, from processes other than the writer:
 iterating 100k int->int idle and under a 50/50 load process, gets through
 a harness that calls them, and iterating str->dict values that changed
 little since the last iteration -- each against a dict in that process.
@@ -36,7 +36,7 @@ REPEATS = 5
 LOAD_CHUNK = 50_000
 CLIENT_KEYS = 100_000
 SYNC_WRITES = 20_000
-TARGETS = {   # (dataset, row): (limit, how) -- from the issues
+TARGETS = {   # (dataset, row): (limit, how) -- what the design promises
     ("int->int", "get from Python"): (10.0, "ratio"),
     ("int->int", "iterate: export + decode + loop"): (2.5, "ratio"),
     ("int->int", "promotion"): (500.0, "ms@1M"),

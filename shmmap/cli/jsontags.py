@@ -72,8 +72,10 @@ def to_json(x: Any, key: bool = False) -> Any:
         return {SET if isinstance(x, set) else FROZENSET: [to_json(i) for i in x]}
     if isinstance(x, datetime.datetime):
         tz = x.tzinfo
+        offset = tz.utcoffset(x) if tz is not None else None
         name = None
-        if tz is not None and tz.tzname(x) != datetime.timezone(tz.utcoffset(x)).tzname(x):
+        if tz is not None and offset is not None and \
+                tz.tzname(x) != datetime.timezone(offset).tzname(x):
             name = tz.tzname(x)
         return {DATETIME: [x.isoformat(), x.fold, name]}
     if isinstance(x, datetime.date):

@@ -48,7 +48,7 @@ _BATCH_RESULT = [None]     # ... and its results
 _BATCHES = [Op.BATCH]      # the ops of _write_many's requests
 _MISSING: Any = object()
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
-_live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
+_live_maps: weakref.WeakValueDictionary[int, SharedMap] = weakref.WeakValueDictionary()
 
 
 def _forget_connections_in_child() -> None:
@@ -64,28 +64,28 @@ class _NothingSent(Exception):
     daemon cannot have applied them (the cause is chained)."""
 
 
-class _Keys(KeysView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+class _Keys(KeysView[Any]):
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("keys")
 
 
-class _Values(ValuesView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+class _Values(ValuesView[Any]):
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("values")
 
 
-class _Items(ItemsView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+class _Items(ItemsView[Any, Any]):
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._pairs()
 
 
-class SharedMap(MutableMapping):  # type: ignore[type-arg]
+class SharedMap(MutableMapping[Any, Any]):
     """A map shared with every process of this host that connects to it.
 
     A MutableMapping, plus the operations of Go's sync.Map under Python
@@ -127,7 +127,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self.cache_limits = CacheLimits(cache_keys, cache_bytes)
         # The read fast path loads self._cache.hot and nothing else; before
         # the map is opened it never matches, so the first read opens it.
-        self._cache: "NoCache | ReadCache" = NoCache()
+        self._cache: NoCache | ReadCache = NoCache()
         # Opt-in trace events (iterations, waits): see shmmap.client.tracer.
         self._trace_path = trace
         self._trace = client_tracer(trace)
@@ -205,7 +205,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if reader is not None:
             reader.close()
 
-    def __enter__(self) -> "SharedMap":
+    def __enter__(self) -> SharedMap:
         self._open()
         return self
 
@@ -718,17 +718,17 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def __iter__(self) -> Iterator[Any]:
         return self._iterate("keys")
 
-    def keys(self) -> KeysView:  # type: ignore[type-arg]
+    def keys(self) -> KeysView[Any]:
         """The keys; each iteration over them reads one snapshot."""
         self._open()
         return _Keys(self)
 
-    def values(self) -> ValuesView:  # type: ignore[type-arg]
+    def values(self) -> ValuesView[Any]:
         """The values; each iteration over them reads one snapshot."""
         self._open()
         return _Values(self)
 
-    def items(self) -> ItemsView:  # type: ignore[type-arg]
+    def items(self) -> ItemsView[Any, Any]:
         """The (key, value) pairs; each iteration over them reads one
         snapshot, however long it runs."""
         self._open()
@@ -754,7 +754,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         merged.update(self.snapshot())
         return merged
 
-    def __ior__(self, other: Any) -> "SharedMap":
+    def __ior__(self, other: Any) -> SharedMap:
         self.update(other)
         return self
 
@@ -800,7 +800,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 return key, value
         raise KeyError("popitem(): map is empty")
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Stores many pairs; each blob of about BATCH_BYTES is atomic, and
         the blobs are pipelined."""
         self._open()
@@ -885,7 +885,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 return
 
     @contextmanager
-    def batch(self) -> Iterator["Batch"]:
+    def batch(self) -> Iterator[Batch]:
         """``with m.batch() as b: b[k] = v; del b[j]`` -- applied as one
         atomic write when the block ends without an exception."""
         self._open()
@@ -894,7 +894,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if b.items:
             self._write(batch_blob(b.items))
 
-    def pipeline(self) -> "Pipeline":
+    def pipeline(self) -> Pipeline:
         """``with m.pipeline() as p: p[k] = v; del p[j]`` -- writes sent
         without waiting for each acknowledgement: they go to the daemon in
         bursts of up to PIPELINE_WRITES, each burst one round trip, and the
@@ -998,7 +998,7 @@ class Pipeline:
         if blobs:
             self._map._write_many(blobs)
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: Any) -> None:

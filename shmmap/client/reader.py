@@ -248,10 +248,10 @@ def _locate(gen: Generation, key: Any) -> int:
     return _lookup(gen.view, kb, len(kb))
 
 
-def _forget_generation(reader_ref: "weakref.ref[MapReader]") -> Any:
+def _forget_generation(reader_ref: weakref.ref[MapReader]) -> Any:
     """The weakref callback of a generation: drops it from its reader's live
     generations and reports the rest to the reader slot."""
-    def forget(ref: "weakref.ref[Generation]") -> None:
+    def forget(ref: weakref.ref[Generation]) -> None:
         reader = reader_ref()
         if reader is not None:
             reader._live.pop(id(ref), None)

@@ -71,7 +71,7 @@ class MapOps:
             self.writer.commit()
             self.uncommitted = False
 
-    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+    def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
                     pos: int) -> tuple[int, int, Any, int]:
         """Serves the batch requests of buf from pos on in C (shm_serve):
         applies each, appending its reply to conn.out, up to the first
@@ -98,7 +98,7 @@ class MapOps:
                 if stop != lib.SHM_STOP_FULL:
                     break
         finally:
-            if cbuf is not buf:
+            if not isinstance(cbuf, bytes):
                 ffi.release(cbuf)
         if served:
             writer.seq = s.seq

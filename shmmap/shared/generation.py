@@ -115,7 +115,7 @@ class Generation:
         packed = lib.shm_lookup_at(self.view, key, len(key), snap)
         return self.raw_at(packed) if packed >= 0 else None
 
-    def batches(self, snap: int) -> Iterator[tuple[tuple, list]]:
+    def batches(self, snap: int) -> Iterator[tuple[tuple[Any, ...], list[Any]]]:
         """Yields (keys, values) of the entries visible at snap, a batch at
         a time, each batch decoded by two msgpack calls."""
         x = ffi.new("struct shm_export *")
@@ -183,16 +183,16 @@ class Changes:
         x.keys, x.values, x.dead = self._bufs
         x.keys_cap = x.values_cap = x.dead_cap = cap
 
-    def scan(self, snap: int) -> tuple[list[tuple], list[list], list[tuple]]:
+    def scan(self, snap: int) -> tuple[list[tuple[Any, ...]], list[list[Any]], list[tuple[Any, ...]]]:
         """The keys stored after the last scan up to snap (a snapshot the
         caller loaded from this generation) with their values at snap, as
         decoded batches, and the keys deleted. CorruptSegmentError if the
         arena is not what the daemon writes (the scan is then unusable)."""
         x = self._x
         x.since, x.snap = self.since, snap
-        stored_keys: list[tuple] = []
-        stored_values: list[list] = []
-        dead: list[tuple] = []
+        stored_keys: list[tuple[Any, ...]] = []
+        stored_values: list[list[Any]] = []
+        dead: list[tuple[Any, ...]] = []
         while True:
             rc = lib.shm_delta_batch(self.gen.view, x)
             if rc == lib.SHM_EBUFSMALL:
