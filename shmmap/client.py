@@ -309,6 +309,16 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         self.daemon_info: dict[str, Any] = {}
         _live_maps[id(self)] = self
 
+    @property
+    def timeout(self) -> float:
+        """Seconds that connecting, and each write with its reply, may take."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        self._timeout_ms = math.ceil(seconds * 1000)   # the lean path's, in the C wait's unit
+
     # -- the closed state, and opening on first use ---------------------------------
 
     def _open(self) -> MapReader:
@@ -660,7 +670,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
             chan, got = self._chan, None
             if (chan is not None and chan.outstanding is None and self._trace is None
                     and len(blob) <= CHANNEL_BLOB_BYTES):
-                got = chan.batch(rid, blob, self._spin.c, math.ceil(self.timeout * 1000))
+                got = chan.batch(rid, blob, self._spin.c, self._timeout_ms)
                 if got == 0:
                     return          # acknowledged: visible to every process
             reader = self._reader
