@@ -8,13 +8,16 @@
  *
  * Three kinds of POSIX shared-memory segment make up a map NAME:
  *
- *   /shmmap-NAME          struct shm_map_header: who owns the map, its hash
+ *   /shmmap:NAME          struct shm_map_header: who owns the map, its hash
  *                         seed, and which generation is current.
- *   /shmmap-NAME-g<gen>   one generation: struct shm_gen_header, then the
+ *   /shmmap:NAME:g<gen>   one generation: struct shm_gen_header, then the
  *                         read index, the dirty index, the entries array and
  *                         the arena, at the offsets the header records.
- *   /shmmap-NAME-readers  SHM_MAX_READERS reader slots, one cache line each:
+ *   /shmmap:NAME:readers  SHM_MAX_READERS reader slots, one cache line each:
  *                         the only memory that clients write.
+ *
+ * A map's name never contains ':', so no segment of one map can carry the
+ * name of another map's segment (map "X:readers" cannot exist).
  *
  * One process, the daemon, writes generations; any number of readers map
  * them PROT_READ. Within a generation nothing published is ever overwritten
@@ -50,11 +53,15 @@
 #define SHM_MAGIC_MAP        0x50414d4d48530001  /* "SHMMAP" + kind 1 */
 #define SHM_MAGIC_GEN        0x50414d4d48530002  /* "SHMMAP" + kind 2 */
 #define SHM_MAGIC_READERS    0x50414d4d48530003  /* "SHMMAP" + kind 3 */
-#define SHM_LAYOUT_VERSION   2         /* 2: map version word, record entry
-                                          index, committed_arena, base_arena */
-#define SHM_NAME_PREFIX      "/shmmap-"
-#define SHM_GEN_INFIX        "-g"
-#define SHM_READERS_SUFFIX   "-readers"
+#define SHM_LAYOUT_VERSION   3         /* 2: map version word, record entry
+                                          index, committed_arena, base_arena;
+                                          3: segment names separated by a colon,
+                                          which map names lack (see above) */
+#define SHM_NAME_PREFIX      "/shmmap:"
+#define SHM_GEN_INFIX        ":g"
+#define SHM_READERS_SUFFIX   ":readers"
+#define SHM_LEGACY_PREFIX    "/shmmap-"  /* layout 2's names: /shmmap-NAME,
+                                            /shmmap-NAME-g<gen>, -readers */
 #define SHM_NAME_MAX         200       /* bytes of a map's name */
 #define SHM_SOCKET_PATH_MAX  108       /* sizeof(sockaddr_un.sun_path) */
 
@@ -153,7 +160,7 @@
 #define SHM_OP_STORE         0         /* op, key, value */
 #define SHM_OP_DELETE        1         /* op, key */
 
-/* The map header: segment /shmmap-NAME. Written at creation; daemon_pid and
+/* The map header: segment /shmmap:NAME. Written at creation; daemon_pid and
  * current_gen change later. */
 struct shm_map_header {
     uint64_t magic;                 /* SHM_MAGIC_MAP */
@@ -263,7 +270,7 @@ struct shm_record {
                                        SHM_REC_ENTRY_SHIFT */
 };
 
-/* One reader's cache line in /shmmap-NAME-readers. The client that owns it
+/* One reader's cache line in /shmmap:NAME:readers. The client that owns it
  * writes it with relaxed stores; the daemon reads it as untrusted input. */
 struct shm_reader_slot {
     uint64_t pid;                   /* 0: free */

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import __version__, jsontags, logs, segments
+from . import __version__, jsontags, legacy, logs, segments
 from ._core import ffi, lib
 from .client import connect
 from .codec import encode_key, encode_value
@@ -353,6 +353,18 @@ def _table(header: Sequence[str], rows: list[list[Any]], right: Sequence[bool]) 
         for r in cells)
 
 
+def _legacy_note() -> str:
+    """How many layout-2 segments (an older shmmap's maps, which this one
+    does not list) /dev/shm holds, and what removes them; "" if none."""
+    found = legacy.find()
+    if not found:
+        return ""
+    served = sum(s.served for s in found)
+    return (f"\n{len(found)} segments of an older shmmap (layout {lib.SHM_LAYOUT_VERSION - 1}, "
+            f"{legacy.PREFIX}*) are not listed, {served} of them served by its daemons: "
+            "`shmmap cleanup --legacy` removes those not served")
+
+
 def _run_ls(args: argparse.Namespace) -> int:
     rows = [map_status(n) for n in segments.map_names()]
     # A map removed since it was listed is not shown as broken.
@@ -360,16 +372,34 @@ def _run_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows, indent=2)
         return 0
-    if not rows:
-        print("no maps on this host")
-        return 0
     alive = {True: "yes", False: "no", None: "?"}
-    print(_table(
+    print((_table(
         ["NAME", "STATE", "PID", "ALIVE", "GEN", "KEYS", "SOCKET"],
         [[r["name"], r["state"], r["daemon_pid"] or None, alive[r["daemon_alive"]],
           r.get("generation"), f"{r['live_keys']:,}" if "live_keys" in r else None,
           r.get("socket", r.get("error", ""))] for r in rows],
-        [False, False, True, False, True, True, False]))
+        [False, False, True, False, True, True, False]) if rows else "no maps on this host")
+          + _legacy_note())
+    return 0
+
+
+def _run_legacy_cleanup(args: argparse.Namespace) -> int:
+    """Removes (or with --dry-run lists) the layout-2 segments no daemon
+    serves, of the named maps or of all; those served are reported and
+    left alone."""
+    found, removed = legacy.remove(args.names, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"segments": [{"segment": s.segment, "served": s.served} for s in found],
+                     "removed": removed, "dry_run": args.dry_run}, indent=2)
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for seg in found:
+        if seg.served:
+            print(f"left {seg.segment}: served by an older shmmap's daemon (stop it first)")
+    for path in removed:
+        print(f"{verb} {path}")
+    if not found:
+        print(f"no segments of an older shmmap ({legacy.PREFIX}*) on this host")
     return 0
 
 
@@ -377,6 +407,11 @@ def _run_cleanup(args: argparse.Namespace) -> int:
     """Removes the named maps, or every stale or broken one. A map whose
     daemon lives, or that this user may not read, is left alone: named, it
     is an error; found by looking, it is only reported."""
+    if args.legacy:
+        return _run_legacy_cleanup(args)
+    if args.dry_run:
+        print("shmmap: --dry-run goes with --legacy", file=sys.stderr)
+        return 2
     rows = [map_status(n) for n in (args.names or segments.map_names())]
     status = 0
     report = []
@@ -640,6 +675,13 @@ def _add_admin_commands(sub: Any) -> None:
                    help="maps to clean up (default: every map whose daemon is dead)")
     p.add_argument("--json", action="store_true",
                    help="print each map's state and what was removed as JSON")
+    p.add_argument("--legacy", action="store_true",
+                   help="instead, remove the segments an older shmmap (layout "
+                        f"{lib.SHM_LAYOUT_VERSION - 1}, named {legacy.PREFIX}NAME...) left, and "
+                        "their sockets (of the named maps, or all): all but those a live "
+                        "daemon of it serves")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --legacy: list what would be removed, remove nothing")
 
 
 def _seconds(text: str) -> float:

@@ -15,11 +15,37 @@ import msgpack
 Key = Any  # str | bytes | int | tuple of those
 _KEY_HINT = "keys must be str, bytes, int or tuples of them"
 
-# Packer.pack is not reentrant across threads in principle, but it runs
-# without releasing the GIL (no default= callback), so one module instance
-# serves every thread.
-_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-_pack = _packer.pack
+# A Packer keeps the bytes of the object it is packing in its own buffer,
+# and packing can run Python code halfway through (a dict subclass's
+# items(), a list subclass's __iter__), where the GIL may pass to another
+# thread. So a Packer must never serve two packs at once: each pack takes
+# one from the idle ones for itself and gives it back when done. list.pop()
+# and list.append() are atomic under the GIL, so no two packs ever hold the
+# same Packer, even when one runs inside another on the same thread. There
+# are as many as packs were ever in progress at once (the threads that
+# write). A pack that raises leaves its Packer to the garbage collector (a
+# new one is made when none is idle), so nothing needs a finally; only
+# encode_pair, which handles the TypeError itself, gives its Packer back
+# (a Packer empties its buffer after an error).
+_idle: list[msgpack.Packer] = []
+_take = _idle.pop
+_give = _idle.append
+
+
+def _packer() -> msgpack.Packer:
+    """A Packer no pack is using."""
+    try:
+        return _take()
+    except IndexError:
+        return msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def _pack(obj: Any) -> bytes:
+    """obj as msgpack."""
+    packer = _packer()
+    data = packer.pack(obj)
+    _give(packer)
+    return data
 
 
 def _check_key(key: object) -> object:
@@ -69,9 +95,16 @@ def encode_pair(key: Key, value: Any) -> bytes:
     t = type(key)
     if t is int or t is str or t is bytes:
         try:
-            return _pack(key) + _pack(value)
+            packer = _take()            # _packer(), inline: the hottest write
+        except IndexError:
+            packer = _packer()
+        try:
+            pair = packer.pack(key) + packer.pack(value)
         except (TypeError, ValueError, OverflowError):
-            pass                # encode_key and encode_value say what is wrong
+            _give(packer)       # encode_key and encode_value say what is wrong
+        else:
+            _give(packer)
+            return pair
     return encode_key(key) + encode_value(value)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from . import segments
+from . import legacy, segments
 from ._core import ffi, lib
 from .maplock import is_served
 from .protocol import Op
@@ -107,7 +107,24 @@ def diagnose(name: str, interval: float = 1.0) -> Report:
     checks += shm_space(report.live_keys, live_bytes)
     owner = (segments.SHM_DIR / segments.header_name(name)[1:]).stat().st_uid
     checks += remove_ipc(owner)
+    checks += legacy_segments(legacy.find())
     return report
+
+
+def legacy_segments(found: list[legacy.LegacySegment]) -> list[Finding]:
+    """A note if /dev/shm holds an older shmmap's segments: this one can
+    neither read nor serve those maps, and they take /dev/shm's space."""
+    if not found:
+        return []
+    served = sum(s.served for s in found)
+    return [Finding(
+        "legacy_segments", NOTE,
+        f"/dev/shm holds {len(found)} segments of an older shmmap (layout "
+        f"{lib.SHM_LAYOUT_VERSION - 1}, {legacy.PREFIX}*), {served} of them served by its "
+        "daemons; this shmmap can neither read nor serve those maps.",
+        "stop the older daemons no one needs; then `shmmap cleanup --legacy --dry-run` "
+        "lists and `shmmap cleanup --legacy` removes the segments no daemon serves.",
+        {"segments": len(found), "served": served})]
 
 
 # -- the daemon's counters -----------------------------------------------------

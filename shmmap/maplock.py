@@ -92,7 +92,13 @@ def is_served(name: str) -> bool:
     the lock when the daemon exits, however it exits, so unlike a pid this
     cannot name another process. False if the map has no header.
     PermissionError if this user may not open the header."""
-    fd = _open(_header_path(name))
+    return is_locked(_header_path(name))
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a process holds an exclusive flock on path (False if it does
+    not exist; PermissionError if this user may not open it)."""
+    fd = _open(path)
     if fd is None:
         return False
     try:

@@ -1,8 +1,10 @@
 """POSIX shared-memory segments: their names, creation, mapping, removal.
 
-A map NAME has a header segment ``/shmmap-NAME``, one segment per
-generation ``/shmmap-NAME-g<gen>`` and a reader-slot segment
-``/shmmap-NAME-readers`` (the affixes come from ``cext/shmmap.h``).
+A map NAME has a header segment ``/shmmap:NAME``, one segment per
+generation ``/shmmap:NAME:g<gen>`` and a reader-slot segment
+``/shmmap:NAME:readers`` (the affixes come from ``cext/shmmap.h``). A map
+name has no ':', so a segment's name says which map it belongs to and what
+it is: no map's segment can be another map's.
 Readers map segments ``PROT_READ``; only the daemon maps them writable.
 """
 from __future__ import annotations
@@ -26,9 +28,15 @@ SHM_DIR = Path("/dev/shm")
 _VALID_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
 
+def is_map_name(name: object) -> bool:
+    """Whether name is a valid map name: it has no ':' (see the module)."""
+    return isinstance(name, str) and bool(_VALID_NAME.fullmatch(name)) \
+        and len(name) <= lib.SHM_NAME_MAX
+
+
 def check_map_name(name: str) -> str:
     """name, if it is a valid map name; InvalidNameError otherwise."""
-    if not isinstance(name, str) or not _VALID_NAME.fullmatch(name) or len(name) > lib.SHM_NAME_MAX:
+    if not is_map_name(name):
         raise InvalidNameError(
             f"map name {name!r} must be 1-{lib.SHM_NAME_MAX} characters of "
             "letters, digits, '.', '_' and '-', not starting with '-'"
@@ -132,38 +140,9 @@ def map_segments(name: str) -> list[str]:
 
 def map_names() -> list[str]:
     """Names of the maps whose header segment exists on this host, this
-    user's and other users', readable or not.
-
-    A header this user can read is told apart from generation and reader
-    segments by its magic number. One it may not read is told by its name:
-    it is a header if the map's reader segment exists beside it, or if its
-    name is not that of a generation or reader segment. (Listing /dev/shm
-    needs no permission on the segments.)"""
+    user's and other users', readable or not: the segments whose name is
+    the prefix and a valid map name (listing /dev/shm needs no permission
+    on the segments; a generation's or the readers' name has a ':' more)."""
     base = PREFIX[1:]
-    present = {entry.name for entry in SHM_DIR.glob(base + "*")}
-    names = []
-    for entry in sorted(present):
-        magic = _magic(SHM_DIR / entry)
-        if magic == lib.SHM_MAGIC_MAP or (
-                magic is None and (entry + READERS_SUFFIX in present
-                                   or not _looks_like_part(entry[len(base):]))):
-            names.append(entry[len(base):])
-    return [n for n in names if _VALID_NAME.fullmatch(n)]
-
-
-def _magic(path: Path) -> Optional[int]:
-    """The first word of a segment (0 if it went away meanwhile); None if
-    this user may not read it."""
-    try:
-        with path.open("rb") as f:
-            return int.from_bytes(f.read(8), "little")
-    except FileNotFoundError:
-        return 0
-    except OSError:
-        return None
-
-
-def _looks_like_part(name: str) -> bool:
-    """Whether name is shaped like a generation or reader segment's name."""
-    head, infix, gen = name.rpartition(GEN_INFIX)
-    return name.endswith(READERS_SUFFIX) or bool(infix and head and gen.isdigit())
+    names = (entry.name[len(base):] for entry in SHM_DIR.glob(base + "*"))
+    return sorted(n for n in names if is_map_name(n))

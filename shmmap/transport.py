@@ -32,6 +32,7 @@ import msgpack
 
 from . import protocol
 from ._core import ffi, lib
+from .errors import DaemonRunningError
 from .protocol import Err
 
 log = logging.getLogger("shmmap.daemon")
@@ -547,8 +548,13 @@ class Transport:
 def _listen(path: Path, mode: int, group: Optional[int]) -> socket.socket:
     """A non-blocking socket listening at path with exactly mode and group."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if socket_in_use(path):
+        # Another map's daemon (--socket), or an older shmmap's serving a
+        # map of this name: its socket is not this daemon's to remove.
+        raise DaemonRunningError(f"{path}: another daemon listens on this socket "
+                                 "(see serve --socket)")
     if path.exists() or path.is_symlink():
-        path.unlink()   # stale: the caller checked that no live daemon holds the map
+        path.unlink()   # stale: no daemon listens, and the caller holds the map's lock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o777 & ~mode)
@@ -565,6 +571,21 @@ def _listen(path: Path, mode: int, group: Optional[int]) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def socket_in_use(path: Path) -> bool:
+    """Whether a process listens on the Unix socket at path. The connect
+    does not block: a full backlog means a listener too."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(str(path))
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:         # refused (none listens), absent, not a socket
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _new_round(epfd: int) -> tuple[Any, Any, Any, Any]:

@@ -97,9 +97,10 @@ class MapWriter:
                  seed: Optional[tuple[int, int]] = None) -> None:
         """Creates map name; FileExistsError if its header segment exists."""
         self._setup(name, mode, group, limits)
-        self._header_mm = segments.create(segments.header_name(name),
-                                          ffi.sizeof("struct shm_map_header"), data_mode(mode),
-                                          group)
+        seg = segments.header_name(name)
+        self._header_mm = segments.create(seg, ffi.sizeof("struct shm_map_header"),
+                                          data_mode(mode), group)
+        self._owned.add(seg)
         try:
             self._header_buf = ffi.from_buffer(self._header_mm)
             self.header: Any = ffi.cast("struct shm_map_header *", self._header_buf)
@@ -116,7 +117,7 @@ class MapWriter:
             self._note_room()
             lib.shm_map_publish_gen(self.header, 1)
         except BaseException:
-            self._remove_all()
+            self._remove_owned()
             raise
         self.seq = 0
 
@@ -134,6 +135,9 @@ class MapWriter:
         self.unmap: Callable[[Generation], None] = Generation.close
         self._room_at_start = (0, 0)     # the current generation's room when it became current
         self._err = status.err_buffer()
+        # The segments this writer created or adopted, and so the only ones
+        # it ever removes: the map's name alone is no proof of whose they are.
+        self._owned: set[str] = set()
 
     @classmethod
     def adopt(cls, name: str, *, mode: int = 0o600, group: Optional[int] = None,
@@ -177,6 +181,7 @@ class MapWriter:
             self._release_header()
             raise
         self._take(g)
+        self._owned.update((seg, gseg))
         self.generation = g
         self.seq = int(g.header.committed_seq)
         self.set_socket_path(socket_path)
@@ -224,6 +229,7 @@ class MapWriter:
                              f"{live_bytes} bytes", cls=MapFullError)
         seg = segments.gen_name(self.name, gen)
         mm = segments.create(seg, geo.segment_size, data_mode(self.mode), self.group)
+        self._owned.add(seg)
         h = self.header
         try:
             buf = ffi.from_buffer(mm)
@@ -233,7 +239,7 @@ class MapWriter:
                          cls=CorruptSegmentError)
             g = Generation(seg, mm)
         except BaseException:
-            segments.unlink(seg)
+            self.remove_segment(seg)
             raise
         self._take(g)
         return g
@@ -247,9 +253,14 @@ class MapWriter:
         g.view.max_value = self.limits.max_value
         g.view.max_live_bytes = self.limits.max_live_bytes
 
-    def _remove_all(self) -> None:
-        for seg in segments.map_segments(self.name):
-            segments.unlink(seg)
+    def remove_segment(self, seg: str) -> None:
+        """Unlinks seg, one this writer created or adopted."""
+        self._owned.remove(seg)
+        segments.unlink(seg)
+
+    def _remove_owned(self) -> None:
+        for seg in sorted(self._owned):
+            self.remove_segment(seg)
 
     # -- writes -----------------------------------------------------------
 
@@ -450,7 +461,7 @@ class MapWriter:
         old = self.generation
         lib.shm_map_publish_gen(self.header, new.gen)
         lib.shm_mark_superseded(old.view)
-        segments.unlink(old.segment)
+        self.remove_segment(old.segment)
         self.generation = new
         self._note_room()
         self.unmap(old)
@@ -484,14 +495,15 @@ class MapWriter:
     # -- teardown ---------------------------------------------------------
 
     def close(self, *, remove: bool = True) -> None:
-        """Unmaps; with remove, also unlinks every segment of the map. A
-        build under way is cancelled first."""
+        """Unmaps; with remove, also unlinks every segment of the map that
+        this writer created or adopted (and no other). A build under way is
+        cancelled first."""
         if self.building is not None:
             self.abort_build(self.building)
         self.generation.close()
         self._release_header()
         if remove:
-            self._remove_all()
+            self._remove_owned()
 
 
 def _ms(seconds: float) -> float:
@@ -567,7 +579,7 @@ class Build:
         """Removes the unpublished generation and frees the log."""
         if self.new is not None:
             self.new.close()
-            segments.unlink(self.new.segment)
+            self.writer.remove_segment(self.new.segment)
             self.new = None
         self.free_log()
 

@@ -205,7 +205,7 @@ def test_stale_map_is_listed_adopted_or_cleaned_up(map_name: str) -> None:
                 assert len(m3) == 0
             crash()
             out = cli("cleanup", map_name).stdout
-            assert "removed /shmmap-" + map_name in out
+            assert "removed " + segments.header_name(map_name) in out
             assert segments.map_segments(map_name) == []
             assert map_name not in [r["name"] for r in json.loads(cli("ls", "--json").stdout)]
     finally:
@@ -536,7 +536,7 @@ def test_ls_and_cleanup_carry_on_past_maps_they_may_not_read(
         code, out, err = as_nobody("cleanup")           # removes theirs, skips root's
         assert code == 0, err
         assert f"skipped map {map_name!r}" in err
-        assert f"removed /shmmap-{theirs}\n" in out
+        assert f"removed {segments.header_name(theirs)}\n" in out
         assert segments.map_segments(theirs) == []
         with d.connect() as m:                          # root's map is untouched
             m["still"] = "here"
