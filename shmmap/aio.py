@@ -26,8 +26,7 @@ import weakref
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Generator, Optional
 
-from . import segments
-from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
+from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, ReadCache
 from .client import (DEFAULT_TIMEOUT, PIPELINE_WRITES, Batch, MapReads, decode_loaded,
                      update_blobs)
 from .codec import encode_key, encode_pair, encode_value
@@ -37,7 +36,6 @@ from .errors import DaemonUnavailableError, EventLoopError, MapClosedError, Shmm
 from .protocol import DELETE, STORE, Op, batch_blob
 from .reader import MapReader
 from .slots import ClientSlot
-from .trace import ClientTracer
 
 __all__ = ["AsyncMap", "AsyncPipeline", "EventLoopError", "connect"]
 
@@ -112,13 +110,8 @@ class AsyncMap(MapReads):
                  cache_keys: int = DEFAULT_CACHE_KEYS,
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         """A map not yet connected: ``await connect(...)`` makes and opens one."""
-        self.name = segments.check_map_name(name)
+        self._init_reads(name, cache_keys, cache_bytes, None)     # no trace events
         self.timeout = timeout
-        if cache_keys < 0 or cache_bytes < 0:
-            raise ValueError("cache_keys and cache_bytes are counts: 0 or more")
-        self.cache_limits = CacheLimits(cache_keys, cache_bytes)
-        self._cache: "NoCache | ReadCache" = NoCache()
-        self._trace: Optional[ClientTracer] = None
         self._reader: Optional[MapReader] = None
         self._closed = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None

@@ -110,12 +110,21 @@ class _Items(ItemsView):  # type: ignore[type-arg]
 class MapReads(Mapping):  # type: ignore[type-arg]
     """The reads of a map, shared by SharedMap and shmmap.aio's AsyncMap:
     from this process's cache or shared memory, never waiting for the
-    daemon. A subclass provides name, _cache, _trace and _open() (the
-    reader; MapClosedError after close())."""
+    daemon. A subclass calls _init_reads() first, and provides _open()
+    (the reader; MapClosedError after close())."""
 
-    name: str
-    _cache: "NoCache | ReadCache"
-    _trace: Optional[ClientTracer]
+    def _init_reads(self, name: str, cache_keys: int, cache_bytes: int,
+                    tracer: Optional[ClientTracer]) -> None:
+        """The read state of a map not yet opened: its name (checked), its
+        cache's limits, and no cache yet."""
+        self.name = segments.check_map_name(name)
+        if cache_keys < 0 or cache_bytes < 0:
+            raise ValueError("cache_keys and cache_bytes are counts: 0 or more")
+        self.cache_limits = CacheLimits(cache_keys, cache_bytes)
+        # The read fast path loads self._cache.hot and nothing else; before
+        # the map is opened it never matches, so the first read opens it.
+        self._cache: "NoCache | ReadCache" = NoCache()
+        self._trace = tracer
 
     def _open(self) -> MapReader:
         raise NotImplementedError
@@ -279,17 +288,10 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
                channel: bool = True) -> None:
         """The state of a map not yet opened (connect() opens it at once,
         unpickling on first use)."""
-        self.name = segments.check_map_name(name)
-        self.timeout = timeout
-        if cache_keys < 0 or cache_bytes < 0:
-            raise ValueError("cache_keys and cache_bytes are counts: 0 or more")
-        self.cache_limits = CacheLimits(cache_keys, cache_bytes)
-        # The read fast path loads self._cache.hot and nothing else; before
-        # the map is opened it never matches, so the first read opens it.
-        self._cache: "NoCache | ReadCache" = NoCache()
         # Opt-in trace events (iterations, waits): see shmmap.trace.
+        self._init_reads(name, cache_keys, cache_bytes, client_tracer(trace))
         self._trace_path = trace
-        self._trace = client_tracer(trace)
+        self.timeout = timeout
         # Serialises requests, connecting and closing; reads never take it.
         self._lock = threading.Lock()
         self._closed = False

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
 
 import shmmap
 import shmmap.aio
@@ -48,11 +47,13 @@ async def _aio(m: shmmap.aio.AsyncMap, seconds: float, tasks: int) -> int:
     return sum(await asyncio.gather(*(one(t * 100) for t in range(tasks))))
 
 
-def _measure(run: Callable[[], int]) -> tuple[float, float]:
-    """(writes per second, CPU microseconds per write) of one run."""
-    cpu, wall = time.process_time(), time.monotonic()
-    writes = run()
-    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+def _clocks() -> tuple[float, float]:
+    return time.process_time(), time.monotonic()
+
+
+def _rate(writes: int, since: tuple[float, float]) -> tuple[float, float]:
+    """(writes per second, CPU microseconds per write) since _clocks() said since."""
+    cpu, wall = (now - then for now, then in zip(_clocks(), since))
     return writes / wall, cpu / writes * 1e6
 
 
@@ -68,14 +69,13 @@ def main() -> int:
             async with shmmap.aio.connect(daemon.name) as m:
                 for _ in range(rounds):
                     for label, tasks in (("aio, 1 task", 1), (f"aio, {TASKS} tasks", TASKS)):
-                        cpu, wall = time.process_time(), time.monotonic()
-                        writes = await _aio(m, seconds, tasks)
-                        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-                        results.setdefault(label, []).append((writes / wall, cpu / writes * 1e6))
-                    results.setdefault("sync, channel", []).append(
-                        _measure(lambda: _sync(chan, seconds)))
-                    results.setdefault("sync, socket", []).append(
-                        _measure(lambda: _sync(sock, seconds)))
+                        since = _clocks()
+                        results.setdefault(label, []).append(
+                            _rate(await _aio(m, seconds, tasks), since))
+                    for label, sync_map in (("sync, channel", chan), ("sync, socket", sock)):
+                        since = _clocks()
+                        results.setdefault(label, []).append(
+                            _rate(_sync(sync_map, seconds), since))
 
         asyncio.run(aio_rounds())
         chan.close()
