@@ -127,8 +127,9 @@ class MapReads(Mapping):  # type: ignore[type-arg]
         self._trace = tracer
 
     def _open(self) -> MapReader:
+        """The reader, opening the map if the subclass does so on first
+        use; MapClosedError after close()."""
         raise NotImplementedError
-
 
     def _open_cache(self) -> ReadCache:
         """The cache, after opening the map if this is its first use;
