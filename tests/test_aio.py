@@ -253,6 +253,18 @@ def test_connect_and_close_ten_thousand_times_leaves_no_fd(map_name: str) -> Non
     assert mapped == 0
 
 
+def test_a_daemon_that_refuses_the_connection_says_why(map_name: str) -> None:
+    async def main() -> None:
+        async with shmmap.aio.connect(map_name) as m:
+            with pytest.raises(shmmap.LimitError, match="limit of 1 connections"):
+                await shmmap.aio.connect(map_name)
+            await m.set("x", 1)                 # the first is served on
+            assert m["x"] == 1
+
+    with shmmap.Daemon(map_name, max_connections=1):
+        asyncio.run(main())
+
+
 def test_no_daemon_is_a_clear_error(map_name: str) -> None:
     async def main() -> None:
         with pytest.raises(shmmap.MapNotFoundError):
