@@ -899,12 +899,19 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
     # -- the daemon -------------------------------------------------------------
 
     def promote(self) -> int:
-        """Asks the daemon to promote now; returns the new generation."""
-        return int(self._request(Op.PROMOTE))
+        """Asks the daemon to promote now; returns the new generation,
+        which this process reads from then on (letting go of the old one
+        at once, not at its next read)."""
+        gen = int(self._request(Op.PROMOTE))
+        self.refresh()
+        return gen
 
     def stats(self) -> dict[str, Any]:
         """The daemon's statistics of the map, and under "cache" this
-        client's cache (see the README)."""
+        client's cache (see the README). This process reads the current
+        generation first, so the daemon does not count a superseded one
+        that it kept only for lack of a read since."""
+        self.refresh()
         stats = dict(self._request(Op.STATS))
         stats["cache"] = self._open_cache().stats()
         return stats

@@ -46,6 +46,15 @@ LOGIND_CONFIGS = (Path("/etc/systemd/logind.conf"), Path("/etc/systemd/logind.co
 LOGIND_RUNNING = Path("/run/systemd/seats")      # exists while systemd-logind runs
 LINGER_DIR = Path("/var/lib/systemd/linger")
 PROC = Path("/proc")
+# A process that maps a superseded generation only because it has not read
+# since (an iteration is another finding) frees it at its next read. It is
+# a problem once that costs much or long: a stopped process never reads
+# again, and a worker that reads once an hour pins a generation for an
+# hour. Much: the superseded segments it maps hold at least this many
+# bytes of /dev/shm. Long: at least this many promotions have happened
+# since the newest generation it maps.
+STALE_BYTES = 64 << 20
+STALE_PROMOTIONS = 4
 
 
 @dataclass
@@ -146,6 +155,7 @@ def _daemon_checks(name: str, pid: int, interval: float) -> list[Finding]:
         before = m._request(Op.TIMINGS)
         t0 = time.monotonic()
         time.sleep(interval)
+        m.refresh()         # so that the daemon does not count doctor's own old generation
         after = m._request(Op.TIMINGS)
         seconds = time.monotonic() - t0
         cpu1 = _schedstat(pid)
@@ -293,14 +303,40 @@ def pinned_generations(name: str, current: int, proc: Path = PROC) -> list[Findi
                 "iterator (del it); for long work on a snapshot, copy it first "
                 "(m.snapshot()).", data))
         else:
-            out.append(Finding(
-                "idle_generation", NOTE,
-                f"{who} still maps superseded generation{'s' * (len(old) > 1)} {listed} "
-                f"({human_bytes(pinned)}): it is iterating since before the promotion, or has "
-                "not read since; its next lookup lets an idle one go.",
-                "nothing if it is idle and small; otherwise see whether that process "
-                "iterates for long.", data))
+            out.append(_stale_generation(who, listed, len(old), pinned, current - max(old),
+                                         _proc_state(pid, proc), data))
     return out
+
+
+def _stale_generation(who: str, listed: str, count: int, pinned: int, behind: int,
+                      state: str, data: dict[str, Any]) -> Finding:
+    """The finding for a process that maps superseded generations (listed,
+    pinned bytes of them) and no current one: its newest is behind
+    promotions old; state is its /proc state letter."""
+    data.update(promotions_behind=behind, state=state)
+    what = (f"{who} still maps superseded generation{'s' * (count > 1)} {listed} "
+            f"({human_bytes(pinned)}, {behind} promotion{'s' * (behind != 1)} old)")
+    if state in ("T", "t"):
+        return Finding(
+            "stopped_reader", PROBLEM,
+            f"{what}: it is stopped, so it cannot let go of them until it runs again.",
+            f"resume it (kill -CONT {data['pid']}) or end it; the memory is freed when it "
+            "reads again or exits.", data)
+    if pinned >= STALE_BYTES or behind >= STALE_PROMOTIONS:
+        return Finding(
+            "stale_generation", PROBLEM,
+            f"{what}: it has not read the map since, or iterates since before the promotion; "
+            f"past {human_bytes(STALE_BYTES)} or {STALE_PROMOTIONS} promotions that is /dev/shm "
+            "held for nothing.",
+            "a process that reads rarely can let go after its work: m.refresh(), or close() "
+            "the map when idle; a long iteration can work on m.snapshot() instead.", data)
+    return Finding(
+        "idle_generation", NOTE,
+        f"{what}: it is iterating since before the promotion, or has not read since; its "
+        "next lookup lets an idle one go.",
+        "nothing if it is idle and small; otherwise see whether that process iterates for "
+        "long.", data)
+
 
 
 def _cmdline(pid: int, proc: Path) -> str:
@@ -426,9 +462,10 @@ def _runnable() -> Optional[int]:
     return n - 1 if n > 0 else None
 
 
-def _proc_state(pid: int) -> str:
+def _proc_state(pid: int, proc: Path = PROC) -> str:
+    """pid's state letter from /proc/PID/stat (R, S, T, ...); "?" if gone."""
     try:
-        stat = (PROC / str(pid) / "stat").read_text()
+        stat = (proc / str(pid) / "stat").read_text()
         return stat[stat.rindex(")") + 2:].split()[0]
     except (OSError, ValueError, IndexError):
         return "?"

@@ -61,17 +61,27 @@ class ReaderSlots:
         self.free.append(index)
 
     def totals(self, in_use: list[int]) -> dict[str, int]:
-        """Counters summed over the slots in use and those retired, and the
-        generations that clients still hold mapped besides their newest."""
+        """Counters summed over the slots in use and those retired."""
         out = dict(self.retired)
-        older = 0
         for index in in_use:
             slot = slot_at(self.buf, index)
             for name in COUNTERS:
                 out[name] += int(getattr(slot, name))
-            older += max(int(slot.mapped_gens) - 1, 0)
-        out["older_generations_mapped"] = older
         return out
+
+    def older_generations(self, in_use: list[int], current_gen: int) -> int:
+        """How many generations older than current_gen the clients of the
+        slots in use still hold mapped.
+
+        A client reports what it maps only when it reads, so one that has
+        not read since a promotion (idle, or stopped) still names the
+        superseded generation as its newest: then all it maps is older."""
+        older = 0
+        for index in in_use:
+            slot = slot_at(self.buf, index)
+            mapped = int(slot.mapped_gens)
+            older += max(mapped - 1 if int(slot.gen) >= current_gen else mapped, 0)
+        return older
 
     def close(self) -> None:
         ffi.release(self.buf)

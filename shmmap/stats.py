@@ -20,9 +20,13 @@ from .writer import MapWriter
 log = logging.getLogger("shmmap.daemon")
 
 
+def _slots_in_use(transport: Transport) -> list[int]:
+    return [c.slot for c in transport.connections.values() if c.slot >= 0]
+
+
 def reader_totals(slots: ReaderSlots, transport: Transport) -> dict[str, int]:
     """Readers' counters summed over connected and departed clients."""
-    return slots.totals([c.slot for c in transport.connections.values() if c.slot >= 0])
+    return slots.totals(_slots_in_use(transport))
 
 
 class Statistics:
@@ -67,7 +71,8 @@ class Statistics:
             "lookups": readers["lookups"],
             "misses": readers["misses"],
             "export_batches": readers["iterations"],
-            "older_generations_mapped": readers["older_generations_mapped"],
+            "older_generations_mapped": self.slots.older_generations(
+                _slots_in_use(self.transport), int(h.gen)),
             "promotions": st.promotions,
             "promotions_by_reason": dict(st.promotions_by_reason),
             "compactions": st.compactions,

@@ -24,6 +24,7 @@ TOP_OPS = 4                     # operations listed by request rate
 
 def sample(m: SharedMap) -> dict[str, Any]:
     """One snapshot of the daemon, with the local time it was taken."""
+    m.refresh()             # so that the daemon does not count top's own old generation
     snap: dict[str, Any] = m._request(Op.TIMINGS)
     snap["at"] = time.monotonic()
     return snap

@@ -425,7 +425,7 @@ class LmdbPeer(Peer):
         return _importable(cls, "lmdb")
 
     def setup(self, n: int) -> None:
-        # Not named "shmmap-*": /dev/shm entries by that name are shmmap maps.
+        # Not named "shmmap*": /dev/shm entries by those names are shmmap segments.
         self.dir = tempfile.mkdtemp(prefix=LMDB_DIR_PREFIX, dir=LMDB_PARENT)
         store = LmdbStore(self.dir)
         for chunk in _chunks(initial(n)):
