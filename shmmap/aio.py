@@ -26,6 +26,7 @@ import weakref
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Generator, Optional
 
+from . import protocol
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, ReadCache
 from .client import (DEFAULT_TIMEOUT, PIPELINE_WRITES, Batch, MapReads, decode_loaded,
                      update_blobs)
@@ -44,8 +45,10 @@ class _Stream(asyncio.Protocol):
     """One socket to the daemon: hands what arrives to the connection and
     wakes the awaits whose exchanges it completed."""
 
-    def __init__(self, conn: ClientConnection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, conn: ClientConnection, loop: asyncio.AbstractEventLoop,
+                 sock: socket.socket) -> None:
         self.conn = conn
+        self.sock = sock                # the transport's, read here only once it broke
         self.transport: Optional[asyncio.Transport] = None
         self.waiters: dict[Requests, asyncio.Future[None]] = {}
         self.lost: Optional[BaseException] = None       # why the stream ended
@@ -70,9 +73,24 @@ class _Stream(asyncio.Protocol):
                 waiter.set_result(None)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        if exc is not None:
+            self._drain()
         self._end(exc or ConnectionResetError("the daemon closed the connection"))
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def _drain(self) -> None:
+        """Reads what the daemon sent before the stream broke: a write
+        that failed (EPIPE) ends the transport with it unread, and it may
+        be a refusal of the connection, or replies."""
+        try:
+            while self.lost is None:
+                data = self.sock.recv(protocol.RECV_SIZE)
+                if not data:
+                    return
+                self.data_received(data)
+        except OSError:
+            pass                # nothing more (or the socket is gone)
 
     def _end(self, why: BaseException) -> None:
         """Wakes every await: each finds its exchange not done, and why."""
@@ -225,7 +243,8 @@ class AsyncMap(MapReads):
         try:
             async with asyncio.timeout_at(deadline):
                 await loop.sock_connect(sock, path)
-                _, stream = await loop.create_unix_connection(lambda: _Stream(conn, loop), sock=sock)
+                _, stream = await loop.create_unix_connection(lambda: _Stream(conn, loop, sock),
+                                                               sock=sock)
         except BaseException as exc:
             sock.close()
             if not isinstance(exc, OSError):
