@@ -10,7 +10,6 @@ reads afterwards, sees it.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
@@ -20,6 +19,7 @@ import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from contextlib import contextmanager
 from itertools import chain
+from math import ceil
 from operator import itemgetter
 from typing import Any, Callable, Iterator, Optional
 
@@ -302,7 +302,6 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         self._chan: Optional[Channel] = None    # the connection's channel, if it has one
         self._poller: Optional[select.poll] = None
         self._conn = ClientConnection()     # ids, framing, replies: the protocol's side
-        self._ids = self._conn.ids          # the lean path's: next() is one call
         # The finalizers that close the socket and the channel (set with each).
         self._close_sock: Callable[[], Any]
         self._close_chan: Callable[[], Any]
@@ -311,16 +310,6 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         self._recv_bytes = ffi.buffer(self._recv_buf)
         self.daemon_info: dict[str, Any] = {}
         _live_maps[id(self)] = self
-
-    @property
-    def timeout(self) -> float:
-        """Seconds that connecting, and each write with its reply, may take."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, seconds: float) -> None:
-        self._timeout = seconds
-        self._timeout_ms = math.ceil(seconds * 1000)   # the lean path's, in the C wait's unit
 
     # -- the closed state, and opening on first use ---------------------------------
 
@@ -634,7 +623,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         applies this connection's requests in order. If it does not come,
         nothing is sent: _SendFailed(Sent.NOTHING)."""
         while chan.outstanding is not None:
-            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            left_ms = ceil((deadline - time.monotonic()) * 1000)
             got = chan.wait(left_ms) if left_ms > 0 else -errno.ETIMEDOUT
             if got >= 0:
                 return                  # the outcome of a write already reported unknown
@@ -646,7 +635,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
 
     def _left_ms(self, deadline: float) -> int:
         """Milliseconds to deadline; TimeoutError if it passed."""
-        left = math.ceil((deadline - time.monotonic()) * 1000)
+        left = ceil((deadline - time.monotonic()) * 1000)
         if left <= 0:
             raise timed_out(self.timeout)
         return left
@@ -669,11 +658,12 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         _exchange sees only what is not an acknowledgement."""
         with self._lock:
             started = time.monotonic()
-            rid = next(self._ids)
+            conn = self._conn
+            conn.last_id = rid = conn.last_id + 1   # its new_id(), inline: no call
             chan, got = self._chan, None
             if (chan is not None and chan.outstanding is None and self._trace is None
                     and len(blob) <= CHANNEL_BLOB_BYTES):
-                got = chan.batch(rid, blob, self._spin.c, self._timeout_ms)
+                got = chan.batch(rid, blob, self._spin.c, ceil(self.timeout * 1000))
                 if got == 0:
                     return          # acknowledged: visible to every process
             reader = self._reader
