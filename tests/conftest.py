@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from shmmap import segments
-from shmmap.protocol import default_socket_path
+from shmmap.shared import segments
+from shmmap.shared.protocol import default_socket_path
 
 SHM = Path("/dev/shm")
 # Names this run gives its maps start with "t<pid>-" (the map_name fixture,

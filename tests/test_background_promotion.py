@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 import shmmap
-from shmmap import segments
 from shmmap._core import lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.protocol import Op, batch_blob
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import Op, batch_blob
 
 BIG = 400_000           # keys of a map whose build takes long enough to catch
 POLL_SECONDS = 60.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import math
 import multiprocessing as mp
@@ -23,10 +24,10 @@ import msgpack
 import pytest
 
 import shmmap
-from shmmap import segments
-from shmmap.cli import build_parser, main
-from shmmap.codec import encode_key, encode_value
-from shmmap.progress import Progress
+from shmmap.cli.main import build_parser, main
+from shmmap.cli.progress import Progress
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
 
 from conftest import remove_map, unique_map_name
 
@@ -463,7 +464,10 @@ def _main_as_nobody(argv: list[str], out_path: str, err_path: str) -> None:
     sys.stdout = open(out_path, "w")
     sys.stderr = open(err_path, "w")
     try:
-        build_parser()          # imports everything first: nobody may not read the stdlib
+        # Everything is imported first (nobody may not read the stdlib): the
+        # parser's modules, and the daemon's, which serve imports when it runs.
+        build_parser()
+        importlib.import_module("shmmap.server.server")
         os.setgid(NOBODY)
         os.setuid(NOBODY)
         code = main(argv)

@@ -1,4 +1,4 @@
-"""The sans-IO client connection (shmmap.connection), without processes:
+"""The sans-IO client connection (shmmap.client.connection), without processes:
 its retry table, every combination of op kind, bytes sent, failure and
 attempt, against the rule the README states; and its framing and reply
 matching, fed bytes by hand. The same code under real daemons is tested
@@ -13,10 +13,10 @@ import msgpack
 import pytest
 
 import shmmap
-from shmmap import protocol
-from shmmap.connection import (ATTEMPTS, POLICY, ClientConnection, Decision, Failure, Kind, OneBatch,
-                               Sent, decide, failure_error, kind, stream_survives)
-from shmmap.protocol import Err, Op
+from shmmap.client.connection import (ATTEMPTS, POLICY, ClientConnection, Decision, Failure, Kind,
+                                      OneBatch, Sent, decide, failure_error, kind, stream_survives)
+from shmmap.shared import protocol
+from shmmap.shared.protocol import Err, Op
 
 # Exchanges of each kind: single ops and pipelines mixing them.
 EXCHANGES = {

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import shmmap
-from shmmap import doctor
+from shmmap.cli import doctor
 
 KEYS = 1000
 

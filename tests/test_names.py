@@ -17,9 +17,10 @@ import posix_ipc
 import pytest
 
 import shmmap
-from shmmap import legacy, segments
 from shmmap._core import ffi, lib
-from shmmap.errors import DaemonRunningError, InvalidNameError
+from shmmap.cli import legacy
+from shmmap.shared import segments
+from shmmap.shared.errors import DaemonRunningError, InvalidNameError
 
 from conftest import remove_map, unique_map_name
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import msgpack
 
 import shmmap
-from shmmap.codec import decode_value, encode_pair, encode_value
+from shmmap.shared.codec import decode_value, encode_pair, encode_value
 
 CTX = mp.get_context("spawn")
 THREADS = 8

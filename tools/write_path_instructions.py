@@ -27,8 +27,8 @@ KEYS = 100_000
 
 def _store(writes: int) -> None:
     """The measured program: writes stores through an acknowledging stub."""
-    from shmmap.channel import Channel
-    from shmmap.service import Daemon
+    from shmmap.client.channel import Channel
+    from shmmap.launcher import Daemon
 
     rng = random.Random(1)
     keys = [rng.randrange(KEYS) for _ in range(writes)]

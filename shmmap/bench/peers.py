@@ -20,8 +20,8 @@ from typing import Any, Iterable, Iterator, Optional, cast
 
 import msgpack
 
-from ..client import SharedMap, connect
-from ..service import Daemon
+from ..client.map import SharedMap, connect
+from ..launcher import Daemon
 
 READY_TIMEOUT = 30.0
 _setups = itertools.count()     # makes every setup's names unique
