@@ -14,7 +14,8 @@ import pytest
 
 import shmmap
 from shmmap.client.connection import (ATTEMPTS, POLICY, ClientConnection, Decision, Failure, Kind,
-                                      OneBatch, Sent, decide, failure_error, kind, stream_survives)
+                                      OneBatch, Sent, decide, failure_error, failure_of, kind,
+                                      resend_or_raise, stream_survives)
 from shmmap.shared import protocol
 from shmmap.shared.protocol import Err, Op
 
@@ -95,6 +96,29 @@ def test_each_decision_raises_its_error(decision: Decision, error: type) -> None
         assert not isinstance(exc, shmmap.WriteTimeoutError)
     with pytest.raises(ValueError):
         failure_error(Decision.RESEND, "m", [Op.SWAP], Sent.ALL, Failure.BROKEN, 1.0, OSError())
+
+
+def test_a_driver_resends_or_raises_as_decided() -> None:
+    """resend_or_raise, which both drivers call: it returns exactly when
+    the table resends, and otherwise raises the decision's error, chained
+    to the cause unless nothing of it can have been applied."""
+    errors = {Decision.UNAVAILABLE: shmmap.DaemonUnavailableError,
+              Decision.UNKNOWN: shmmap.OutcomeUnknownError,
+              Decision.TIMEOUT: shmmap.WriteTimeoutError}
+    for ops, sent, cause, attempt in itertools.product(
+            itertools.chain(*EXCHANGES.values()), Sent,
+            [TimeoutError("slow"), ConnectionResetError("gone"), ValueError("garbled")],
+            range(1, ATTEMPTS + 1)):
+        failure = failure_of(cause)
+        assert failure is (Failure.TIMEOUT if isinstance(cause, TimeoutError) else Failure.BROKEN)
+        decision = decide(ops, sent, failure, attempt)
+        if decision is Decision.RESEND:
+            resend_or_raise("m", ops, sent, failure, attempt, 1.0, cause)
+            continue
+        with pytest.raises(errors[decision]) as raised:
+            resend_or_raise("m", ops, sent, failure, attempt, 1.0, cause)
+        assert type(raised.value) is errors[decision]
+        assert raised.value.__cause__ is (None if decision is Decision.UNAVAILABLE else cause)
 
 
 # ---- framing and matching --------------------------------------------------------

@@ -31,8 +31,8 @@ from ..shared.codec import encode_key, encode_pair, encode_value
 from ..shared.errors import DaemonUnavailableError, EventLoopError, MapClosedError, ShmmapError
 from ..shared.protocol import DELETE, STORE, Op, batch_blob
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, ReadCache
-from .connection import (ATTEMPTS, ClientConnection, Decision, Failure, Requests, Sent, decide,
-                         failure_error, stream_survives)
+from .connection import (ATTEMPTS, ClientConnection, Requests, Sent, failure_of, resend_or_raise,
+                         stream_survives)
 from .map import DEFAULT_TIMEOUT, PIPELINE_WRITES, Batch, MapReads, decode_loaded, update_blobs
 from .reader import MapReader
 from .slot import ClientSlot
@@ -325,14 +325,10 @@ class AsyncMap(MapReads):
                 raise       # the daemon's answer
             except (OSError, ValueError) as exc:    # TimeoutError is an OSError
                 cause = exc
-            failure = Failure.TIMEOUT if isinstance(cause, TimeoutError) else Failure.BROKEN
+            failure = failure_of(cause)
             if not stream_survives(sent, failure):
                 self._drop(stream)
-            decision = decide(ex.ops, sent, failure, attempt)
-            if decision is not Decision.RESEND:
-                error = failure_error(decision, self.name, ex.ops, sent, failure,
-                                      self.timeout, cause)
-                raise error from (None if decision is Decision.UNAVAILABLE else cause)
+            resend_or_raise(self.name, ex.ops, sent, failure, attempt, self.timeout, cause)
         raise AssertionError("unreachable: the last attempt never resends")
 
     async def _request(self, op: Op, *args: Any) -> Any:

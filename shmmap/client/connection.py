@@ -171,6 +171,21 @@ def stream_survives(sent: Sent, failure: Failure) -> bool:
     return failure is Failure.TIMEOUT and sent is not Sent.PART
 
 
+def failure_of(cause: BaseException) -> Failure:
+    """How an exchange that raised cause failed."""
+    return Failure.TIMEOUT if isinstance(cause, TimeoutError) else Failure.BROKEN
+
+
+def resend_or_raise(map_name: str, ops: Sequence[int], sent: Sent, failure: Failure,
+                    attempt: int, timeout: float, cause: BaseException) -> None:
+    """Returns if decide() resends the failed exchange of ops; else raises
+    the error that reports its decision (failure_error)."""
+    decision = decide(ops, sent, failure, attempt)
+    if decision is not Decision.RESEND:
+        error = failure_error(decision, map_name, ops, sent, failure, timeout, cause)
+        raise error from (None if decision is Decision.UNAVAILABLE else cause)
+
+
 def timed_out(timeout: float) -> TimeoutError:
     """The TimeoutError of a wait for the daemon that ran out."""
     return TimeoutError(f"no reply from the daemon within {timeout} s")

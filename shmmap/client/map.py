@@ -33,8 +33,8 @@ from ..shared.tracing import now_us
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .channel import BLOB_BYTES as CHANNEL_BLOB_BYTES
 from .channel import Channel, receive_fds
-from .connection import (ATTEMPTS, ClientConnection, Decision, Failure, OneBatch, Requests, Sent,
-                         decide, failure_error, stream_survives, timed_out)
+from .connection import (ATTEMPTS, ClientConnection, OneBatch, Requests, Sent, failure_of,
+                         resend_or_raise, stream_survives, timed_out)
 from .reader import MapReader
 from .slot import ClientSlot
 from .tracer import ClientTracer, client_tracer
@@ -718,7 +718,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
                 sent, cause = exc.sent, exc.__cause__ or exc
             except (OSError, ValueError) as exc:    # ValueError: a garbled reply
                 cause = exc
-            failure = Failure.TIMEOUT if isinstance(cause, TimeoutError) else Failure.BROKEN
+            failure = failure_of(cause)
             self._conn.forget(ex)
             if not stream_survives(sent, failure):
                 self._disconnect(reader)
@@ -727,11 +727,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
                 # requests could overtake it. Socket only.
                 self._close_chan()
                 self._chan = None
-            decision = decide(ex.ops, sent, failure, attempt)
-            if decision is not Decision.RESEND:
-                error = failure_error(decision, self.name, ex.ops, sent, failure,
-                                      self.timeout, cause)
-                raise error from (None if decision is Decision.UNAVAILABLE else cause)
+            resend_or_raise(self.name, ex.ops, sent, failure, attempt, self.timeout, cause)
         raise AssertionError("unreachable: the last attempt never resends")
 
     def __or__(self, other: Any) -> dict[Any, Any]:
