@@ -37,6 +37,18 @@ def remove_map(name: str) -> None:
     default_socket_path(name).unlink(missing_ok=True)
 
 
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mappings_of(name: str) -> int:
+    """This process's mappings of map name's segments."""
+    prefix = "/dev/shm" + segments.header_name(name)    # every segment's name starts so
+    with open("/proc/self/maps") as maps:
+        return sum(prefix in line for line in maps)
+
+
 @pytest.fixture
 def map_name() -> Iterator[str]:
     """A map name no other test uses; its segments and default socket are

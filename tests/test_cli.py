@@ -248,6 +248,18 @@ def test_quickstart_client_runs(map_name: str) -> None:
     assert segments.map_segments(map_name) == []
 
 
+def test_asyncio_example_runs_with_its_own_daemon_or_a_running_one(map_name: str) -> None:
+    out = run_client("aio_example.py", map_name).stdout
+    assert "views: {'/': 200, '/about': 200, '/shop': 200}" in out and "1000 items" in out
+    assert segments.map_segments(map_name) == []        # its own daemon removed the map
+    with shmmap.Daemon(map_name) as d:
+        out = run_client("aio_example.py", map_name).stdout
+        assert "the write after a cancelled one: ('shop', True)" in out
+        with d.connect() as m:
+            assert m["/shop"] == 200            # it wrote to the daemon that was there
+    assert segments.map_segments(map_name) == []
+
+
 def test_writer_and_readers_clients_run_against_a_daemon(map_name: str) -> None:
     with shmmap.Daemon(map_name) as d:
         out = run_client("writer.py", map_name, "--keys", "5000", "--batch", "50",

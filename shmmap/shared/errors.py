@@ -65,6 +65,11 @@ class WriteTimeoutError(OutcomeUnknownError, TimeoutError):
     daemon): the write may still be applied later. It is not resent."""
 
 
+class EventLoopError(ShmmapError, RuntimeError):
+    """An asyncio map (shmmap.aio) was used outside the event loop it was
+    connected in: its socket belongs to that loop."""
+
+
 # Error codes of replies (protocol.Err) -> the exception each raises. The
 # daemon's side of this contract maps its exceptions to these codes.
 _REPLY_ERRORS: dict[int, type[ShmmapError]] = {
