@@ -214,11 +214,8 @@ class Codec:
                 packer = new()
             try:
                 data: bytes = packer.pack(value)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise TypeError(f"value cannot be encoded as msgpack: {exc}") from None
-            except RecursionError:
-                raise TypeError(f"value cannot be encoded as msgpack: nested deeper than "
-                                f"{MAX_DEPTH} levels") from None
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                raise _unencodable(exc) from None
             give(packer)
             v = type(value)
             if v is not int and v is not str and v not in scalars and \
@@ -277,6 +274,16 @@ class Codec:
     def _frozenset(self, obj: frozenset[Any]) -> msgpack.ExtType:
         return msgpack.ExtType(_FROZENSET, self._inside(list(obj)))
 
+
+
+def _unencodable(exc: Exception) -> TypeError:
+    """The TypeError for a value msgpack failed to pack with exc. Too deep
+    a value is a RecursionError from msgpack 1.2 on, and before it (the
+    last release for Python 3.9) a ValueError saying so."""
+    if isinstance(exc, RecursionError) or "recursion limit" in str(exc):
+        return TypeError(f"value cannot be encoded as msgpack: nested deeper than "
+                         f"{MAX_DEPTH} levels")
+    return TypeError(f"value cannot be encoded as msgpack: {exc}")
 
 
 def _refuse(data: bytes) -> None:
