@@ -14,7 +14,6 @@ import math
 import os
 import select
 import socket
-import threading
 import time
 import weakref
 from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
@@ -25,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgpack
 
-from . import protocol, segments
+from . import gil, protocol, segments
 from ._core import ffi, lib
 from .channel import BLOB_BYTES as CHANNEL_BLOB_BYTES
 from .channel import Channel, receive_fds
@@ -125,7 +124,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         self._trace_path = trace
         self._trace = client_tracer(trace)
         # Serialises requests, connecting and closing; reads never take it.
-        self._lock = threading.Lock()
+        self._lock = gil.ThreadLock()
         self._closed = False
         self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
@@ -218,7 +217,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
         not ours. Forget them; the first write connects anew."""
-        self._lock = threading.Lock()
+        self._lock = gil.ThreadLock()
         if self._sock is not None:
             self._sock.close()          # our copy of the fd; the parent keeps its own
         if self._chan is not None:
@@ -373,7 +372,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         sock = self._sock
         assert sock is not None
         try:
-            sent = sock.send(data, socket.MSG_NOSIGNAL)
+            sent = gil.send(sock, data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -395,12 +394,12 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def _recv_some(self, deadline: float) -> bytes:
         """The next bytes from the daemon: polls for a while (a reply
         often comes sooner than a sleeper wakes; protocol.Spin says how
-        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
+        long pays now), then sleeps; all in C (gil.wait_recv)."""
         assert self._sock is not None
         fd, spin = self._sock.fileno(), self._spin.c
         while True:
-            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
-                                    self._left_ms(deadline))
+            got = gil.wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
+                                self._left_ms(deadline))
             if got > 0:
                 return self._recv_bytes[0:got]
             if got == 0:
