@@ -79,6 +79,7 @@ def _writer(m: shmmap.SharedMap, w: int, written: dict[Any, int]) -> None:
     m[count] = written[count] = 0
     for i in range(ROUNDS):
         kind = i % 4
+        keys: list[Any]
         if kind == 0:
             keys = [("set", w, i)]
             m[keys[0]] = i
@@ -199,8 +200,11 @@ def test_a_reply_later_than_the_held_wait_lets_the_other_threads_run(
 
         def write() -> None:
             try:
-                got["result"] = (m.store("k", 1) if op == "store"
-                                 else m.compare_and_swap("k", 0, 1))
+                if op == "store":
+                    m.store("k", 1)
+                    got["result"] = None
+                else:
+                    got["result"] = m.compare_and_swap("k", 0, 1)
             except Exception as exc:    # reported to the test
                 got["result"] = exc
 
