@@ -62,7 +62,7 @@ class Channel:
         other threads it keeps the GIL for the first gil.HELD_WAIT_MS."""
         self.ticket = ticket = (self.ticket + 1) & 0xFFFFFFFF
         self.outstanding = ticket       # set first: a KeyboardInterrupt may end the wait
-        if timeout_ms > gil.HELD_WAIT_MS and gil.others_run():
+        if timeout_ms > gil.HELD_WAIT_MS and gil.other_threads():
             got = gil.chan_batch(self._address, self.efd, self.sockfd, rid, blob, ticket, spin)
             if got == -errno.ETIMEDOUT:     # waits on asleep, the GIL released
                 got = lib.shm_chan_batch_wait(self._chan, self.sockfd, ticket, rid, ffi.NULL,

@@ -59,11 +59,12 @@ _send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
 _SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
 
 
-def others_run() -> bool:
-    """Whether other threads of this process may want the GIL. (The
-    count of threads started by _thread, which threading uses: 1/6 of the
-    instructions of threading.active_count(), which takes a lock.)"""
-    return _thread._count() > 0
+# Whether other threads of this process may want the GIL: the number of
+# threads started through _thread (as threading starts them) besides the
+# main one, nonzero if there are any. A C call, with no Python frame: a
+# seventh of the instructions of threading.active_count(), which takes a
+# lock, on a path every write of a single-threaded process takes too.
+other_threads = _thread._count
 
 
 def address(p: "ffi.CData") -> int:
@@ -85,7 +86,7 @@ def wait_recv(fd: int, buf: "ffi.CData", cap: int, spin: "ffi.CData", timeout_ms
     polling as spin (a struct shm_spin) says, then sleeping: the bytes
     received, 0 at the end of the stream, or -errno. Beside other threads
     it keeps the GIL for the first HELD_WAIT_MS."""
-    if timeout_ms > HELD_WAIT_MS and others_run():
+    if timeout_ms > HELD_WAIT_MS and other_threads():
         got = _wait_recv(fd, address(buf), cap, address(spin), HELD_WAIT_MS)
         if got != -errno.ETIMEDOUT:
             return got
@@ -98,7 +99,7 @@ def send(sock: socket.socket, data: bytes) -> int:
     """sock.send(data, MSG_NOSIGNAL) on a non-blocking socket: the bytes
     sent; BlockingIOError or another OSError. Beside other threads it keeps
     the GIL: a send to the daemon takes microseconds too."""
-    if not others_run():
+    if not other_threads():
         return sock.send(data, socket.MSG_NOSIGNAL)
     while True:
         sent = _send(sock.fileno(), data, len(data), _SEND_FLAGS)
