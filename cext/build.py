@@ -1,11 +1,11 @@
 """Builds shmmap's C core as the cffi module ``shmmap._core`` (API mode).
 
-The cdef is taken from the section of ``shmmap.h`` between the CFFI
-markers, so the header stays the layout's single source of truth: integer
-literals are kept (array sizes need them), other ``#define``s become
-``#define NAME ...`` (the compiler supplies the value),
-string ``#define``s become constant ``char`` arrays, and structs and
-prototypes are used as written.
+The cdef is the sections between the CFFI markers of ``HEADERS``, joined in
+that order (each may use what an earlier one defines), so the headers stay
+the single source of truth: integer literals are kept (array sizes need
+them), other ``#define``s become ``#define NAME ...`` (the compiler supplies
+the value), string ``#define``s become constant ``char`` arrays, and structs
+and prototypes are used as written.
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
+# The format, the tuning, the API: what Python uses of each.
+HEADERS = ["shmmap.h", "tuning.h", "core.h"]
 SOURCES = ["status.c", "hash.c", "mpack.c", "maphdr.c", "view.c", "read.c", "delta.c", "write.c",
-           "validate.c", "serve.c", "call.c", "chan.c"]
+           "validate.c", "serve.c", "wait.c", "frame.c", "chan.c"]
 # SHMMAP_SANITIZE=1 builds the core with AddressSanitizer and
 # UndefinedBehaviorSanitizer (tools/sanitize.sh runs the suite against it).
 # -fno-wrapv undoes Python's -fwrapv, which would hide signed overflow.
@@ -39,6 +41,7 @@ def _string_defines(section: str) -> list[str]:
 
 
 def cdef_from_header(header: str) -> str:
+    """The cdef of one header's CFFI section."""
     section = re.sub(r"/\*.*?\*/", "", _public_section(header), flags=re.S)
 
     def constant(m: re.Match[str]) -> str:
@@ -57,12 +60,12 @@ def _string_constants(header: str) -> str:
     return "\n".join(f"static const char {n.lower()}[] = {n};" for n in names)
 
 
-_header = (HERE / "shmmap.h").read_text()
+_headers = [(HERE / h).read_text() for h in HEADERS]
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_from_header(_header))
+ffibuilder.cdef("\n".join(cdef_from_header(h) for h in _headers))
 ffibuilder.set_source(
     "shmmap._core",
-    '#include "shmmap.h"\n' + _string_constants(_header),
+    "".join(f'#include "{h}"\n' for h in HEADERS) + "\n".join(_string_constants(h) for h in _headers),
     sources=[str(Path("cext") / s) for s in SOURCES],
     include_dirs=["cext"],
     extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"]

@@ -3,8 +3,9 @@
  * memory, with futex and eventfd wake-ups (see shmmap.h for the layout and
  * what each side may trust).
  *
- * The waits follow PLATFORM-NOTES: on idle cores a sleeping peer takes
- * about 20 us to wake and one that polls answers in well under one; when
+ * Why the waits poll first: a sleeping peer needs a wake-up (a futex wake
+ * or a doorbell, then a context switch: tens of microseconds on idle
+ * cores), where one that polls answers in well under one; but when
  * processes outnumber the cores, polling takes the core the peer needs.
  * So each side polls for a budget that adapts to what polling bought
  * lately (struct shm_spin), yielding the core on every turn, and then

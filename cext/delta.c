@@ -136,9 +136,9 @@ int shm_delta_batch(struct shm_view *v, struct shm_delta *x)
         }
         pos += SHM_REC_HEADER + align_up(r.len, SHM_ALIGN);
     }
-    put_array_header(x->keys, x->count);
-    put_array_header(x->values, x->count);
-    put_array_header(x->dead, x->dead_count);
+    mp_put_array32(x->keys, (uint32_t)x->count);
+    mp_put_array32(x->values, (uint32_t)x->count);
+    mp_put_array32(x->dead, (uint32_t)x->dead_count);
     x->pos = pos;
     x->next_entry = e;
     return done;

@@ -1,23 +1,29 @@
 /*
  * internal.h -- helpers shared by the C core's files; not part of the API.
  *
- * The files depend on each other in one direction only:
+ * The headers: shmmap.h is the format (what other processes agree on),
+ * core.h the API the binding calls, tuning.h the numbers chosen to tune
+ * it, mpack.h msgpack's bytes. The files depend on each other in one
+ * direction only:
  *   status.c  codes and messages        (everyone)
- *   mpack.c   msgpack checks            (validate.c, write.c)
+ *   mpack.c   msgpack checks            (validate.c, write.c, serve.c)
  *   hash.c    the keyed hash            (view.c, read.c, validate.c, write.c)
  *   view.c    opening a view, loading records and keys, finding entries
  *   read.c    lookups and export        (readers)
  *   delta.c   what changed since a seq  (readers' caches)
  *   validate.c  full validation         (uses view.c)
  *   write.c   the writer                (uses view.c)
- *   call.c    waiting: the clock, the spin policy, a client's socket wait
- *   serve.c   the daemon's hot path and loop (uses write.c, call.c)
- *   chan.c    request channels          (uses call.c)
+ *   wait.c    waiting: the clock, the spin policy, a client's socket wait
+ *   serve.c   the daemon's hot path and loop (uses write.c, wait.c)
+ *   frame.c   a client's batch request and its acknowledgement
+ *   chan.c    request channels          (uses wait.c, frame.c)
  */
 #ifndef SHMMAP_INTERNAL_H
 #define SHMMAP_INTERNAL_H
 
-#include "shmmap.h"
+#include "core.h"
+#include "mpack.h"
+#include "tuning.h"
 
 /* Static checks that the layout is what shmmap.h promises. */
 _Static_assert(sizeof(struct shm_record) == SHM_REC_HEADER, "record header");
@@ -30,52 +36,9 @@ _Static_assert(sizeof(struct shm_map_header) % SHM_CACHE_LINE == 0,
                "map header fills whole cache lines");
 _Static_assert(sizeof(struct shm_readers_header) == SHM_CACHE_LINE,
                "readers header is one cache line");
+_Static_assert(SHM_LOAD_INVERSE >= 2, "SHM_MAX_PROBE_RUN assumes load <= 1/2");
 
-/* Format bytes of the msgpack specification. */
-enum {
-    MP_POSFIX_MAX = 0x7f, MP_FIXMAP = 0x80, MP_FIXARRAY = 0x90,
-    MP_FIXSTR = 0xa0, MP_NIL = 0xc0, MP_NEVER = 0xc1, MP_FALSE = 0xc2,
-    MP_TRUE = 0xc3, MP_BIN8 = 0xc4, MP_BIN16 = 0xc5, MP_BIN32 = 0xc6,
-    MP_EXT8 = 0xc7, MP_EXT16 = 0xc8, MP_EXT32 = 0xc9, MP_FLOAT32 = 0xca,
-    MP_FLOAT64 = 0xcb, MP_UINT8 = 0xcc, MP_UINT16 = 0xcd, MP_UINT32 = 0xce,
-    MP_UINT64 = 0xcf, MP_INT8 = 0xd0, MP_INT16 = 0xd1, MP_INT32 = 0xd2,
-    MP_INT64 = 0xd3, MP_FIXEXT1 = 0xd4, MP_FIXEXT16 = 0xd8, MP_STR8 = 0xd9,
-    MP_STR16 = 0xda, MP_STR32 = 0xdb, MP_ARRAY16 = 0xdc, MP_ARRAY32 = 0xdd,
-    MP_MAP16 = 0xde, MP_MAP32 = 0xdf, MP_NEGFIX_MIN = 0xe0,
-};
-#define MP_NEGFIX_LOWEST    (-32)
-#define MP_ARRAY32_HEADER   5
-
-
-/* Where a kind of msgpack object may stand: a map key (canonical, of the
- * key types), a value (any well-formed msgpack a client can decode), or a
- * map key inside a value (a scalar, so that it decodes to a hashable). */
-enum mp_mode { MP_KEY, MP_VALUE, MP_MAPKEY };
-
-/* Checks the msgpack object at p[0..len); on success stores its length in
- * *used. On failure writes a message to err and returns SHM_EKEY or
- * SHM_EVALUE (by mode). (mpack.c) */
-int mp_check(const uint8_t *p, uint64_t len, enum mp_mode mode,
-             uint64_t *used, char *err, size_t errlen);
-
-/* The length of the msgpack object at p[0..len) that mp_check accepted
- * before: structure only, no content checks. Still never reads past len:
- * SHM_EINVAL if the object does not fit. (mpack.c) */
-int mp_skip(const uint8_t *p, uint64_t len, uint64_t *used);
-
-/* The header of one msgpack object at p[0..len): the bytes its format
- * byte and length field take (head), the bytes of body that follow (body:
- * a string's, a bin's, an ext's with its type byte, a number's), and the
- * objects it holds (children: an array's elements, a map's keys and
- * values). Structure only, no content checks. SHM_OK; SHM_EINVAL for the
- * byte msgpack never uses; SHM_EBUFSMALL when len ends inside the length
- * field. (mpack.c) */
-struct mp_head {
-    uint64_t head, body, children;
-};
-int mp_head(const uint8_t *p, uint64_t len, struct mp_head *h);
-
-/* ---- waiting (call.c): the clock and the polling turn that the client's
+/* ---- waiting (wait.c): the clock and the polling turn that the client's
  * waits and the daemon's loop share ---------------------------------------- */
 #define NS_PER_SEC          1000000000LL
 #define NS_PER_MS           1000000LL
@@ -189,15 +152,6 @@ static inline uint64_t shm_entry_end(const struct shm_view *v)
      * entry, so the entries below it are complete. */
     uint64_t dirty = __atomic_load_n(&v->hdr->dirty_count, __ATOMIC_ACQUIRE);
     return v->read_count + (dirty < v->dirty_cap ? dirty : v->dirty_cap);
-}
-
-/* The array32 header each export buffer starts with; its count is written
- * once the batch is complete. */
-static inline void put_array_header(uint8_t *buf, uint64_t count)
-{
-    buf[0] = MP_ARRAY32;
-    for (int i = 0; i < 4; i++)
-        buf[1 + i] = (uint8_t)(count >> (8 * (3 - i)));
 }
 
 static inline uint64_t align_up(uint64_t n, uint64_t a)

@@ -1,5 +1,5 @@
 /*
- * maphdr.c -- the atomic words of the map header (/shmmap-NAME).
+ * maphdr.c -- the atomic words of the map header (/shmmap:NAME).
  */
 #include "internal.h"
 

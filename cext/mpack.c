@@ -1,5 +1,6 @@
 /*
- * mpack.c -- checking msgpack bytes that came from outside.
+ * mpack.c -- checking msgpack bytes that came from outside (the encoders,
+ * inline, are mpack.h's).
  *
  * The daemon stores keys and values as the msgpack bytes clients send, and
  * every reader decodes them; so before anything is stored these checks make
@@ -17,7 +18,6 @@
 #define MP_FIX_LEN_MASK     0x0f
 #define MP_FIXSTR_LEN_MASK  0x1f
 #define MP_FIXSTR_MAX       31
-#define MP_FIXARRAY_MAX     15
 #define MP_TIMESTAMP_TYPE   (-1)
 #define MP_NANOS_PER_SEC    1000000000ULL
 #define MP_NANOS_SHIFT      34          /* 8-byte timestamp: ns << 34 | s */

@@ -55,35 +55,11 @@ int64_t shm_lookup(struct shm_view *v, const char *key, uint64_t len)
     return shm_lookup_at(v, key, len, shm_snapshot(v));
 }
 
-/* msgpack's canonical encoding of an int64, as the Python Packer writes it:
- * fixints, unsigned forms for non-negative values, else the smallest signed
- * form. Returns its length. */
-static int encode_int(int64_t k, uint8_t *out)
-{
-    int width, form;
-    if (k >= 0 && k <= MP_POSFIX_MAX) {
-        out[0] = (uint8_t)k;
-        return 1;
-    }
-    if (k < 0 && k >= MP_NEGFIX_LOWEST) {
-        out[0] = (uint8_t)(int8_t)k;
-        return 1;
-    }
-    if (k >= 0)
-        form = k <= 0xff ? 0 : k <= 0xffff ? 1 : k <= 0xffffffffLL ? 2 : 3;
-    else
-        form = k >= -0x80 ? 0 : k >= -0x8000 ? 1 : k >= -0x80000000LL ? 2 : 3;
-    width = 1 << form;
-    out[0] = (uint8_t)((k >= 0 ? MP_UINT8 : MP_INT8) + form);
-    for (int i = 0; i < width; i++)
-        out[1 + i] = (uint8_t)((uint64_t)k >> (8 * (width - 1 - i)));
-    return 1 + width;
-}
-
 int64_t shm_lookup_int(struct shm_view *v, int64_t key)
 {
-    uint8_t buf[9];
-    return shm_lookup(v, (const char *)buf, (uint64_t)encode_int(key, buf));
+    uint8_t buf[MP_INT_MAX];
+    uint64_t len = (uint64_t)(mp_put_int(buf, key) - buf);
+    return shm_lookup(v, (const char *)buf, len);
 }
 
 uint64_t shm_bench_lookup_ints(struct shm_view *v, int64_t first,
@@ -123,8 +99,10 @@ int shm_export_batch(struct shm_view *v, struct shm_export *x)
         vpos += r.len;
         n++;
     }
-    put_array_header(x->keys, n);
-    put_array_header(x->values, n);
+    /* The counts, in front of the elements (MP_ARRAY32_HEADER bytes kept
+     * for them). */
+    mp_put_array32(x->keys, (uint32_t)n);
+    mp_put_array32(x->values, (uint32_t)n);
     x->cursor = i;
     x->count = n;
     x->keys_len = kpos;

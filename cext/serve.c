@@ -2,17 +2,18 @@
  * serve.c -- the daemon's request hot path: from a connection's received
  * bytes to applied writes and their replies, without Python.
  *
- * A synchronous write costs a round trip, and before this file most of it
- * was Python: decoding the request, dispatching it, encoding the reply.
- * shm_serve does all of that in C for [SHM_REQ_BATCH, id, bin], the request
- * of every store, delete, batch and update. It recognises such a request
- * from its first few bytes (O(1): the blob's length is in its header), so
- * a pipeline of them costs one call. Any other request it only measures:
- * it finds where the object ends (resumably, since the bytes of a large
- * one arrive over many calls) and hands it to the caller, which decodes it
- * in Python as before. It never commits: the caller commits once per round
- * and sends the replies after that (a write is acknowledged only once it
- * is visible).
+ * A synchronous write costs a round trip, and the daemon's share of it is
+ * decoding the request, dispatching it and encoding the reply: in Python,
+ * that share would be most of the trip. shm_serve does all of it in C for
+ * [SHM_REQ_BATCH, id, bin], the request of every store, delete, batch and
+ * update. It recognises such a request from its first few bytes (O(1): the
+ * blob's length is in its header), so a pipeline of them costs one call.
+ * Any other request it only measures: it finds where the object ends
+ * (resumably, since the bytes of a large one arrive over many calls) and
+ * hands it to the caller, which decodes it in Python, where the handlers
+ * of every other request are. It never commits: the caller commits once
+ * per round and sends the replies after that (a write is acknowledged
+ * only once it is visible).
  */
 /* syscall(SYS_futex): GNU/Linux. */
 #define _GNU_SOURCE
@@ -26,21 +27,10 @@
 #include <unistd.h>
 #include "internal.h"
 
-#define MP_FIXARRAY_3       (MP_FIXARRAY | 3)
-#define MP_FIXARRAY_4       (MP_FIXARRAY | 4)
+#define MP_FIXARRAY_3       (MP_FIXARRAY | 3)     /* a batch request */
 
-/* Bytes the msgpack int at p takes (format byte included), or 0 if the
- * format byte b is not an int. */
-static int int_size(uint8_t b)
-{
-    if (b <= MP_POSFIX_MAX || b >= MP_NEGFIX_MIN)
-        return 1;
-    if (b >= MP_UINT8 && b <= MP_UINT64)
-        return 1 + (1 << (b - MP_UINT8));
-    if (b >= MP_INT8 && b <= MP_INT64)
-        return 1 + (1 << (b - MP_INT8));
-    return 0;
-}
+_Static_assert(SHM_REPLY_MAX == 1 + MP_INT_MAX + 1 + 1 + MP_INT_MAX,
+               "a reply: array header, id, status, nil, seq");
 
 /* The outcome of looking at the bytes of one request. */
 enum look { LOOK_BATCH, LOOK_MORE, LOOK_OTHER };
@@ -61,7 +51,7 @@ static enum look look_batch(const uint8_t *p, uint64_t len, struct batch *b)
                (len < 2 || p[1] == SHM_REQ_BATCH) ? LOOK_MORE : LOOK_OTHER;
     if (p[0] != MP_FIXARRAY_3 || p[1] != SHM_REQ_BATCH)
         return LOOK_OTHER;
-    int id_len = int_size(p[2]);
+    int id_len = mp_int_len(p[2]);
     if (id_len == 0)
         return LOOK_OTHER;
     uint64_t at = 2 + (uint64_t)id_len;
@@ -131,33 +121,6 @@ static void scan(struct shm_serve *s, const uint8_t *p, uint64_t len)
 
 /* ---- serving a batch ----------------------------------------------------- */
 
-/* Writes v big-endian into out[0..width). */
-static void put_be(uint8_t *out, uint64_t v, int width)
-{
-    for (int i = 0; i < width; i++)
-        out[i] = (uint8_t)(v >> (8 * (width - 1 - i)));
-}
-
-/* Appends the msgpack uint v at out; the bytes it took. */
-static uint64_t put_uint(uint8_t *out, uint64_t v)
-{
-    int width;
-    if (v <= MP_POSFIX_MAX) {
-        out[0] = (uint8_t)v;
-        return 1;
-    }
-    if (v <= 0xff)
-        width = 1, out[0] = MP_UINT8;
-    else if (v <= 0xffff)
-        width = 2, out[0] = MP_UINT16;
-    else if (v <= 0xffffffff)
-        width = 4, out[0] = MP_UINT32;
-    else
-        width = 8, out[0] = MP_UINT64;
-    put_be(out + 1, v, width);
-    return 1 + (uint64_t)width;
-}
-
 /* Applies the batch b at p with the next seq and appends its reply; 0 if
  * the apply failed (nothing applied: the caller's path answers it). */
 static int serve_batch(struct shm_serve *s, const uint8_t *p,
@@ -173,50 +136,15 @@ static int serve_batch(struct shm_serve *s, const uint8_t *p,
     s->seq++;
     /* [id, OK, nil, seq]: the id as the client encoded it (an int, which
      * look_batch checked), so the client matches it to its request. */
-    uint8_t *out = s->out + s->out_len;
-    uint64_t n = 0;
-    out[n++] = MP_FIXARRAY_4;
-    memcpy(out + n, p + b->id_at, b->id_len);
-    n += b->id_len;
-    out[n++] = SHM_REPLY_OK;
-    out[n++] = MP_NIL;
-    n += put_uint(out + n, s->seq);
-    s->out_len += n;
+    uint8_t *start = s->out + s->out_len;
+    uint8_t *out = mp_put_fixarray(start, 4);
+    memcpy(out, p + b->id_at, b->id_len);
+    out = mp_put_uint(out + b->id_len, SHM_REPLY_OK);
+    out = mp_put_nil(out);
+    out = mp_put_uint(out, s->seq);
+    s->out_len += (uint64_t)(out - start);
     s->served++;
     return 1;
-}
-
-/* ---- a client's batch request and its acknowledgement --------------------- */
-
-#define ID_BYTES            8       /* the id: a msgpack uint64 */
-#define BLOB_LEN_BYTES      4       /* the blob's length: a bin32 */
-#define ACK_SEQ_AT          (1 + 1 + ID_BYTES + 2)   /* header, id, OK, nil */
-
-void shm_batch_frame(uint8_t *out, uint64_t id, uint64_t blob_len)
-{
-    _Static_assert(3 + ID_BYTES + 1 + BLOB_LEN_BYTES == SHM_BATCH_HEADER,
-                   "batch header");
-    out[0] = MP_FIXARRAY_3;
-    out[1] = SHM_REQ_BATCH;
-    out[2] = MP_UINT64;
-    put_be(out + 3, id, ID_BYTES);
-    out[3 + ID_BYTES] = MP_BIN32;
-    put_be(out + 4 + ID_BYTES, blob_len, BLOB_LEN_BYTES);
-}
-
-int shm_batch_acked(uint64_t id, const uint8_t *reply, uint64_t len)
-{
-    uint8_t want[ACK_SEQ_AT];
-    want[0] = MP_FIXARRAY_4;
-    want[1] = MP_UINT64;
-    put_be(want + 2, id, ID_BYTES);
-    want[2 + ID_BYTES] = SHM_REPLY_OK;
-    want[3 + ID_BYTES] = MP_NIL;
-    if (len <= ACK_SEQ_AT || memcmp(reply, want, ACK_SEQ_AT) != 0)
-        return 0;
-    uint8_t seq = reply[ACK_SEQ_AT];     /* a uint, and nothing after it */
-    int uint = seq <= MP_POSFIX_MAX || (seq >= MP_UINT8 && seq <= MP_UINT64);
-    return uint && len == ACK_SEQ_AT + (uint64_t)int_size(seq);
 }
 
 uint64_t shm_serve(struct shm_serve *s, const char *in, uint64_t len,

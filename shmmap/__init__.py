@@ -7,12 +7,12 @@
 ...     dict(m.items())
 {'a': 1}
 """
-from .client import Batch, Pipeline, SharedMap, connect
-from .errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError, DaemonStartError,
-                     DaemonUnavailableError, InvalidNameError, InvalidRequestError, LimitError,
-                     MapClosedError, MapFullError, MapNotFoundError, OutcomeUnknownError, ShmmapError,
-                     WriteTimeoutError)
-from .service import Daemon
+from .client.map import Batch, Pipeline, SharedMap, connect
+from .launcher import Daemon
+from .shared.errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError,
+                            DaemonStartError, DaemonUnavailableError, InvalidNameError,
+                            InvalidRequestError, LimitError, MapClosedError, MapFullError,
+                            MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
 
 __version__ = "0.1.0"
 

@@ -10,17 +10,19 @@ from typing import Iterator
 
 import pytest
 
-from shmmap import segments
-from shmmap.protocol import default_socket_path
+from shmmap.shared import segments
+from shmmap.shared.protocol import default_socket_path
 
 SHM = Path("/dev/shm")
 # Names this run gives its maps start with "t<pid>-" (the map_name fixture,
 # and tests that make up names of their own the same way).
-_OTHER_RUN = re.compile(r"shmmap-t(\d+)-")
+# Segments are "shmmap:NAME..."; "shmmap-t<pid>-..." are of the older layout,
+# as test_names makes them (others of that layout are no test's).
+_OTHER_RUN = re.compile(r"shmmap[:-]t(\d+)-")
 
 
 def _shmmap_entries() -> set[str]:
-    return {p.name for p in SHM.iterdir() if p.name.startswith("shmmap-")}
+    return {p.name for p in SHM.iterdir() if p.name.startswith(("shmmap:", "shmmap-t"))}
 
 
 def unique_map_name(tag: str = "") -> str:
@@ -59,5 +61,5 @@ def dev_shm_left_as_found() -> Iterator[None]:
     # else runs on this machine promoting meanwhile), and the maps of other
     # test runs going on at the same time, are not this run's.
     left = {e for e in _shmmap_entries() - before
-            if not any(e.startswith(b + "-") for b in before) and not _from_another_run(e)}
+            if not any(e.startswith((b + ":", b + "-")) for b in before) and not _from_another_run(e)}
     assert not left, f"the test run left shared-memory segments behind: {sorted(left)}"

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 import shmmap
-from shmmap import segments
 from shmmap._core import lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.protocol import Op, batch_blob
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import Op, batch_blob
 
 BIG = 400_000           # keys of a map whose build takes long enough to catch
 POLL_SECONDS = 60.0
@@ -173,7 +173,7 @@ def test_clear_during_a_build_cancels_it(map_name: str) -> None:
         assert st["builds_cancelled"] == 1 and not st["promotion_building"]
         assert len(m) == 0 and result[-1] == st["generation"]    # answered by the clear's
         gen = segments.gen_name(map_name, st["generation"])
-        assert [s for s in segments.map_segments(map_name) if "-g" in s[len(map_name):]] \
+        assert [s for s in segments.map_segments(map_name) if segments.GEN_INFIX in s[len(map_name):]] \
             == [gen]
         m["after"] = 1
         assert dict(m.items()) == {"after": 1}
@@ -206,7 +206,7 @@ def test_a_daemon_killed_mid_build_leaves_an_adoptable_map(map_name: str) -> Non
             for k, v in acked.items():     # every acknowledged write
                 assert snap[k] == v, k
             st = m3.stats()
-            gens = [s for s in segments.map_segments(map_name) if "-g" in s[len(map_name):]]
+            gens = [s for s in segments.map_segments(map_name) if segments.GEN_INFIX in s[len(map_name):]]
             assert gens == [segments.gen_name(map_name, st["generation"])]
         if not building:
             pytest.skip("the build was published before the kill (the adoption was checked)")

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
-from shmmap import segments
-from shmmap.codec import encode_key, encode_value
-from shmmap.protocol import batch_blob
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import batch_blob
 from test_core_model import ABSENT, MapMachine
 
 

@@ -196,7 +196,7 @@ def test_lmdb_runs_on_dev_shm_without_fsync() -> None:
 
 def test_plot_without_matplotlib_fails_before_running(tmp_path: Path) -> None:
     png = tmp_path / "bench.png"
-    code = ("import sys; sys.modules['matplotlib'] = None; from shmmap.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from shmmap.cli.main import main; "
             f"sys.exit(main(['bench', '--quick', '--plot', {str(png)!r}]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)

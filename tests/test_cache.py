@@ -1,4 +1,4 @@
-"""The client's cache of decoded objects (shmmap.cache), over a real daemon:
+"""The client's cache of decoded objects (shmmap.client.cache), over a real daemon:
 reads follow every write, promotion and clear; an iteration keeps its
 instant while the cache refreshes; a batch is seen whole; the memory bound
 holds; a closed map stays closed. The model across processes is in
@@ -19,7 +19,7 @@ import pytest
 
 import shmmap
 from shmmap import MapClosedError
-from shmmap.cache import LOAD_AFTER_LOOKUPS
+from shmmap.client.cache import LOAD_AFTER_LOOKUPS
 
 CTX = mp.get_context("spawn")
 

@@ -11,11 +11,11 @@ from typing import Any, Iterator
 import pytest
 
 from shmmap._core import ffi, lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.generation import Changes
-from shmmap.protocol import batch_blob
-from shmmap.reader import MapReader
-from shmmap.writer import MapWriter
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.generation import Changes
+from shmmap.shared.protocol import batch_blob
 from test_core_trust import _in_child
 
 GUARD = 64                      # bytes past each buffer that must stay untouched

@@ -1,5 +1,5 @@
 """Request channels: a client's synchronous writes through shared memory
-(shmmap.channel, cext/chan.c), against real daemons and real processes.
+(shmmap.client.channel, cext/chan.c), against real daemons and real processes.
 
 What a channel must keep: every guarantee of the socket (acknowledged only
 once visible, errors as errors, nothing resent that may have been applied,
@@ -24,9 +24,9 @@ import pytest
 
 import shmmap
 from shmmap._core import ffi, lib
-from shmmap.channel import receive_fds
-from shmmap.codec import encode_key, encode_value
-from shmmap.protocol import OK, STORE, Err, Op, batch_request
+from shmmap.client.channel import receive_fds
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import OK, STORE, Err, Op, batch_request
 
 from test_misuse_client import in_child
 

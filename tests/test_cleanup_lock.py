@@ -10,9 +10,9 @@ import sys
 import pytest
 
 import shmmap
-from shmmap import segments
-from shmmap.maplock import is_served
-from shmmap.service import cleanup
+from shmmap.launcher import cleanup
+from shmmap.shared import segments
+from shmmap.shared.maplock import is_served
 
 
 def _kill_and_wait(d: shmmap.Daemon) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import math
 import multiprocessing as mp
@@ -23,10 +24,10 @@ import msgpack
 import pytest
 
 import shmmap
-from shmmap import segments
-from shmmap.cli import build_parser, main
-from shmmap.codec import encode_key, encode_value
-from shmmap.progress import Progress
+from shmmap.cli.main import build_parser, main
+from shmmap.cli.progress import Progress
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
 
 from conftest import remove_map, unique_map_name
 
@@ -205,7 +206,7 @@ def test_stale_map_is_listed_adopted_or_cleaned_up(map_name: str) -> None:
                 assert len(m3) == 0
             crash()
             out = cli("cleanup", map_name).stdout
-            assert "removed /shmmap-" + map_name in out
+            assert "removed " + segments.header_name(map_name) in out
             assert segments.map_segments(map_name) == []
             assert map_name not in [r["name"] for r in json.loads(cli("ls", "--json").stdout)]
     finally:
@@ -451,7 +452,10 @@ def _main_as_nobody(argv: list[str], out_path: str, err_path: str) -> None:
     sys.stdout = open(out_path, "w")
     sys.stderr = open(err_path, "w")
     try:
-        build_parser()          # imports everything first: nobody may not read the stdlib
+        # Everything is imported first (nobody may not read the stdlib): the
+        # parser's modules, and the daemon's, which serve imports when it runs.
+        build_parser()
+        importlib.import_module("shmmap.server.server")
         os.setgid(NOBODY)
         os.setuid(NOBODY)
         code = main(argv)
@@ -536,7 +540,7 @@ def test_ls_and_cleanup_carry_on_past_maps_they_may_not_read(
         code, out, err = as_nobody("cleanup")           # removes theirs, skips root's
         assert code == 0, err
         assert f"skipped map {map_name!r}" in err
-        assert f"removed /shmmap-{theirs}\n" in out
+        assert f"removed {segments.header_name(theirs)}\n" in out
         assert segments.map_segments(theirs) == []
         with d.connect() as m:                          # root's map is untouched
             m["still"] = "here"

@@ -1,6 +1,7 @@
-"""Keys and values as bytes: the canonical key encoding (shmmap.codec and
-the C core's check of it), the checks the daemon makes on every key and
-value before it stores them, and a writer that rejects a bad batch whole.
+"""Keys and values as bytes: the canonical key encoding (shmmap.shared.codec
+and the C core's check of it), the checks the daemon makes on every key
+and value before it stores them, and a writer that rejects a bad batch
+whole.
 
 The safety property behind the checks: whatever shm_check_value accepts,
 every reader can decode; whatever shm_check_key accepts is the one
@@ -19,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmmap._core import ffi, lib
-from shmmap.codec import decode_key, decode_value, encode_key, encode_pair, encode_value
-from shmmap.errors import InvalidRequestError, LimitError, MapFullError
-from shmmap.reader import MapReader, lookup_in
-from shmmap.protocol import DELETE, STORE, batch_blob
-from shmmap.writer import Limits, MapWriter
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter
+from shmmap.shared.codec import decode_key, decode_value, encode_key, encode_pair, encode_value
+from shmmap.shared.config import Limits
+from shmmap.shared.errors import InvalidRequestError, LimitError, MapFullError
+from shmmap.shared.protocol import DELETE, STORE, batch_blob
 
 ERR_LEN = 256
 MAX_DEPTH = lib.SHM_MAX_DEPTH
@@ -404,7 +406,8 @@ def test_int_lookups_from_c_find_what_python_encoded(map_name: str) -> None:
         w.promote()                     # now from the read table
         for k in stored:
             assert r.lookup(k) == str(k), k
-            assert lookup_in(r.generation, k, r.generation.snapshot()) == str(k)
+            gen = r.generation
+            assert gen.lookup_raw(encode_key(k), gen.snapshot()) == encode_value(str(k))
         assert r.lookup(True) == "1" and r.lookup(False) == "0" and r.lookup(Color.RED) == "1"
         with pytest.raises(TypeError):
             r.lookup(2**64)

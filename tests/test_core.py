@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from shmmap import segments
 from shmmap._core import ffi, lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.errors import CorruptSegmentError
-from shmmap.generation import Generation
-from shmmap.reader import MapReader, lookup_in
-from shmmap.protocol import batch_blob
-from shmmap.writer import MapWriter
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.errors import CorruptSegmentError
+from shmmap.shared.generation import Generation
+from shmmap.shared.protocol import batch_blob
 
 CTX = mp.get_context("spawn")
 
@@ -110,7 +110,7 @@ class MapModel(RuleBasedStateMachine):
         assert dict(gen.items(snap)) == model
         assert sum(1 for _ in gen.items(snap)) == len(model)      # no duplicate key
         for k in list(model)[:20]:
-            assert lookup_in(gen, k, snap, default=KeyError) == model[k]
+            assert gen.lookup_raw(encode_key(k), snap) == encode_value(model[k])
 
     @invariant()
     def reader_sees_committed_state(self) -> None:
@@ -180,7 +180,7 @@ def _reader_process(name: str, rounds: int, out: Any) -> None:
             assert all(len(vs) == 1 for vs in groups.values()), groups
             assert sum(seen[("acct", i)] for i in range(ACCOUNTS)) == TOTAL
             for k in list(seen)[:30]:
-                assert lookup_in(gen, k, snap, KeyError) == seen[k]
+                assert gen.lookup_raw(encode_key(k), snap) == encode_value(seen[k])
             now = r.lookup(("acct", 0))
             assert isinstance(now, int)
             checks += 1

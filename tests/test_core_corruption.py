@@ -18,14 +18,14 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from shmmap import segments
 from shmmap._core import ffi, lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.errors import CorruptSegmentError
-from shmmap.generation import Generation
-from shmmap.reader import MapReader
-from shmmap.protocol import batch_blob
-from shmmap.writer import MapWriter
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter
+from shmmap.shared import segments
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.errors import CorruptSegmentError
+from shmmap.shared.generation import Generation
+from shmmap.shared.protocol import batch_blob
 
 CTX = mp.get_context("spawn")
 ERR_LEN = 256

@@ -12,13 +12,13 @@ from typing import Any, Callable
 import pytest
 
 import shmmap
-from shmmap import segments, status
 from shmmap._core import ffi, lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.errors import CorruptSegmentError, MapFullError, ShmmapError
-from shmmap.protocol import batch_blob
-from shmmap.reader import MapReader
-from shmmap.writer import MapWriter, data_mode
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter, data_mode
+from shmmap.shared import corestatus, segments
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.errors import CorruptSegmentError, MapFullError, ShmmapError
+from shmmap.shared.protocol import batch_blob
 
 CTX = mp.get_context("spawn")
 FORGED = 2**44                      # a counter far past any segment's end
@@ -214,8 +214,8 @@ def test_adoption_repairs_a_current_generation_marked_superseded(map_name: str) 
 
 
 def _validate(data: bytearray) -> tuple[int, str]:
-    err = status.err_buffer()
-    rc = lib.shm_gen_validate(ffi.from_buffer(data), len(data), err, status.ERR_LEN)
+    err = corestatus.err_buffer()
+    rc = lib.shm_gen_validate(ffi.from_buffer(data), len(data), err, corestatus.ERR_LEN)
     return rc, ffi.string(err).decode()
 
 
@@ -278,22 +278,22 @@ STATUS_CODES = sorted(code for code in (getattr(lib, n) for n in dir(lib) if n.s
 @pytest.mark.parametrize("code", STATUS_CODES)
 def test_every_status_code_has_a_text_and_an_exception(code: int) -> None:
     assert lib.SHM_STATUS_MIN <= code < lib.SHM_OK
-    text = status.strerror(code)
+    text = corestatus.strerror(code)
     assert text and text != "unknown status"
-    exc = status.error(code, context="ctx")
-    assert isinstance(exc, status.EXCEPTIONS[code]) and isinstance(exc, ShmmapError)
+    exc = corestatus.error(code, context="ctx")
+    assert isinstance(exc, corestatus.EXCEPTIONS[code]) and isinstance(exc, ShmmapError)
     assert str(exc) == f"ctx: {text} (status {code})"
 
 
 def test_codes_outside_the_table_and_success() -> None:
     for code in (1, -1, -9, lib.SHM_STATUS_MIN - 1, -2**31):
-        assert status.strerror(code) == "unknown status"
-    assert status.strerror(lib.SHM_OK) == "success"
-    assert status.check(7) == 7
-    err = status.err_buffer()
+        assert corestatus.strerror(code) == "unknown status"
+    assert corestatus.strerror(lib.SHM_OK) == "success"
+    assert corestatus.check(7) == 7
+    err = corestatus.err_buffer()
     err[0:5] = b"boom\0"
     with pytest.raises(CorruptSegmentError, match="^seg: boom$"):
-        status.check(lib.SHM_ECORRUPT, err, "seg")
+        corestatus.check(lib.SHM_ECORRUPT, err, "seg")
 
 
 def test_shm_apply_validates_a_blob_once_and_applies_it_whole_or_not(map_name: str) -> None:
@@ -305,14 +305,14 @@ def test_shm_apply_validates_a_blob_once_and_applies_it_whole_or_not(map_name: s
         room = int(view.dirty_cap)
         blob = _stores(range(room + 1))
         info = ffi.new("struct shm_apply_info *")
-        err = status.err_buffer()
-        assert lib.shm_apply(view, blob, len(blob), 1, info, err, status.ERR_LEN) \
+        err = corestatus.err_buffer()
+        assert lib.shm_apply(view, blob, len(blob), 1, info, err, corestatus.ERR_LEN) \
             == lib.SHM_ENOSPACE
         assert (info.validated, info.items, info.new_keys_max) == (1, room + 1, room + 1)
         assert (int(view.dirty_count), int(view.arena_used)) == (0, 0)
         for seq in (0, lib.SHM_MAX_SEQ + 1):
             info.validated = 0
-            assert lib.shm_apply(view, blob, len(blob), seq, info, err, status.ERR_LEN) \
+            assert lib.shm_apply(view, blob, len(blob), seq, info, err, corestatus.ERR_LEN) \
                 == lib.SHM_EINVAL
             assert "seq" in ffi.string(err).decode()
         assert w.apply(blob) == 1                  # promotes, then applies it

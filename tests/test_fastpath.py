@@ -14,10 +14,10 @@ import msgpack
 import pytest
 
 import shmmap
-from shmmap import protocol
 from shmmap._core import ffi, lib
-from shmmap.codec import encode_key, encode_value
-from shmmap.protocol import MAX_REQUEST, OK, Err, Op, batch_request, delete_item, store_item
+from shmmap.shared import protocol
+from shmmap.shared.codec import encode_key, encode_value
+from shmmap.shared.protocol import MAX_REQUEST, OK, Err, Op, batch_request, delete_item, store_item
 from test_protocol_fuzz import connect_raw, read_replies
 
 # Every form msgpack has for a request id: the daemon echoes it as it came.

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import shmmap
-from shmmap import segments
 from shmmap._core import ffi
+from shmmap.shared import segments
 
 GROUP = 8          # keys written together by one batch
 CTX = mp.get_context("spawn")
@@ -394,21 +394,21 @@ m.close()
 os.kill(d.pid, signal.SIGKILL)
 d.process.wait()
 d.stop()
-left = shmmap.segments.map_segments("full")
+left = shmmap.shared.segments.map_segments("full")
 assert left, "a killed daemon leaves its map"
 try:                            # no room to adopt: refused, and nothing removed
     shmmap.Daemon("full").start()
 except shmmap.DaemonStartError as exc:
     assert "/dev/shm is full" in str(exc), exc
     print("no room to adopt:", exc)
-assert shmmap.segments.map_segments("full") == left
+assert shmmap.shared.segments.map_segments("full") == left
 os.unlink("/dev/shm/ballast")   # room again: the next daemon adopts
 with shmmap.Daemon("full") as d2, d2.connect() as m2:
     assert "adopted" in d2.log(), d2.log()
     snap = m2.snapshot()
     assert snap == acked, (len(snap), len(acked))
     print("adopted", len(snap))
-assert shmmap.segments.map_segments("full") == [], "a clean stop removes the map"
+assert shmmap.shared.segments.map_segments("full") == [], "a clean stop removes the map"
 """
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import shmmap
-from shmmap import trace
+from shmmap.cli import trace
 
 
 def test_a_trace_records_events_without_printing_them(map_name: str, tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import shmmap
-from shmmap import segments
-from shmmap.metrics import MetricsServer, parse_address
 from shmmap import DaemonStartError
+from shmmap.server.metrics import MetricsServer, parse_address
+from shmmap.shared import segments
 
 from test_cli import fails
 

@@ -19,10 +19,9 @@ import msgpack
 import pytest
 
 import shmmap
-from shmmap import segments
-from shmmap.daemon import READY
-from shmmap.protocol import Err, Op
-from shmmap.errors import DaemonStartError
+from shmmap.shared import segments
+from shmmap.shared.errors import DaemonStartError
+from shmmap.shared.protocol import READY, Err, Op
 
 KEYS = 5000
 
@@ -37,7 +36,7 @@ def _spawn(name: str, *extra: str, prelude: str = "") -> tuple[subprocess.Popen[
     """Starts `shmmap serve name` (after prelude, Python run in the daemon
     process first); returns it and the read end of its --ready-fd."""
     r, w = os.pipe()
-    code = f"{prelude}\nimport sys\nfrom shmmap import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    code = f"{prelude}\nimport sys\nfrom shmmap.cli.main import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "serve", name, "--ready-fd", str(w), *extra],
         pass_fds=(w,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -199,7 +198,7 @@ def test_killed_after_the_stop_timeout_leaves_the_map(
         map_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A daemon that does not exit on SIGTERM (here: stopped) is killed
     after STOP_TIMEOUT; that is not a clean stop, so the map stays."""
-    monkeypatch.setattr(shmmap.service, "STOP_TIMEOUT", 0.5)
+    monkeypatch.setattr(shmmap.launcher, "STOP_TIMEOUT", 0.5)
     d = shmmap.Daemon(map_name).start()
     with d.connect() as m:
         items = _fill(m)
@@ -212,7 +211,7 @@ def test_killed_after_the_stop_timeout_leaves_the_map(
 # Makes the daemon's loop raise once the map has been promoted on request:
 # a daemon bug outside any request's handling.
 FAULT = """
-from shmmap import stats
+from shmmap.server import stats
 _check = stats.PromotionLog.check
 def check(self):
     _check(self)
@@ -248,10 +247,10 @@ def test_a_daemon_bug_in_a_request_is_internal_not_invalid(map_name: str) -> Non
     """A TypeError inside a handler is the daemon's fault: INTERNAL, logged
     with its traceback; the client's request is not called invalid."""
     fault = textwrap.dedent("""
-        from shmmap import ops
+        from shmmap.server import handlers
         def op_swap(self, conn, key, value):
             raise TypeError("injected bug")
-        ops.MapOps.op_swap = op_swap
+        handlers.MapOps.op_swap = op_swap
     """)
     proc, said = _serve(map_name, prelude=fault)
     try:

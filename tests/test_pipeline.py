@@ -8,7 +8,7 @@ import multiprocessing as mp
 import pytest
 
 import shmmap
-from shmmap.client import PIPELINE_WRITES
+from shmmap.client.map import PIPELINE_WRITES
 
 CTX = mp.get_context("spawn")
 

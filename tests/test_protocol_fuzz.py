@@ -20,9 +20,9 @@ from typing import Any
 import msgpack
 
 import shmmap
-from shmmap.codec import decode_key, decode_value, encode_key, encode_value
-from shmmap.protocol import OK, Err, Op
-from shmmap.protocol import DELETE, STORE, batch_request
+from shmmap.shared.codec import decode_key, decode_value, encode_key, encode_value
+from shmmap.shared.protocol import OK, Err, Op
+from shmmap.shared.protocol import DELETE, STORE, batch_request
 
 SEED = int(os.environ.get("SHMMAP_FUZZ_SEED", "20261124"))
 ROUNDS = 95          # rounds of pipelined requests on one connection

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from shmmap.demo import run_demo
+from shmmap.cli.demo import run_demo
 
 SECONDS = float(os.environ.get("SHMMAP_SOAK_SECONDS", "15"))
 

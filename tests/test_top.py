@@ -11,7 +11,8 @@ from typing import Iterator
 import pytest
 
 import shmmap
-from shmmap.stats import BUCKET_BOUNDS, quantile
+from shmmap.cli.format import quantile
+from shmmap.shared.protocol import BUCKET_BOUNDS
 
 KEYS = 1000
 Busy = tuple[shmmap.Daemon, shmmap.SharedMap]

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 import shmmap
-from shmmap import trace
-from shmmap.errors import InvalidRequestError
-from shmmap.protocol import Op
+from shmmap.cli import trace
+from shmmap.server.recorder import Recorder, daemon_log
+from shmmap.shared.errors import InvalidRequestError
+from shmmap.shared.protocol import Op
+from shmmap.shared.tracing import ENV
 
 KEYS = 1000
 
@@ -50,7 +52,7 @@ def test_trace_has_rounds_promotions_connects_and_client_lanes(map_name: str,
         try:
             assert recording.wait(60)
             child = subprocess.run([sys.executable, "-c", CLIENT, map_name, str(KEYS)],
-                                   env={**os.environ, trace.ENV: str(events)},
+                                   env={**os.environ, ENV: str(events)},
                                    capture_output=True, text=True, timeout=60)
             assert child.stdout == "done\n", child.stderr
             m.promote()
@@ -144,16 +146,16 @@ def test_trace_command_writes_the_file_and_says_so(map_name: str, tmp_path: Path
 def test_promotion_phases_become_slices_inside_the_promotion() -> None:
     """When the writer reports a promotion's phases (a "phases" field of its
     log record, in order), the trace nests one slice per phase in it."""
-    from shmmap.stats import Timings
+    from shmmap.server.stats import Timings
 
     class Conn:
         peer = None
 
     conn = Conn()
-    recorder = trace.Recorder(Timings(), lambda: {})
+    recorder = Recorder(Timings(), lambda: {})
     recorder.op_trace(conn, 10, 0.001)
     try:
-        trace.daemon_log.info("promoted", extra={
+        daemon_log.info("promoted", extra={
             "event": "promotion", "reason": "full", "entries": 5, "bytes": 80, "ms": 3.0,
             "phases": {"measure": 1.0, "build": 1.5, "publish": 0.5}})
     finally:
@@ -165,4 +167,4 @@ def test_promotion_phases_become_slices_inside_the_promotion() -> None:
                                               ("publish", 500)]
     assert phases[0][2] == promotion[2]
     assert phases[-1][2] + phases[-1][3] == pytest.approx(promotion[2] + promotion[3])
-    assert trace.daemon_log.handlers == [] and not recorder.on
+    assert daemon_log.handlers == [] and not recorder.on

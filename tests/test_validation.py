@@ -8,11 +8,12 @@ import msgpack
 import pytest
 
 from shmmap._core import ffi, lib
-from shmmap.codec import decode_key, encode_key, encode_value
-from shmmap.errors import InvalidRequestError, LimitError
-from shmmap.reader import MapReader
-from shmmap.protocol import batch_blob
-from shmmap.writer import Limits, MapWriter
+from shmmap.client.reader import MapReader
+from shmmap.server.writer import MapWriter
+from shmmap.shared.codec import decode_key, encode_key, encode_value
+from shmmap.shared.config import Limits
+from shmmap.shared.errors import InvalidRequestError, LimitError
+from shmmap.shared.protocol import batch_blob
 
 
 class Color(enum.IntEnum):

@@ -40,8 +40,8 @@ class _Acknowledging:
 
 def _store(writes: int) -> None:
     """The measured program: writes stores through an acknowledging stub."""
-    from shmmap import channel
-    from shmmap.service import Daemon
+    from shmmap.client import channel
+    from shmmap.launcher import Daemon
 
     rng = random.Random(1)
     keys = [rng.randrange(KEYS) for _ in range(writes)]

@@ -20,8 +20,8 @@ from typing import Any, Iterable, Iterator, Optional, cast
 
 import msgpack
 
-from ..client import SharedMap, connect
-from ..service import Daemon
+from ..client.map import SharedMap, connect
+from ..launcher import Daemon
 
 READY_TIMEOUT = 30.0
 _setups = itertools.count()     # makes every setup's names unique
@@ -425,7 +425,7 @@ class LmdbPeer(Peer):
         return _importable(cls, "lmdb")
 
     def setup(self, n: int) -> None:
-        # Not named "shmmap-*": /dev/shm entries by that name are shmmap maps.
+        # Not named "shmmap*": /dev/shm entries by those names are shmmap segments.
         self.dir = tempfile.mkdtemp(prefix=LMDB_DIR_PREFIX, dir=LMDB_PARENT)
         store = LmdbStore(self.dir)
         for chunk in _chunks(initial(n)):

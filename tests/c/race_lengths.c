@@ -15,7 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "shmmap.h"
+#include "core.h"
+#include "mpack.h"
 
 #define KEYS        8           /* int keys 0..KEYS-1, fixints */
 #define VALUE_LEN   10          /* bin8 of 8 bytes */
@@ -34,7 +35,7 @@ static size_t put_store(uint8_t *p, int k)
 {
     p[0] = SHM_OP_STORE;
     p[1] = (uint8_t)k;
-    p[2] = 0xc4;                /* bin8 */
+    p[2] = MP_BIN8;
     p[3] = VALUE_LEN - 2;
     memset(p + 4, 'v', VALUE_LEN - 2);
     return 2 + VALUE_LEN;
