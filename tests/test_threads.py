@@ -1,7 +1,7 @@
 """Threads of one process sharing one map: lookups and iterations must never
 touch a generation that another thread let go of while generations come
 and go; writer threads beside reader threads, whose waits keep the GIL for
-a while (shmmap/gil.py), must have every write acknowledged, readable and
+a while (shmmap/client/gil.py), must have every write acknowledged, readable and
 whole. The heavy cases run in a child process, so that a crash fails the
 test instead of killing the run."""
 from __future__ import annotations
