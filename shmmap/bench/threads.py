@@ -19,7 +19,7 @@ from .scenarios import CheckFailed, Result, full_iteration
 # threads share as they are (an LMDB environment, a redis-py client).
 SYSTEMS = ("shmmap", "LMDB (py-lmdb, /dev/shm)", "Redis (Unix socket)")
 GETS_PER_ITERATION = 100    # gets a reader makes after each full iteration
-START_TIMEOUT = 60.0        # seconds for every thread to make its first operation
+START_TIMEOUT = 60.0        # seconds a thread may take to make its next operation
 
 
 def parse_shapes(spec: str) -> list[tuple[int, int]]:
@@ -92,10 +92,17 @@ def _guarded(counts: _Counts, stop: threading.Event, work: Callable[[], None]) -
 
 
 def _window(counts: _Counts, duration: float) -> tuple[list[int], list[int], float]:
-    """The operations each thread made over duration seconds, and the
-    seconds they took."""
+    """The operations each thread made over at least duration seconds, and
+    the seconds they took: the window lasts until every thread made one
+    more operation, so that a thread the others kept from the GIL for the
+    whole duration shows in a longer window rather than as a rate of 0."""
     ops0, gets0, t0 = list(counts.ops), list(counts.gets), time.perf_counter()
     time.sleep(duration)
+    deadline = time.monotonic() + START_TIMEOUT
+    while any(a == b for a, b in zip(ops0, counts.ops)) and not counts.errors:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a thread made no operation for {START_TIMEOUT} s")
+        time.sleep(0.001)
     ops1, gets1, t1 = list(counts.ops), list(counts.gets), time.perf_counter()
     return ([b - a for a, b in zip(ops0, ops1)], [b - a for a, b in zip(gets0, gets1)], t1 - t0)
 
@@ -152,7 +159,7 @@ def _readers_extra(ops: list[int], gets: list[int], seconds: float, writers: int
     iterations, got = sum(ops[writers:]), sum(gets[writers:])
     per_writer = [round(w / seconds) for w in ops[:writers]]
     extra: dict[str, Any] = {"writers": writers, "readers": len(ops) - writers,
-                             "per_writer": per_writer,
+                             "seconds": round(seconds, 3), "per_writer": per_writer,
                              "reader_iterations_per_s": round(iterations / seconds, 1),
                              "reader_gets_per_s": round(got / seconds)}
     extra["summary"] = (f"readers: {extra['reader_iterations_per_s']:,} iterations/s, "
