@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from functools import partial
 from typing import Any, Callable
 
 from .peers import Peer, Store
@@ -111,8 +112,8 @@ def _one_shape(store: Store, n: int, duration: float, writers: int, readers: int
                ) -> tuple[list[int], list[int], float, list[str]]:
     counts, stop = _Counts(writers + readers), threading.Event()
     jobs: list[Callable[[], None]] = [
-        lambda s=slot: _writer(store, n, writers, s, counts, stop) for slot in range(writers)]
-    jobs += [lambda s=slot: _reader(store, n, s, counts, stop)
+        partial(_writer, store, n, writers, slot, counts, stop) for slot in range(writers)]
+    jobs += [partial(_reader, store, n, slot, counts, stop)
              for slot in range(writers, writers + readers)]
     threads = [threading.Thread(target=_guarded, args=(counts, stop, job), daemon=True)
                for job in jobs]
