@@ -1,7 +1,8 @@
-"""Dispatch: a decoded request to its handler, and the handler's outcome to
-a reply. The error codes say whose fault a failure is: the client's
-(INVALID, LIMIT, UNKNOWN_OP, PROTOCOL), the map's (FULL), or the daemon's
-(INTERNAL, logged with its traceback)."""
+"""Dispatch: a request to its handler, and the handler's outcome to a
+reply -- in C for the batch requests the hot path serves (cext/serve.c),
+here for the others. The error codes say whose fault a failure is: the
+client's (INVALID, LIMIT, UNKNOWN_OP, PROTOCOL), the map's (FULL), or the
+daemon's (INTERNAL, logged with its traceback)."""
 from __future__ import annotations
 
 import logging
