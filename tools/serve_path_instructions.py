@@ -1,5 +1,5 @@
-"""Instructions the daemon's Python spends around its C hot path per batch
-request, counted by valgrind's callgrind: a figure that does not move with
+"""Instructions the daemon spends per batch request on its ways into the C
+hot path, counted by valgrind's callgrind: a figure that does not move with
 the machine's load, where a timing of the same code moves 2x between runs.
 
     .venv/bin/python tools/serve_path_instructions.py [REQUESTS]   # default 5000
@@ -17,19 +17,18 @@ difference per request is printed (start-up and shutdown cancel out):
 
 The daemon (a Server, not run: the program drives its transport one round
 at a time, as Server._loop does) and a raw socket client share one process,
-so what is counted is the daemon's Python per request plus one send and one
-receive of the client's, the same on every path. Needs valgrind.
+so what is counted is the daemon's work per request, its Python and its C,
+plus one send and one receive of the client's (the same on every path).
+Needs valgrind.
 """
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
+import time
 
+import callgrind
 import msgpack
 
 PATHS = ("loop", "round", "bytes")
@@ -37,11 +36,9 @@ PATHS = ("loop", "round", "bytes")
 
 def _run(path: str, requests: int) -> None:
     """The measured program: requests batch requests down one path."""
-    import time
-
+    from shmmap._core import lib
     from shmmap.server.server import DaemonConfig, Server
     from shmmap.shared import protocol
-    from shmmap._core import lib
     from shmmap.shared.protocol import Op, store_item
 
     request = msgpack.packb([Op.BATCH, 1, store_item(msgpack.packb("k"), msgpack.packb(1))])
@@ -81,34 +78,17 @@ def _run(path: str, requests: int) -> None:
         server._remove()
 
 
-def _count(path: str, requests: int, workdir: str) -> int:
-    out = os.path.join(workdir, f"callgrind.{path}.{requests}")
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         sys.executable, __file__, "--run", path, str(requests)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"the {path} run failed: {done.stderr[-1500:]}")
-    return int(found.group(1))
-
-
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--run":
         _run(sys.argv[2], int(sys.argv[3]))
         return 0
-    if shutil.which("valgrind") is None:
-        print("serve_path_instructions: needs valgrind", file=sys.stderr)
+    if callgrind.missing("serve_path_instructions"):
         return 2
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 5_000
-    workdir = tempfile.mkdtemp(prefix="shmmap-spi-")
-    try:
-        for path in PATHS:
-            low, high = _count(path, requests, workdir), _count(path, 2 * requests, workdir)
-            print(f"{path:5s} {(high - low) / requests:9,.0f} instructions per request "
-                  f"({requests:,} and {2 * requests:,}: {low:,} and {high:,})", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    for path in PATHS:
+        low, high = callgrind.counts(__file__, ["--run", path], requests)
+        print(f"{path:5s} {(high - low) / requests:9,.0f} instructions per request "
+              f"({requests:,} and {2 * requests:,}: {low:,} and {high:,})", flush=True)
     return 0
 
 
