@@ -21,13 +21,13 @@ from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
 from contextlib import contextmanager
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import msgpack
 
 from .._core import ffi, lib
 from ..shared import protocol, segments
-from ..shared.codec import decode_value, encode_key, encode_pair, encode_value
+from ..shared.codec import CODEC, Codec, Ext, encode_key
 from ..shared.errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError,
                              ShmmapError, WriteTimeoutError, reply_error)
 from ..shared.generation import Generation
@@ -48,7 +48,7 @@ _BATCH_RESULT = [None]     # ... and its results
 _BATCHES = [Op.BATCH]      # the ops of _write_many's requests
 _MISSING: Any = object()
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
-_live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
+_live_maps: weakref.WeakValueDictionary[int, SharedMap] = weakref.WeakValueDictionary()
 
 
 def _forget_connections_in_child() -> None:
@@ -64,28 +64,28 @@ class _NothingSent(Exception):
     daemon cannot have applied them (the cause is chained)."""
 
 
-class _Keys(KeysView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+class _Keys(KeysView[Any]):
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("keys")
 
 
-class _Values(ValuesView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+class _Values(ValuesView[Any]):
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("values")
 
 
-class _Items(ItemsView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+class _Items(ItemsView[Any, Any]):
+    _mapping: SharedMap
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._pairs()
 
 
-class SharedMap(MutableMapping):  # type: ignore[type-arg]
+class SharedMap(MutableMapping[Any, Any]):
     """A map shared with every process of this host that connects to it.
 
     A MutableMapping, plus the operations of Go's sync.Map under Python
@@ -104,24 +104,30 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
                  cache_keys: int = DEFAULT_CACHE_KEYS,
                  cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 trace: Optional[str] = None, channel: bool = True) -> None:
+                 trace: Optional[str] = None, channel: bool = True,
+                 ext_types: Iterable[Ext] = ()) -> None:
         """Maps map name and connects to its daemon (within timeout)."""
-        self._setup(name, timeout, cache_keys, cache_bytes, trace, channel)
+        self._setup(name, timeout, cache_keys, cache_bytes, trace, channel, ext_types)
         self._open()
 
     def _setup(self, name: str, timeout: float, cache_keys: int = DEFAULT_CACHE_KEYS,
                cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None,
-               channel: bool = True) -> None:
+               channel: bool = True, ext_types: Iterable[Ext] = ()) -> None:
         """The state of a map not yet opened (connect() opens it at once,
         unpickling on first use)."""
         self.name = segments.check_map_name(name)
         self.timeout = timeout
+        ext_types = tuple(ext_types)
+        self.codec = Codec(ext_types) if ext_types else CODEC
+        self._encode_value = self.codec.encode_value
+        self._encode_pair = self.codec.encode_pair
+        self._decode_value = self.codec.decode_value
         if cache_keys < 0 or cache_bytes < 0:
             raise ValueError("cache_keys and cache_bytes are counts: 0 or more")
         self.cache_limits = CacheLimits(cache_keys, cache_bytes)
         # The read fast path loads self._cache.hot and nothing else; before
         # the map is opened it never matches, so the first read opens it.
-        self._cache: "NoCache | ReadCache" = NoCache()
+        self._cache: NoCache | ReadCache = NoCache()
         # Opt-in trace events (iterations, waits): see shmmap.client.tracer.
         self._trace_path = trace
         self._trace = client_tracer(trace)
@@ -160,7 +166,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             raise MapClosedError(f"map {self.name!r} is closed")
         reader = self._reader
         if reader is None:
-            reader = MapReader(self.name)
+            reader = MapReader(self.name, self.codec)
             try:
                 self._connect(reader, deadline)
             except BaseException:
@@ -199,7 +205,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         if reader is not None:
             reader.close()
 
-    def __enter__(self) -> "SharedMap":
+    def __enter__(self) -> SharedMap:
         self._open()
         return self
 
@@ -214,7 +220,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         return (_connect_on_first_use, (self.name, {
             "timeout": self.timeout, "cache_keys": self.cache_limits.max_keys,
             "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path,
-            "channel": self._use_channel}))
+            "channel": self._use_channel, "ext_types": self.codec.ext_types}))
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
@@ -712,17 +718,17 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def __iter__(self) -> Iterator[Any]:
         return self._iterate("keys")
 
-    def keys(self) -> KeysView:  # type: ignore[type-arg]
+    def keys(self) -> KeysView[Any]:
         """The keys; each iteration over them reads one snapshot."""
         self._open()
         return _Keys(self)
 
-    def values(self) -> ValuesView:  # type: ignore[type-arg]
+    def values(self) -> ValuesView[Any]:
         """The values; each iteration over them reads one snapshot."""
         self._open()
         return _Values(self)
 
-    def items(self) -> ItemsView:  # type: ignore[type-arg]
+    def items(self) -> ItemsView[Any, Any]:
         """The (key, value) pairs; each iteration over them reads one
         snapshot, however long it runs."""
         self._open()
@@ -748,7 +754,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         merged.update(self.snapshot())
         return merged
 
-    def __ior__(self, other: Any) -> "SharedMap":
+    def __ior__(self, other: Any) -> SharedMap:
         self.update(other)
         return self
 
@@ -794,14 +800,14 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 return key, value
         raise KeyError("popitem(): map is empty")
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Stores many pairs; each blob of about BATCH_BYTES is atomic, and
         the blobs are pipelined."""
         self._open()
         pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
         blobs, parts, size = [], [], 0
         for key, value in pairs:
-            item = STORE + encode_pair(key, value)
+            item = STORE + self._encode_pair(key, value)
             parts.append(item)
             size += len(item)
             if size >= BATCH_BYTES:
@@ -827,22 +833,22 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         """Sets key to value; returns once every process can read it."""
         if self._reader is None:
             self._open()        # closed: MapClosedError before the arguments
-        self._write(STORE + encode_pair(key, value))
+        self._write(STORE + self._encode_pair(key, value))
 
     __setitem__ = store         # one call less on the hottest write
 
     def load_or_store(self, key: Any, value: Any) -> tuple[Any, bool]:
         """(the existing value, True), or (value, False) after storing it."""
         self._open()
-        loaded, raw = self._request(Op.LOAD_OR_STORE, encode_key(key), encode_value(value))
-        return (decode_value(raw), True) if loaded else (value, False)
+        loaded, raw = self._request(Op.LOAD_OR_STORE, encode_key(key), self._encode_value(value))
+        return (self._decode_value(raw), True) if loaded else (value, False)
 
     def load_and_delete(self, key: Any) -> tuple[Any, bool]:
         """Removes key; returns (its value, True), or (None, False) if it
         was absent."""
         self._open()
         loaded, raw = self._request(Op.LOAD_AND_DELETE, encode_key(key))
-        return (decode_value(raw), True) if loaded else (None, False)
+        return (self._decode_value(raw), True) if loaded else (None, False)
 
     def delete(self, key: Any) -> None:
         """Removes key if present (no error if it is absent)."""
@@ -853,21 +859,23 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def swap(self, key: Any, value: Any) -> tuple[Any, bool]:
         """Stores value; returns (the previous value, whether there was one)."""
         self._open()
-        loaded, raw = self._request(Op.SWAP, encode_key(key), encode_value(value))
-        return (decode_value(raw), True) if loaded else (None, False)
+        loaded, raw = self._request(Op.SWAP, encode_key(key), self._encode_value(value))
+        return (self._decode_value(raw), True) if loaded else (None, False)
 
     def compare_and_swap(self, key: Any, old: Any, new: Any) -> bool:
-        """Sets key to new if its value equals old (as msgpack bytes);
+        """Sets key to new if its value equals old (==, as the daemon
+        decodes them: values of an Ext type compare as their bytes);
         returns whether it did."""
         self._open()
-        return bool(self._request(Op.COMPARE_AND_SWAP, encode_key(key), encode_value(old),
-                                  encode_value(new)))
+        return bool(self._request(Op.COMPARE_AND_SWAP, encode_key(key), self._encode_value(old),
+                                  self._encode_value(new)))
 
     def compare_and_delete(self, key: Any, old: Any) -> bool:
-        """Removes key if its value equals old (as msgpack bytes); returns
-        whether it did."""
+        """Removes key if its value equals old (as compare_and_swap
+        compares); returns whether it did."""
         self._open()
-        return bool(self._request(Op.COMPARE_AND_DELETE, encode_key(key), encode_value(old)))
+        return bool(self._request(Op.COMPARE_AND_DELETE, encode_key(key),
+                                  self._encode_value(old)))
 
     def range(self, fn: Callable[[Any, Any], Any]) -> None:
         """Calls fn(key, value) for each pair of one snapshot until fn
@@ -877,16 +885,16 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 return
 
     @contextmanager
-    def batch(self) -> Iterator["Batch"]:
+    def batch(self) -> Iterator[Batch]:
         """``with m.batch() as b: b[k] = v; del b[j]`` -- applied as one
         atomic write when the block ends without an exception."""
         self._open()
-        b = Batch()
+        b = Batch(self.codec)
         yield b
         if b.items:
             self._write(batch_blob(b.items))
 
-    def pipeline(self) -> "Pipeline":
+    def pipeline(self) -> Pipeline:
         """``with m.pipeline() as p: p[k] = v; del p[j]`` -- writes sent
         without waiting for each acknowledgement: they go to the daemon in
         bursts of up to PIPELINE_WRITES, each burst one round trip, and the
@@ -939,13 +947,14 @@ class Batch:
     """Writes collected by SharedMap.batch(), encoded as they are added so
     that a bad key or value raises at once."""
 
-    def __init__(self) -> None:
-        """An empty batch."""
+    def __init__(self, codec: Codec = CODEC) -> None:
+        """An empty batch of values encoded by codec."""
         self.items: list[tuple[bytes, Optional[bytes]]] = []
+        self._encode_value = codec.encode_value
 
     def store(self, key: Any, value: Any) -> None:
         """Adds setting key to value (also: ``b[key] = value``)."""
-        self.items.append((encode_key(key), encode_value(value)))
+        self.items.append((encode_key(key), self._encode_value(value)))
 
     def delete(self, key: Any) -> None:
         """Adds removing key, if present (also: ``del b[key]``)."""
@@ -966,7 +975,7 @@ class Pipeline:
 
     def store(self, key: Any, value: Any) -> None:
         """Sets key to value (also: ``p[key] = value``)."""
-        self._add(STORE + encode_pair(key, value))
+        self._add(STORE + self._map._encode_pair(key, value))
 
     def delete(self, key: Any) -> None:
         """Removes key if present (also: ``del p[key]``)."""
@@ -989,7 +998,7 @@ class Pipeline:
         if blobs:
             self._map._write_many(blobs)
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -999,7 +1008,8 @@ class Pipeline:
 def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
             cache_keys: int = DEFAULT_CACHE_KEYS,
             cache_bytes: int = DEFAULT_CACHE_BYTES,
-            trace: Optional[str] = None, channel: bool = True) -> SharedMap:
+            trace: Optional[str] = None, channel: bool = True,
+            ext_types: Iterable[Ext] = ()) -> SharedMap:
     """Opens map name, which a daemon (``shmmap serve name``) must serve.
 
     timeout bounds each operation that talks to the daemon: connecting,
@@ -1021,9 +1031,15 @@ def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
     travels through a channel in shared memory that the daemon makes for
     this connection, not the socket: no system call when both sides are
     busy, a futex wake-up when they are not. False sends every write on
-    the socket."""
+    the socket.
+
+    ext_types: the application's own value types (shmmap.Ext), the same
+    in every process that shares the map; a process without one reads its
+    values as msgpack.ExtType(code, data). Values are checked before they
+    are sent: a type with no form (the README's table of types) raises
+    TypeError, and nothing is sent."""
     return SharedMap(name, timeout=timeout, cache_keys=cache_keys, cache_bytes=cache_bytes,
-                     trace=trace, channel=channel)
+                     trace=trace, channel=channel, ext_types=ext_types)
 
 
 def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:

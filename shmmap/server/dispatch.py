@@ -74,7 +74,7 @@ class Dispatcher:
         s, writer = self._round_serve, self.writer
         s.view = writer.generation.view
         s.seq = writer.seq
-        events: int = lib.shm_round_serve(round_, s, timeout_ms)
+        events = lib.shm_round_serve(round_, s, timeout_ms)
         served = round_.served
         if served:
             self.ops.applied(served, s.seq)
@@ -94,7 +94,7 @@ class Dispatcher:
         s.view = writer.generation.view
         s.seq = writer.seq
         served_before = loop.served
-        events: int = lib.shm_serve_loop(round_, s, loop)
+        events = lib.shm_serve_loop(round_, s, loop)
         left = round_.served if loop.stop == lib.SHM_LOOP_LEFT else 0
         served = loop.served - served_before + left
         if served:
@@ -104,7 +104,7 @@ class Dispatcher:
             self.fast_round.append((left, perf_counter(), _served_fds(round_)))
         return events
 
-    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+    def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
                     pos: int) -> tuple[int, int, Any]:
         """The transport's ServeBytes: serves in C (shm_serve) the batch
         requests of buf from pos on, appending each reply to conn.out, up
@@ -133,7 +133,7 @@ class Dispatcher:
                 if stop != lib.SHM_STOP_FULL:
                     break
         finally:
-            if cbuf is not buf:
+            if not isinstance(cbuf, bytes):
                 ffi.release(cbuf)
         if served:
             self.ops.applied(served, s.seq)
@@ -146,7 +146,7 @@ class Dispatcher:
             return pos, stop, ffi.string(s.err).decode(errors="replace")
         return pos, stop, None
 
-    def handle(self, conn: Connection, req: Any) -> "list[Any] | Later":
+    def handle(self, conn: Connection, req: Any) -> list[Any] | Later:
         """The reply to req; BadRequest if req is not a request at all."""
         self.requests += 1
         if (not isinstance(req, list) or len(req) < 2 or type(req[0]) is not int

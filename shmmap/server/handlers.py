@@ -82,8 +82,8 @@ class MapOps:
 
     def op_hello(self, conn: Connection, version: Any) -> Result:
         if version != protocol.VERSION:
-            raise InvalidRequestError(f"protocol version {version!r}, the daemon speaks "
-                                      f"{protocol.VERSION}")
+            raise InvalidRequestError(f"the client speaks protocol version {version!r}, the "
+                                      f"daemon {protocol.VERSION}: run the same shmmap in both")
         if conn.slot < 0:
             conn.slot = self.slots.assign(conn.peer.pid)
         lim = self.writer.limits
@@ -155,5 +155,7 @@ def _bin(x: Any, what: str) -> bytes:
 
 def _same(stored: bytes, given: bytes) -> bool:
     """Whether two encoded (and validated) values are equal as Python
-    values (1 == 1.0)."""
+    values (1 == 1.0, {1, 2} == {2, 1}). The daemon has no application's
+    Ext types: their values decode as msgpack.ExtType and compare as their
+    bytes."""
     return stored == given or bool(decode_value(stored) == decode_value(given))
