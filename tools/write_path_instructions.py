@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import random
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
+
+import callgrind
 
 KEYS = 100_000
 
@@ -58,31 +56,14 @@ def _store(writes: int) -> None:
         m.close()
 
 
-def _count(writes: int, workdir: str) -> int:
-    out = os.path.join(workdir, f"callgrind.{writes}")
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         sys.executable, __file__, "--store", str(writes)],
-        capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"callgrind printed no total: {done.stderr[-500:]}")
-    return int(found.group(1))
-
-
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--store":
         _store(int(sys.argv[2]))
         return 0
-    if shutil.which("valgrind") is None:
-        print("write_path_instructions: needs valgrind", file=sys.stderr)
+    if callgrind.missing("write_path_instructions"):
         return 2
     writes = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    workdir = tempfile.mkdtemp(prefix="shmmap-wpi-")
-    try:
-        low, high = _count(writes, workdir), _count(2 * writes, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    low, high = callgrind.counts(__file__, ["--store"], writes)
     print(f"{(high - low) / writes:,.0f} instructions per store in the client's Python path "
           f"({writes:,} and {2 * writes:,} stores: {low:,} and {high:,})")
     return 0

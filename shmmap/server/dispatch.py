@@ -1,14 +1,15 @@
-"""Dispatch: a decoded request to its handler, and the handler's outcome to
-a reply. The error codes say whose fault a failure is: the client's
-(INVALID, LIMIT, UNKNOWN_OP, PROTOCOL), the map's (FULL), or the daemon's
-(INTERNAL, logged with its traceback)."""
+"""Dispatch: a request to its handler, and the handler's outcome to a
+reply -- in C for the batch requests the hot path serves (cext/serve.c),
+here for the others. The error codes say whose fault a failure is: the
+client's (INVALID, LIMIT, UNKNOWN_OP, PROTOCOL), the map's (FULL), or the
+daemon's (INTERNAL, logged with its traceback)."""
 from __future__ import annotations
 
 import logging
 from time import perf_counter
 from typing import Any
 
-from .._core import lib
+from .._core import ffi, lib
 from ..shared import protocol
 from ..shared.errors import InvalidRequestError, LimitError, MapFullError
 from ..shared.protocol import Err, Op
@@ -25,19 +26,23 @@ _CLIENT_ERRORS: dict[type[Exception], Err] = {
     MapFullError: Err.FULL,
 }
 _CLIENT_ERROR_TYPES = tuple(_CLIENT_ERRORS)
+# Replies the C hot path writes before Python takes them: about 3,000 at
+# SHM_REPLY_MAX bytes each, more than one receive of small requests holds.
+SERVE_OUT_BYTES = 64 * 1024
 
 
 class Dispatcher:
     """Turns requests into handler calls and their outcomes into replies;
-    counts both."""
+    counts both. The batch requests it can, the C hot path serves
+    (cext/serve.c) -- decoded, applied and answered there -- and the
+    others come to handle()."""
 
     def __init__(self, handlers: dict[int, tuple[Handler, int]], ops: MapOps) -> None:
-        """handlers: op -> (handler, arity); ops: the map, whose C hot path
-        (serve_round, serve_bytes) serves batches and counts its writes."""
+        """handlers: op -> (handler, arity); ops: the map, whose writer the
+        C hot path writes through and which it tells what it applied."""
         self.handlers = handlers
-        self.serve_fast = ops.serve_bytes
-        self.serve_fast_round = ops.serve_round
-        self.serve_fast_loop = ops.serve_loop
+        self.ops = ops
+        self.writer = ops.writer
         self.requests = 0
         self.errors = 0
         # (op, when its handling started, connection) of each request of
@@ -48,13 +53,31 @@ class Dispatcher:
         # on) of the batches the C hot path served this round, timed the
         # same way.
         self.fast_round: list[tuple[int, float, tuple[int, ...]]] = []
+        # The C hot path's state for bytes given (serve_bytes), and the
+        # buffer it writes their replies to.
+        self._serve = ffi.new("struct shm_serve *")
+        self._out = ffi.new("uint8_t[]", SERVE_OUT_BYTES)
+        self._out_bytes = ffi.buffer(self._out)
+        self._serve.out = self._out
+        self._serve.out_cap = SERVE_OUT_BYTES
+        self._serve.max_request = protocol.MAX_REQUEST
+        # The rounds' own: its replies wait in the round's buffer for the
+        # commit while serve_bytes answers other requests of the round.
+        self._round_serve = ffi.new("struct shm_serve *")
+        self._round_serve.max_request = protocol.MAX_REQUEST
 
     def serve_round(self, round_: Any, timeout_ms: int) -> int:
-        """The transport's ServeRound: a round of events, served in C as
-        far as it goes (see shm_round_serve); the number of events."""
+        """The transport's ServeRound: waits for a round of events and
+        serves in C what it can (shm_round_serve); the number of events,
+        or -errno. Its writes are visible after the commit."""
         started = perf_counter()
-        events, served = self.serve_fast_round(round_, timeout_ms)
+        s, writer = self._round_serve, self.writer
+        s.view = writer.generation.view
+        s.seq = writer.seq
+        events = lib.shm_round_serve(round_, s, timeout_ms)
+        served = round_.served
         if served:
+            self.ops.applied(served, s.seq)
             self.requests += served
             # A blocking wait in the round is not the requests' time: they
             # arrived when it ended, at the latest; so time from then.
@@ -64,25 +87,64 @@ class Dispatcher:
 
     def serve_loop(self, round_: Any, loop: Any) -> int:
         """The transport's ServeLoop: rounds served in C, each committed
-        and answered, until one needs Python (see shm_serve_loop); the last
-        round's events. The requests of a round left to Python are timed
-        with it."""
-        events, served = self.serve_fast_loop(round_, loop)
-        self.requests += served
-        if loop.stop == lib.SHM_LOOP_LEFT and round_.served:
-            self.fast_round.append((round_.served, perf_counter(), _served_fds(round_)))
+        and answered, until one needs Python (shm_serve_loop); the last
+        round's events or -errno. A round left to Python (SHM_LOOP_LEFT)
+        is not committed yet, and its requests are timed with it."""
+        s, writer = self._round_serve, self.writer
+        s.view = writer.generation.view
+        s.seq = writer.seq
+        served_before = loop.served
+        events = lib.shm_serve_loop(round_, s, loop)
+        left = round_.served if loop.stop == lib.SHM_LOOP_LEFT else 0
+        served = loop.served - served_before + left
+        if served:
+            self.ops.applied(served, s.seq, committed=not left)
+            self.requests += served
+        if left:
+            self.fast_round.append((left, perf_counter(), _served_fds(round_)))
         return events
 
     def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
                     pos: int) -> tuple[int, int, Any]:
-        """The transport's ServeBytes: the C hot path first; the requests
-        it leaves come back through handle()."""
+        """The transport's ServeBytes: serves in C (shm_serve) the batch
+        requests of buf from pos on, appending each reply to conn.out, up
+        to the first request it leaves; (where it stopped, why: a Stop,
+        the length of the request it left or why the bytes are no
+        request). What it leaves comes back through handle(). Its writes
+        are visible after the commit."""
         started = perf_counter()
-        pos, stop, arg, served = self.serve_fast(conn, buf, pos)
+        s, writer = self._serve, self.writer
+        s.view = writer.generation.view
+        s.seq = writer.seq
+        s.scan_at = conn.scan_at
+        s.scan_pending = conn.scan_pending
+        # bytes go to C as they are; a bytearray needs a cdata on it, let
+        # go at once (while it lives the bytearray cannot be resized).
+        cbuf = buf if type(buf) is bytes else ffi.from_buffer(buf)
+        served = 0
+        try:
+            while True:
+                s.out_len = 0
+                pos = lib.shm_serve(s, cbuf, len(buf), pos)
+                if s.out_len:
+                    conn.out += self._out_bytes[0:s.out_len]
+                    served += s.served
+                stop = s.stop
+                if stop != lib.SHM_STOP_FULL:
+                    break
+        finally:
+            if not isinstance(cbuf, bytes):
+                ffi.release(cbuf)
         if served:
+            self.ops.applied(served, s.seq)
             self.requests += served
             self.fast_round.append((served, started, (conn.fd,)))
-        return pos, stop, arg
+        conn.scan_at, conn.scan_pending = s.scan_at, s.scan_pending
+        if stop == lib.SHM_STOP_OBJECT:
+            return pos, stop, s.next_len
+        if stop == lib.SHM_STOP_BAD:
+            return pos, stop, ffi.string(s.err).decode(errors="replace")
+        return pos, stop, None
 
     def handle(self, conn: Connection, req: Any) -> list[Any] | Later:
         """The reply to req; BadRequest if req is not a request at all."""

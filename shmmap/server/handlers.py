@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
-from .._core import ffi, lib
 from ..shared import protocol
 from ..shared.codec import decode_value
 from ..shared.errors import InvalidRequestError
@@ -21,9 +20,6 @@ from .transport import Connection, Later
 from .writer import MapWriter
 
 Result = tuple[Any, int]
-# Replies the C hot path writes before Python takes them: about 3,000 at
-# SHM_REPLY_MAX bytes each, more than one receive of small requests holds.
-SERVE_OUT_BYTES = 64 * 1024
 Handler = Callable[..., Result]
 
 
@@ -38,17 +34,6 @@ class MapOps:
         self.promoter = promoter
         self.writes = 0
         self.uncommitted = False
-        # The C hot path's state and reply buffer (see serve_bytes).
-        self._serve = ffi.new("struct shm_serve *")
-        self._out = ffi.new("uint8_t[]", SERVE_OUT_BYTES)
-        self._out_bytes = ffi.buffer(self._out)
-        self._serve.out = self._out
-        self._serve.out_cap = SERVE_OUT_BYTES
-        self._serve.max_request = protocol.MAX_REQUEST
-        # The round's own (its replies wait in the round's buffer for the
-        # commit while serve_bytes answers other requests of the round).
-        self._round_serve = ffi.new("struct shm_serve *")
-        self._round_serve.max_request = protocol.MAX_REQUEST
 
     def handlers(self) -> dict[int, tuple[Handler, int]]:
         """op -> (bound handler, number of arguments)."""
@@ -71,79 +56,14 @@ class MapOps:
             self.writer.commit()
             self.uncommitted = False
 
-    def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
-                    pos: int) -> tuple[int, int, Any, int]:
-        """Serves the batch requests of buf from pos on in C (shm_serve):
-        applies each, appending its reply to conn.out, up to the first
-        request it leaves. Returns (where it stopped, why: a Stop, the
-        length of the request it left or why the bytes are no request,
-        how many it served). Its writes are visible after commit()."""
-        s, writer = self._serve, self.writer
-        s.view = writer.generation.view
-        s.seq = writer.seq
-        s.scan_at = conn.scan_at
-        s.scan_pending = conn.scan_pending
-        # bytes go to C as they are; a bytearray needs a cdata on it, let
-        # go at once (while it lives the bytearray cannot be resized).
-        cbuf = buf if type(buf) is bytes else ffi.from_buffer(buf)
-        served = 0
-        try:
-            while True:
-                s.out_len = 0
-                pos = lib.shm_serve(s, cbuf, len(buf), pos)
-                if s.out_len:
-                    conn.out += self._out_bytes[0:s.out_len]
-                    served += s.served
-                stop = s.stop
-                if stop != lib.SHM_STOP_FULL:
-                    break
-        finally:
-            if not isinstance(cbuf, bytes):
-                ffi.release(cbuf)
-        if served:
-            writer.seq = s.seq
-            self.writes += served
+    def applied(self, writes: int, seq: int, *, committed: bool = False) -> None:
+        """Counts the writes the C hot path applied (see Dispatcher), the
+        last of them with seq. Unless the C loop committed them, they are
+        visible after commit()."""
+        self.writer.seq = seq
+        self.writes += writes
+        if not committed:
             self.uncommitted = True
-        conn.scan_at, conn.scan_pending = s.scan_at, s.scan_pending
-        if stop == lib.SHM_STOP_OBJECT:
-            return pos, stop, s.next_len, served
-        if stop == lib.SHM_STOP_BAD:
-            return pos, stop, ffi.string(s.err).decode(errors="replace"), served
-        return pos, stop, None, served
-
-    def serve_round(self, round_: Any, timeout_ms: int) -> tuple[int, int]:
-        """Waits for a round of events and serves in C what it can
-        (shm_round_serve): (events, or -errno; requests served). Its
-        writes are visible after commit()."""
-        s, writer = self._round_serve, self.writer
-        s.view = writer.generation.view
-        s.seq = writer.seq
-        events = lib.shm_round_serve(round_, s, timeout_ms)
-        served = round_.served
-        if served:
-            writer.seq = s.seq
-            self.writes += served
-            self.uncommitted = True
-        return events, served
-
-    def serve_loop(self, round_: Any, loop: Any) -> tuple[int, int]:
-        """Serves rounds in C until one needs Python (shm_serve_loop):
-        (the last round's events or -errno, requests served in all). A
-        round left to Python (SHM_LOOP_LEFT) is not committed yet: its
-        writes are visible after commit()."""
-        s, writer = self._round_serve, self.writer
-        s.view = writer.generation.view
-        s.seq = writer.seq
-        served_before = loop.served
-        events = lib.shm_serve_loop(round_, s, loop)
-        served = loop.served - served_before
-        if loop.stop == lib.SHM_LOOP_LEFT and round_.served:
-            served += round_.served
-            self.uncommitted = True
-        if served:
-            writer.seq = s.seq
-            self.writes += served
-        return events, served
 
     def _write(self, blob: bytes) -> int:
         seq = self.writer.apply(blob)

@@ -4,8 +4,9 @@ commits each round of them at once (group commit), acknowledges them, and
 promotes when the map fills or readers' misses pay for it.
 
 Its pieces each do one job: ``transport`` (socket, SO_PEERCRED, epoll),
-``dispatch`` (request -> handler -> reply), ``ops`` (the map operations),
-``stats`` (counters and promotion log lines). This module wires them and
+``dispatch`` (request -> handler -> reply, and the C hot path),
+``handlers`` (the map operations), ``stats`` (counters and promotion log
+lines). This module wires them and
 owns the two ways a daemon ends:
 
 - the **stop path**: SIGTERM, SIGINT or stop(). The daemon answers what it
