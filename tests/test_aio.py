@@ -144,7 +144,10 @@ def test_cancelled_awaits_never_hand_their_replies_to_later_ones(map_name: str) 
 
     with shmmap.Daemon(map_name):
         completed, cancelled = asyncio.run(main())
-    assert completed > count // 3 and cancelled > count // 4     # both happened, often
+    # Both happened, often. How many of the cancels find their task not yet
+    # done depends on how fast the daemon answers: a busy machine makes
+    # fewer (884 of 4,000 once, where a quiet one makes ~1,300).
+    assert completed > count // 10 and cancelled > count // 10
 
 
 def test_a_timed_out_await_leaves_its_late_reply_to_no_one(map_name: str) -> None:
