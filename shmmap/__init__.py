@@ -12,7 +12,8 @@ from .launcher import Daemon
 from .shared.errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError,
                             DaemonStartError, DaemonUnavailableError, InvalidNameError,
                             InvalidRequestError, LimitError, MapClosedError, MapFullError,
-                            MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
+                            MapNotFoundError, OutcomeUnknownError, ShmmapError,
+                            UpstreamUnavailableError, WriteTimeoutError)
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonStartError",
     "DaemonUnavailableError",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
-    "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError", "WriteTimeoutError",
+    "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError",
+    "UpstreamUnavailableError", "WriteTimeoutError",
     "connect",
 ]

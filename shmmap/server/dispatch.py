@@ -10,7 +10,8 @@ from typing import Any
 
 from .._core import lib
 from ..shared import protocol
-from ..shared.errors import InvalidRequestError, LimitError, MapFullError
+from ..shared.errors import (InvalidRequestError, LimitError, MapFullError, OutcomeUnknownError,
+                             UpstreamUnavailableError)
 from ..shared.protocol import Err, Op
 from .handlers import Handler, MapOps
 from .transport import BadRequest, Connection, Later
@@ -23,6 +24,8 @@ _CLIENT_ERRORS: dict[type[Exception], Err] = {
     InvalidRequestError: Err.INVALID,
     LimitError: Err.LIMIT,
     MapFullError: Err.FULL,
+    UpstreamUnavailableError: Err.UPSTREAM,
+    OutcomeUnknownError: Err.UPSTREAM_UNKNOWN,
 }
 _CLIENT_ERROR_TYPES = tuple(_CLIENT_ERRORS)
 

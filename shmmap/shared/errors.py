@@ -65,6 +65,13 @@ class WriteTimeoutError(OutcomeUnknownError, TimeoutError):
     daemon): the write may still be applied later. It is not resent."""
 
 
+class UpstreamUnavailableError(ShmmapError, ConnectionError):
+    """The map is a near cache of an upstream store (``serve --upstream``)
+    that the daemon cannot reach now: the write was not made (writes are
+    never queued). Reads go on from the last copy; ``stats()["upstream"]``
+    says since when it is stale."""
+
+
 # Error codes of replies (protocol.Err) -> the exception each raises. The
 # daemon's side of this contract maps its exceptions to these codes.
 _REPLY_ERRORS: dict[int, type[ShmmapError]] = {
@@ -75,6 +82,8 @@ _REPLY_ERRORS: dict[int, type[ShmmapError]] = {
     Err.UNKNOWN_OP: InvalidRequestError,
     Err.INTERNAL: ShmmapError,
     Err.DENIED: AccessDeniedError,
+    Err.UPSTREAM: UpstreamUnavailableError,
+    Err.UPSTREAM_UNKNOWN: OutcomeUnknownError,
 }
 
 

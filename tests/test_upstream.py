@@ -1,0 +1,308 @@
+"""serve --upstream: the daemon as a host-wide near cache of a Redis key
+range, against a real redis-server of each test's own (conftest's
+redis_server). Readers in other processes see external writes, Redis sees
+the map's writes, and after a lost connection or a restarted server the
+copy converges to Redis' data with no stale key left."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import shmmap
+from shmmap import InvalidRequestError, OutcomeUnknownError, UpstreamUnavailableError
+
+DEADLINE = 30.0         # seconds any convergence may take on a loaded machine
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    """Polls check() until it returns something true; fails naming what
+    after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.01)
+
+
+def state(m: shmmap.SharedMap) -> str:
+    return str(m.stats()["upstream"]["state"])
+
+
+@pytest.fixture
+def served(map_name: str, redis_server: Any) -> Iterator[Callable[..., shmmap.SharedMap]]:
+    """serve(**options) starts the map's daemon from redis_server, with
+    --prefix p: unless told otherwise, and returns a client once the copy
+    is live. Everything is stopped after the test."""
+    daemons: list[shmmap.Daemon] = []
+    maps: list[shmmap.SharedMap] = []
+
+    def serve(**options: Any) -> shmmap.SharedMap:
+        options.setdefault("prefix", ["p:"])
+        d = shmmap.Daemon(map_name, upstream=redis_server.url, **options)
+        daemons.append(d.start())
+        m = shmmap.connect(map_name)
+        maps.append(m)
+        wait_for("live copy", lambda: state(m) == "live")
+        return m
+
+    try:
+        yield serve
+    finally:
+        for m in maps:
+            m.close()
+        for d in daemons:
+            d.stop()
+
+
+def in_child(map_name: str, body: str) -> str:
+    """Runs body in another process with m, the map, connected; its
+    stdout. The body fails the test by raising."""
+    code = "import json, sys, time\nimport shmmap\n" \
+           f"m = shmmap.connect({map_name!r})\n" + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=DEADLINE * 2)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# A child's wait until m holds exactly `want` (a JSON object of str values).
+_WAIT_FOR_CONTENT = """
+deadline = time.monotonic() + {deadline}
+want = json.loads({want!r})
+while True:
+    got = {{k: v.decode() for k, v in m.items()}}
+    if got == want:
+        break
+    assert time.monotonic() < deadline, f"map holds {{got}}, not {{want}}"
+    time.sleep(0.01)
+print("seen")
+"""
+
+
+def child_sees(map_name: str, want: dict[str, str]) -> None:
+    out = in_child(map_name, _WAIT_FOR_CONTENT.format(deadline=DEADLINE, want=json.dumps(want)))
+    assert out.strip() == "seen"
+
+
+def test_loads_the_range_and_follows_external_writes(served: Any, redis_server: Any,
+                                                     map_name: str) -> None:
+    r = redis_server.client()
+    r.mset({"p:a": "1", "p:b": "2", "other:c": "3"})
+    r.rpush("p:list", "x")
+    m = served()
+    assert dict(m.items()) == {"p:a": b"1", "p:b": b"2"}
+    assert m.stats()["upstream"]["skipped_keys"] == {"list": 1}
+    child_sees(map_name, {"p:a": "1", "p:b": "2"})
+    r.set("p:a", "10")
+    r.delete("p:b")
+    r.set("p:new", "n")
+    r.set("other:d", "4")               # outside the range: not in the map
+    child_sees(map_name, {"p:a": "10", "p:new": "n"})
+    up = m.stats()["upstream"]
+    assert up["invalidations"] >= 1 and up["keys_refetched"] >= 3
+    assert up["stale"] is False and up["last_sync"] > 0
+
+
+def test_writes_reach_redis_first(served: Any, redis_server: Any) -> None:
+    r = redis_server.client()
+    m = served()
+    m["p:x"] = b"1"
+    assert r.get("p:x") == b"1" and m["p:x"] == b"1"
+    with m.batch() as b:
+        b["p:y"] = b"2"
+        b["p:z"] = b"3"
+        del b["p:x"]
+    assert r.mget("p:x", "p:y", "p:z") == [None, b"2", b"3"]
+    assert dict(m.items()) == {"p:y": b"2", "p:z": b"3"}
+    m.update({"p:u": b"4", "p:v": b"5"})
+    assert r.get("p:u") == b"4" and m["p:v"] == b"5"
+    del m["p:u"]
+    assert r.exists("p:u") == 0 and "p:u" not in m
+    with pytest.raises(KeyError):
+        del m["p:u"]
+    assert m.swap("p:v", b"6") == (b"5", True)
+    assert r.get("p:v") == b"6"
+    assert m.stats()["upstream"]["writes"] >= 6
+
+
+def test_read_your_writes_from_another_process(served: Any, redis_server: Any,
+                                               map_name: str) -> None:
+    served()
+    # Each write is read back at once by its own process: the write
+    # returned only once the map had it.
+    in_child(map_name, """
+        for i in range(200):
+            m["p:n"] = str(i).encode()
+            got = m["p:n"]
+            assert got == str(i).encode(), (i, got)
+    """)
+    assert redis_server.client().get("p:n") == b"199"
+    in_child(map_name, 'assert m["p:n"] == b"199", m["p:n"]')
+
+
+def test_refused_writes_change_nothing(served: Any, redis_server: Any) -> None:
+    r = redis_server.client()
+    m = served(prefix=["p:", "q:"])
+    with pytest.raises(InvalidRequestError, match="outside the map's range"):
+        m["z:1"] = b"1"
+    with pytest.raises(InvalidRequestError, match="outside"):
+        m.update({"p:ok": b"1", "z:bad": b"2"})       # all or nothing
+    with pytest.raises(InvalidRequestError, match="str or bytes"):
+        m[7] = b"1"
+    with pytest.raises(InvalidRequestError, match="bytes or a dict"):
+        m["p:s"] = "text"                             # no --decode: bytes
+    with pytest.raises(InvalidRequestError, match="not supported"):
+        m.compare_and_swap("p:s", b"1", b"2")
+    with pytest.raises(InvalidRequestError, match="not supported"):
+        m.clear()
+    assert r.keys("*") == [] and len(m) == 0
+    m["q:1"] = b"fine"
+    assert r.get("q:1") == b"fine"
+
+
+def test_hashes(served: Any, redis_server: Any, map_name: str) -> None:
+    r = redis_server.client()
+    r.hset("p:h", mapping={"f": "1", "g": "2"})
+    m = served()
+    assert m["p:h"] == {"f": b"1", "g": b"2"}
+    r.hset("p:h", "f", "9")
+    r.hdel("p:h", "g")
+    wait_for("the hash's change", lambda: m["p:h"] == {"f": b"9"})
+    m["p:w"] = {"a": b"x", b"\xff": b"y"}           # a field that is not UTF-8 stays bytes
+    assert r.hgetall("p:w") == {b"a": b"x", b"\xff": b"y"}
+    assert m["p:w"] == {"a": b"x", b"\xff": b"y"}
+    m["p:w"] = {"only": b"z"}                         # replaces the hash: no field left over
+    assert r.hgetall("p:w") == {b"only": b"z"}
+    with pytest.raises(InvalidRequestError, match="empty hash"):
+        m["p:w"] = {}
+    in_child(map_name, 'assert m["p:w"] == {"only": b"z"}, m["p:w"]')
+
+
+def test_decode_json(served: Any, redis_server: Any) -> None:
+    r = redis_server.client()
+    r.set("p:j", '{"a": [1, 2], "b": null}')
+    r.set("p:bad", "not json")
+    r.hset("p:h", "n", "3")
+    m = served(decode="json")
+    assert m["p:j"] == {"a": [1, 2], "b": None}
+    assert m["p:h"] == {"n": 3}
+    assert "p:bad" not in m and m.stats()["upstream"]["skipped_keys"] == {"undecodable": 1}
+    m["p:k"] = [1, "x", 2.5]
+    assert json.loads(r.get("p:k")) == [1, "x", 2.5] and m["p:k"] == [1, "x", 2.5]
+    with pytest.raises(InvalidRequestError, match="cannot be written"):
+        m["p:k"] = b"bytes are no JSON"
+    r.set("p:bad", "[3]")                             # decodable now
+    wait_for("the fixed key", lambda: m.get("p:bad") == [3])
+    assert m.stats()["upstream"]["skipped_keys"] == {}
+
+
+def test_expiry_arrives_as_invalidation(served: Any, redis_server: Any) -> None:
+    r = redis_server.client()
+    m = served()
+    r.set("p:t", "1", px=300)
+    r.set("p:stays", "1")
+    wait_for("the expiring key", lambda: "p:t" in m)
+    wait_for("the key's expiry", lambda: "p:t" not in m)
+    assert m["p:stays"] == b"1"
+
+
+def test_flushall_empties_the_copy(served: Any, redis_server: Any, map_name: str) -> None:
+    r = redis_server.client()
+    r.mset({"p:a": "1", "p:b": "2"})
+    m = served()
+    r.flushall()
+    r.set("p:after", "3")
+    child_sees(map_name, {"p:after": "3"})
+    assert m.stats()["upstream"]["resyncs"] >= 1
+
+
+def _kill_tracking_connection(r: Any) -> int:
+    """Kills the daemon's connection (the one with tracking on)."""
+    ids = [c["id"] for c in r.client_list() if "t" in c["flags"]]
+    assert len(ids) == 1, r.client_list()
+    r.client_kill_filter(_id=ids[0])
+    return int(ids[0])
+
+
+def test_killed_connection_resyncs_by_diff(served: Any, redis_server: Any,
+                                           map_name: str) -> None:
+    r = redis_server.client()
+    r.mset({"p:a": "1", "p:gone": "2"})
+    m = served()
+    # CONFIG SET to make the reconnection wait is not possible, so the
+    # changes made right after the kill race the reconnection: either way
+    # (seen by the resync's diff, or as invalidations after it) the copy
+    # must converge.
+    _kill_tracking_connection(r)
+    r.delete("p:gone")
+    r.set("p:a", "changed")
+    r.set("p:b", "new")
+    child_sees(map_name, {"p:a": "changed", "p:b": "new"})
+    wait_for("a reconnection", lambda: m.stats()["upstream"]["reconnects"] >= 1)
+    wait_for("the live copy", lambda: state(m) == "live")
+    m["p:c"] = b"written after"
+    assert r.get("p:c") == b"written after"
+
+
+def test_restarted_server_with_other_data(served: Any, redis_server: Any,
+                                          map_name: str) -> None:
+    r = redis_server.client()
+    r.mset({"p:old": "1", "p:kept": "old value"})
+    m = served()
+    assert m["p:old"] == b"1"
+    redis_server.kill()
+    wait_for("the disconnected state", lambda: state(m) == "disconnected")
+    up = m.stats()["upstream"]
+    assert up["stale"] is True
+    assert m["p:old"] == b"1" and len(m) == 2          # readers read the last copy
+    with pytest.raises(UpstreamUnavailableError, match="nothing was written"):
+        m["p:new"] = b"1"
+    with pytest.raises(UpstreamUnavailableError):
+        del m["p:old"]
+    assert in_child(map_name, """
+        try:
+            m["p:x"] = b"1"
+        except shmmap.UpstreamUnavailableError:
+            print("refused")
+    """).strip() == "refused"
+    redis_server.start()
+    r = redis_server.client()
+    r.mset({"p:kept": "new value", "p:fresh": "2"})
+    child_sees(map_name, {"p:kept": "new value", "p:fresh": "2"})   # p:old gone
+    wait_for("the live copy", lambda: state(m) == "live")
+    assert m.stats()["upstream"]["resyncs"] >= 1
+    m["p:new"] = b"1"
+    assert r.get("p:new") == b"1"
+
+
+def test_writes_in_flight_are_not_reported_as_made(served: Any, redis_server: Any) -> None:
+    """A write the server never answered is OutcomeUnknownError or, if the
+    link was found lost first, UpstreamUnavailableError: never success."""
+    m = served()
+    r = redis_server.client()
+    r.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        with pytest.raises((OutcomeUnknownError, UpstreamUnavailableError)):
+            m["p:slow"] = b"1"
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    wait_for("the live copy", lambda: state(m) == "live")
+
+
+def test_the_options_go_together(map_name: str, redis_server: Any) -> None:
+    with pytest.raises(shmmap.DaemonStartError, match="--prefix"):
+        shmmap.Daemon(map_name, upstream=redis_server.url).start()
+    with pytest.raises(shmmap.DaemonStartError, match="overlaps"):
+        shmmap.Daemon(map_name, upstream=redis_server.url, prefix=["p:", "p:x"]).start()
+    with pytest.raises(shmmap.DaemonStartError, match="with --upstream"):
+        shmmap.Daemon(map_name, prefix=["p:"]).start()
+    assert not [s for s in os.listdir("/dev/shm") if map_name in s]
