@@ -13,7 +13,7 @@ same transaction instead.
 
 Why a thread: redis-py reads replies and pushes with blocking calls, and
 pushes are only read when something reads the socket. The thread waits in
-select() on the socket (and on a pipe that says a write was submitted),
+poll() on the socket (and on a pipe that says a write was submitted),
 and hands each Update to the daemon's loop (deliver), which commits it on
 the daemon's thread: the map has one writer still.
 
@@ -215,16 +215,21 @@ class RedisNode:
         assert conn is not None
         sock = conn._sock           # redis-py names no accessor for the socket it reads
         assert sock is not None
+        # poll, not select: a daemon of many clients has descriptors past 1024.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         heard = time.monotonic()
         while not self._stopping.is_set():
-            if self._flushed:
-                self._load(None)
-            elif self._dirty:
-                self._refetch()
-            elif self._writes:
-                self._write(self._writes.popleft())
-            elif conn.can_read(timeout=0):
-                self._read_push()
+            if self._flushed or self._dirty or self._writes or conn.can_read(timeout=0):
+                if self._flushed:
+                    self._load(None)
+                elif self._dirty:
+                    self._refetch()
+                elif self._writes:
+                    self._write(self._writes.popleft())
+                else:
+                    self._read_push()
                 heard = time.monotonic()
             else:
                 wait = heard + HEARTBEAT_SECONDS - time.monotonic()
@@ -232,10 +237,10 @@ class RedisNode:
                     self._call("PING")
                     heard = time.monotonic()
                     continue
-                ready, _, _ = select.select([sock, self._wake_r], [], [], wait)
+                ready = {fd for fd, _ in poller.poll(wait * 1000)}
                 if self._wake_r in ready:
                     _drain(self._wake_r)
-                if sock in ready:
+                if sock.fileno() in ready:
                     self._read_push()
                     heard = time.monotonic()
 
