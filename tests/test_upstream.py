@@ -306,3 +306,27 @@ def test_the_options_go_together(map_name: str, redis_server: Any) -> None:
     with pytest.raises(shmmap.DaemonStartError, match="with --upstream"):
         shmmap.Daemon(map_name, prefix=["p:"]).start()
     assert not [s for s in os.listdir("/dev/shm") if map_name in s]
+
+
+def test_top_and_metrics_show_the_upstream(served: Any, redis_server: Any,
+                                           map_name: str) -> None:
+    import urllib.request
+    r = redis_server.client()
+    r.rpush("p:list", "x")
+    m = served(metrics="127.0.0.1:0")
+    m["p:a"] = b"1"
+    text = urllib.request.urlopen(m.stats()["metrics_url"], timeout=DEADLINE).read().decode()
+    assert f'shmmap_upstream_state{{map="{map_name}",state="live"}} 1.0' in text
+    assert f'shmmap_upstream_state{{map="{map_name}",state="disconnected"}} 0.0' in text
+    assert f'shmmap_upstream_writes_total{{map="{map_name}"}} 1.0' in text
+    assert f'shmmap_upstream_skipped_keys{{kind="list",map="{map_name}"}} 1.0' in text
+    done = subprocess.run([sys.executable, "-m", "shmmap", "top", map_name, "--once",
+                           "--interval", "0.05"], capture_output=True, text=True,
+                          timeout=DEADLINE)
+    assert done.returncode == 0, done.stderr
+    assert f"upstream {redis_server.url}/0 LIVE since" in done.stdout
+    assert "writes 1 (failed 0)" in done.stdout and "skipped list 1" in done.stdout
+    shown = subprocess.run([sys.executable, "-m", "shmmap", "top", map_name, "--once", "--json",
+                            "--interval", "0.05"], capture_output=True, text=True,
+                           timeout=DEADLINE)
+    assert json.loads(shown.stdout)["upstream"]["state"] == "live"
