@@ -330,3 +330,24 @@ def test_top_and_metrics_show_the_upstream(served: Any, redis_server: Any,
                             "--interval", "0.05"], capture_output=True, text=True,
                            timeout=DEADLINE)
     assert json.loads(shown.stdout)["upstream"]["state"] == "live"
+
+
+def test_a_stopped_server_is_found_by_the_heartbeat(served: Any, redis_server: Any) -> None:
+    """SIGSTOP: the connection stays open but nothing answers. The PING
+    after a second of silence times out: the map goes stale, reads go on,
+    writes are refused (or, in flight, reported as of unknown outcome)."""
+    import signal
+    r = redis_server.client()
+    r.set("p:a", "1")
+    m = served()
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for("the disconnected state", lambda: state(m) == "disconnected")
+        assert m["p:a"] == b"1"
+        with pytest.raises(UpstreamUnavailableError):
+            m["p:a"] = b"2"
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    wait_for("the live copy", lambda: state(m) == "live")
+    m["p:a"] = b"3"
+    assert r.get("p:a") == b"3" and m["p:a"] == b"3"

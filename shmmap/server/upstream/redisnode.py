@@ -149,9 +149,14 @@ class RedisNode:
                 self._connect(state)
                 backoff = BACKOFF_SECONDS[0]
                 self._serve()
-            except (*_LINK_ERRORS, Doubt, ResponseError) as exc:
+            except Exception as exc:
                 if self._stopping.is_set():
                     break
+                if not isinstance(exc, (*_LINK_ERRORS, Doubt, ResponseError)):
+                    # A bug here must not leave the map looking live while
+                    # nothing keeps it current: it is one more doubt.
+                    log.exception("upstream %s: the link failed: a daemon bug", self.where,
+                                  extra={"event": "error"})
                 log.warning("upstream %s: %s; the map is stale until it reconnects",
                             self.where, _why(exc),
                             extra={"event": "upstream_lost", "reason": _why(exc)})
