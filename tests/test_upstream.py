@@ -134,6 +134,33 @@ def test_writes_reach_redis_first(served: Any, redis_server: Any) -> None:
     assert m.stats()["upstream"]["writes"] >= 6
 
 
+def test_conditional_writes_test_redis_own_value(served: Any, redis_server: Any) -> None:
+    """compare_and_swap and its kin WATCH the key, test what Redis holds
+    (by Python's equality, as the map does), and write in a MULTI."""
+    r = redis_server.client()
+    r.set("p:c", '{"n": 1}')
+    r.rpush("p:list", "x")
+    m = served(decode="json")
+    assert m.compare_and_swap("p:c", {"n": 1.0}, {"n": 2}) is True
+    assert json.loads(r.get("p:c")) == {"n": 2}          # 1.0 == 1: swapped, still a string
+    assert m["p:c"] == {"n": 2}
+    assert m.compare_and_swap("p:c", {"n": 1}, {"n": 3}) is False
+    assert json.loads(r.get("p:c")) == {"n": 2}
+    r.set("p:c", '"external"')                           # the copy may lag; Redis decides
+    assert m.compare_and_swap("p:c", "external", "mine") is True
+    assert r.get("p:c") == b'"mine"' and m["p:c"] == "mine"
+    assert m.load_or_store("p:c", "other") == ("mine", True)
+    assert m.load_or_store("p:new", [1]) == ([1], False)
+    assert r.get("p:new") == b"[1]" and m["p:new"] == [1]
+    assert m.compare_and_delete("p:new", [2]) is False and r.exists("p:new") == 1
+    assert m.compare_and_delete("p:new", [1]) is True and r.exists("p:new") == 0
+    assert "p:new" not in m
+    assert m.compare_and_swap("p:absent", 1, 2) is False and r.exists("p:absent") == 0
+    with pytest.raises(InvalidRequestError, match="holds a list"):
+        m.load_or_store("p:list", 1)
+    assert r.lrange("p:list", 0, -1) == [b"x"]
+
+
 def test_read_your_writes_from_another_process(served: Any, redis_server: Any,
                                                map_name: str) -> None:
     served()
@@ -160,8 +187,6 @@ def test_refused_writes_change_nothing(served: Any, redis_server: Any) -> None:
         m[7] = b"1"
     with pytest.raises(InvalidRequestError, match="bytes or a dict"):
         m["p:s"] = "text"                             # no --decode: bytes
-    with pytest.raises(InvalidRequestError, match="not supported"):
-        m.compare_and_swap("p:s", b"1", b"2")
     with pytest.raises(InvalidRequestError, match="not supported"):
         m.clear()
     assert r.keys("*") == [] and len(m) == 0
@@ -200,6 +225,10 @@ def test_decode_json(served: Any, redis_server: Any) -> None:
     assert json.loads(r.get("p:k")) == [1, "x", 2.5] and m["p:k"] == [1, "x", 2.5]
     with pytest.raises(InvalidRequestError, match="cannot be written"):
         m["p:k"] = b"bytes are no JSON"
+    m["p:h"] = {"n": 4, "m": [5]}                     # a hash stays a hash
+    assert r.hgetall("p:h") == {b"n": b"4", b"m": b"[5]"}
+    m["p:d"] = {"n": 6}                               # a new key: JSON can write it
+    assert r.get("p:d") == b'{"n":6}' and m["p:d"] == {"n": 6}
     r.set("p:bad", "[3]")                             # decodable now
     wait_for("the fixed key", lambda: m.get("p:bad") == [3])
     assert m.stats()["upstream"]["skipped_keys"] == {}

@@ -39,6 +39,13 @@ class Write:
     # Also fetch the keys before the commands, in the same transaction:
     # what a swap or a load-and-delete answers with.
     before: bool = False
+    # A conditional write's test of its one key as it is before (under
+    # WATCH): whether to write; ValueError to refuse the write. It runs in
+    # the upstream's thread.
+    condition: Optional[Callable[[Fetched], bool]] = None
+    # The client's result, from the Update that answers it (in the
+    # daemon's thread); None for a batch.
+    answer: Optional[Callable[["Update"], Any]] = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -52,6 +59,7 @@ class Update:
     full: bool = False
     write: Optional[Write] = None
     before: list[Fetched] = field(default_factory=list)    # the write's keys before it
+    wrote: bool = True          # False: a condition held the write back
     error: Optional[tuple[Err, str]] = None     # the write failed: nothing to commit
     state: Optional[str] = None
     received: float = 0.0       # time.perf_counter() when the first change it carries arrived

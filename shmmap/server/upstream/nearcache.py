@@ -20,7 +20,7 @@ from ..transport import Connection, Later
 from ..writer import MapWriter
 from .base import LIVE, SYNCING, Fetched, Update, Upstream, Write
 from .redisnode import RedisNode
-from .values import Values, key_name, redis_name
+from .values import ABSENT, Unheld, Values, key_name, redis_name
 
 log = logging.getLogger("shmmap.daemon")
 
@@ -124,12 +124,20 @@ class NearCache:
             u.write.later.ok(self._answer(u), seq)
 
     def _answer(self, u: Update) -> Any:
-        """A write's result: None for a batch; [loaded, the value before]
-        for a swap or a load-and-delete (of one key)."""
-        if not u.before:
-            return None
+        assert u.write is not None
+        return None if u.write.answer is None else u.write.answer(u)
+
+    def _previous(self, u: Update) -> list[Any]:
+        """[loaded, the value before]: a swap's, a load-and-delete's."""
         before = self._local(u.before[0])
         return [before is not None, before]
+
+    def _stored_or_loaded(self, u: Update) -> list[Any]:
+        """A load-or-store's [loaded, the value]: the one Redis held, or
+        the one stored."""
+        if u.wrote:
+            return [False, self._local(u.fetched[0])]
+        return [True, self._local(u.before[0])]
 
     def _blob(self, u: Update) -> bytes:
         """The batch blob that makes the map hold what u fetched (with
@@ -157,23 +165,17 @@ class NearCache:
 
     def _local(self, f: Fetched) -> Optional[bytes]:
         """f's value as the map holds it, encoded; None: not in the map."""
-        if f.kind == "none":
-            self.skipped.pop(f.key, None)
-            return None
         try:
-            if f.kind == "string":
-                value = self.values.load(f.value)
-            elif f.kind == "hash":
-                value = self.values.load_hash(f.value)
-            else:
-                self._skip(f.key, f.kind, f"a {f.kind}, which the map does not hold")
-                return None
+            value = self.values.view(f)
+        except Unheld as exc:
+            self._skip(f.key, exc.kind, str(exc))
+            return None
         except ValueError as exc:
             self._skip(f.key, "undecodable", f"--decode {self.values.decode} cannot read it: "
                                              f"{exc}")
             return None
         self.skipped.pop(f.key, None)
-        return encode_value(value)
+        return None if value is ABSENT else encode_value(value)
 
     def _skip(self, key: bytes, kind: str, why: str) -> None:
         """Counts a key the map leaves out, logged once (until it changes)."""
@@ -185,9 +187,9 @@ class NearCache:
     # -- the handlers -----------------------------------------------------------
 
     def handlers(self, hello: Callable[..., Result]) -> dict[int, tuple[Callable[..., Result], int]]:
-        """The ops served differently: writes go to the upstream; those it
-        cannot make atomically yet are refused; and no client gets a
-        channel, whose batches the daemon would apply in C, without Redis
+        """The ops served differently: writes go to the upstream (clear()
+        is refused: it would empty the range in Redis); and no client gets
+        a channel, whose batches the daemon would apply in C, without Redis
         (hello, the map's HELLO handler, says so)."""
         def op_hello(conn: Connection, version: Any) -> Result:
             info, seq = hello(conn, version)
@@ -195,31 +197,62 @@ class NearCache:
         out: dict[int, tuple[Callable[..., Result], int]] = {
             Op.HELLO: (op_hello, 1), Op.BATCH: (self.op_batch, 1),
             Op.CHANNEL: (self._refuse("channels"), 0), Op.CLEAR: (self._refuse("clear()"), 0)}
-        out[Op.SWAP] = (self.op_swap, 2)
-        out[Op.LOAD_AND_DELETE] = (self.op_load_and_delete, 1)
-        for op, arity in ((Op.LOAD_OR_STORE, 2), (Op.COMPARE_AND_SWAP, 3),
-                          (Op.COMPARE_AND_DELETE, 2)):
-            out[op] = (self._refuse(f"{op.name.lower()}"), arity)
+        out.update({
+            Op.SWAP: (self.op_swap, 2), Op.LOAD_AND_DELETE: (self.op_load_and_delete, 1),
+            Op.LOAD_OR_STORE: (self.op_load_or_store, 2),
+            Op.COMPARE_AND_SWAP: (self.op_compare_and_swap, 3),
+            Op.COMPARE_AND_DELETE: (self.op_compare_and_delete, 2)})
         return out
 
     def _refuse(self, what: str) -> Callable[..., Result]:
         def refuse(conn: Connection, *args: Any) -> Result:
             raise InvalidRequestError(f"map {self.name!r} is served from Redis: {what} is not "
-                                      "supported there yet")
+                                      "supported there")
         return refuse
 
     def op_batch(self, conn: Connection, blob: Any) -> Result:
-        return self._forward(_items(_bin(blob, "batch")), before=False)
+        return self._forward(_items(_bin(blob, "batch")))
 
     def op_swap(self, conn: Connection, key: Any, value: Any) -> Result:
-        return self._forward([(_decoded(key, "key"), _decoded(value, "value"))], before=True)
+        return self._forward([(_decoded(key, "key"), _decoded(value, "value"))], before=True,
+                             answer=self._previous)
 
     def op_load_and_delete(self, conn: Connection, key: Any) -> Result:
-        return self._forward([(_decoded(key, "key"), _DELETED)], before=True)
+        return self._forward([(_decoded(key, "key"), _DELETED)], before=True,
+                             answer=self._previous)
 
-    def _forward(self, items: list[tuple[Any, Any]], before: bool) -> Result:
+    def op_load_or_store(self, conn: Connection, key: Any, value: Any) -> Result:
+        view = self.values.view
+        return self._forward([(_decoded(key, "key"), _decoded(value, "value"))],
+                             condition=lambda f: view(f) is ABSENT,
+                             answer=self._stored_or_loaded)
+
+    def op_compare_and_swap(self, conn: Connection, key: Any, old: Any, new: Any) -> Result:
+        return self._forward([(_decoded(key, "key"), _decoded(new, "new value"))],
+                             condition=self._equals(_decoded(old, "old value")),
+                             answer=lambda u: u.wrote)
+
+    def op_compare_and_delete(self, conn: Connection, key: Any, old: Any) -> Result:
+        return self._forward([(_decoded(key, "key"), _DELETED)],
+                             condition=self._equals(_decoded(old, "old value")),
+                             answer=lambda u: u.wrote)
+
+    def _equals(self, old: Any) -> Callable[[Fetched], bool]:
+        """Whether a key holds old, as Python compares values (1 == 1.0),
+        the map's own rule; run in the upstream's thread."""
+        view = self.values.view
+
+        def holds(f: Fetched) -> bool:
+            current = view(f)
+            return current is not ABSENT and bool(current == old)
+        return holds
+
+    def _forward(self, items: list[tuple[Any, Any]], before: bool = False,
+                 condition: Optional[Callable[[Fetched], bool]] = None,
+                 answer: Optional[Callable[[Update], Any]] = None) -> Result:
         """Sends the stores and deletes of items to Redis as one
-        transaction; answered once Redis made it and the map has it."""
+        transaction (if condition holds for the one key); answered once
+        Redis made it and the map has it."""
         if self.state != LIVE:
             since = time.strftime("%H:%M:%S", time.localtime(self.since))
             raise UpstreamUnavailableError(
@@ -233,13 +266,14 @@ class NearCache:
             if value is _DELETED:
                 commands.append(("DEL", name))
             elif isinstance(value, dict):
-                commands += [("DEL", name), ("HSET", name, *self.values.dump_hash(value))]
+                commands.append(self.values.store_dict(name, value))
             else:
                 commands.append(("SET", name, self.values.dump(value)))
         if not commands:
             return None, self.writer.seq
         later = Later()
-        self.upstream.submit(Write(commands, list(keys), later, before=before))
+        self.upstream.submit(Write(commands, list(keys), later, before=before,
+                                   condition=condition, answer=answer))
         return later, 0
 
     def _in_range(self, key: Any) -> bytes:

@@ -45,6 +45,7 @@ TIMEOUT_SECONDS = 2.0        # a reply later than this puts the link in doubt
 BACKOFF_SECONDS = (0.05, 2.0)  # the first reconnection's wait, and the longest
 SCAN_COUNT = 1000            # SCAN's COUNT hint
 FETCH_KEYS = 500             # keys per fetch script call
+WATCH_TRIES = 16             # a conditional write whose key changes under it, retried
 
 # Each key's type and value at one instant (a script runs atomically):
 # {type} or {type, value}, a hash's value as HGETALL's flat list.
@@ -309,7 +310,40 @@ class RedisNode:
 
     def _write(self, w: Write) -> None:
         """A client's write as one transaction that fetches its keys too:
-        the copy gets them as the write left them."""
+        the copy gets them as the write left them. A conditional write
+        WATCHes its key and tests it first, and goes again if the key
+        changed before its EXEC."""
+        for _ in range(WATCH_TRIES):
+            before: list[Fetched] = []
+            if w.condition is not None:
+                try:
+                    self._call("WATCH", *w.keys)
+                    before = self._fetch(w.keys)
+                except _LINK_ERRORS:
+                    self.deliver(Update(write=w, error=(
+                        Err.UPSTREAM, f"upstream {self.where} went away: nothing was written")))
+                    raise
+                try:
+                    go = w.condition(before[0])
+                except ValueError as exc:
+                    self._call("UNWATCH")
+                    self.deliver(Update(fetched=before, received=w.started))
+                    self.deliver(Update(write=w, error=(Err.INVALID, f"{exc}: nothing was "
+                                                                     "written")))
+                    return
+                if not go:
+                    self._call("UNWATCH")
+                    self.deliver(Update(fetched=before, write=w, before=before, wrote=False,
+                                        received=w.started))
+                    return
+            if self._transact(w, before):
+                return
+        self.deliver(Update(write=w, error=(Err.INVALID, f"key {w.keys[0]!r} changed under "
+                                                         f"the write {WATCH_TRIES} times")))
+
+    def _transact(self, w: Write, before: list[Fetched]) -> bool:
+        """w's commands, and its keys fetched, in one MULTI; False if a
+        WATCHed key changed first (nothing was written)."""
         fetch = self._fetch_command(w.keys)
         commands = [("MULTI",), *([fetch] if w.before else []), *w.commands, fetch, ("EXEC",)]
         try:
@@ -320,21 +354,25 @@ class RedisNode:
                 "in flight: it may or may not have been made")))
             raise
         done = replies[-1]
+        if done is None and w.condition is not None:
+            return False
         if isinstance(done, ResponseError) or done is None:
             refused = next((r for r in replies if isinstance(r, ResponseError)), done)
             self.deliver(Update(write=w, error=(Err.INVALID, f"Redis refused the write: "
                                                              f"{refused}")))
-            return
+            return True
         failed = [r for r in done[:-1] if isinstance(r, ResponseError)]
         fetched = _fetched(w.keys, done[-1])
-        before = _fetched(w.keys, done[0]) if w.before else []
+        if w.before:
+            before = _fetched(w.keys, done[0])
         if failed:
             # Part of it was made: the copy takes what Redis holds now.
             self.deliver(Update(fetched=fetched, received=w.started))
             self.deliver(Update(write=w, error=(Err.INVALID, f"Redis refused part of the "
                                                              f"write: {failed[0]}")))
-            return
+            return True
         self.deliver(Update(fetched=fetched, write=w, before=before, received=w.started))
+        return True
 
 
 def _fetched(keys: list[bytes], reply: Any) -> list[Fetched]:
