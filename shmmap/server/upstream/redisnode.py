@@ -113,6 +113,7 @@ class RedisNode:
         self._dirty: dict[bytes, None] = {}
         self._flushed = False
         self._dirty_since = 0.0
+        self._odd_push: Any = None    # a push that is no invalidation: a doubt
         self.invalidations = 0      # pushes received
         self.reconnects = 0
         self._script_sha = b""
@@ -174,6 +175,7 @@ class RedisNode:
         Update, after which the map is live."""
         self._dirty.clear()
         self._flushed = False
+        self._odd_push = None
         conn = self._pool.connection_class(**self._pool.connection_kwargs)
         self._conn = conn
         conn.connect()
@@ -181,6 +183,7 @@ class RedisNode:
         # of the reply they came before: the order Redis sent them in
         # (redis-py's own client-side cache hooks its parser the same way).
         conn._parser.set_invalidation_push_handler(self._on_push)
+        conn._parser.set_pubsub_push_handler(self._on_other_push)
         args: list[Any] = ["CLIENT", "TRACKING", "ON", "BCAST", "NOLOOP"]
         for p in self.prefixes:
             if p:
@@ -215,6 +218,10 @@ class RedisNode:
         else:
             self._dirty.update(dict.fromkeys(keys))
 
+    def _on_other_push(self, push: list[Any]) -> None:
+        # Raised by _serve, not here: the parser is in the middle of a read.
+        self._odd_push = push
+
     def _serve(self) -> None:
         """Answers writes and pushes until the link is in doubt."""
         conn = self._conn
@@ -227,6 +234,8 @@ class RedisNode:
         poller.register(self._wake_r, select.POLLIN)
         heard = time.monotonic()
         while not self._stopping.is_set():
+            if self._odd_push is not None:
+                raise Doubt(f"Redis pushed {self._odd_push!r}")
             if self._flushed or self._dirty or self._writes or conn.can_read(timeout=0):
                 if self._flushed:
                     self._load(None)
