@@ -59,9 +59,12 @@ class NearCache:
         self.writes = 0
         self.write_failures = 0
         self.write_s = [0.0, 0.0, 0.0]    # last, sum, max of the write round trips
-        self.lag_s = [0.0, 0.0]           # last, max: from a change's arrival to its commit
+        self.lag_s = [0.0, 0.0]           # last, max: from a push's arrival to its commit
         self.skipped: dict[bytes, str] = {}    # keys of other types (or undecodable), by kind
         self.commit_errors = 0
+        # An update the map's limits refused: the copy misses it until a
+        # full load fits again, and says so (stale).
+        self.incomplete = False
 
     # -- the loop's side -----------------------------------------------------
 
@@ -98,17 +101,20 @@ class NearCache:
         except ShmmapError as exc:
             # Over the map's limits: said loudly, never served as whole.
             self.commit_errors += 1
-            log.error("map %r: the upstream's update of %d keys does not fit: %s", self.name,
-                      len(u.fetched), exc, extra={"event": "upstream_commit_failed"})
+            self.incomplete = True
+            log.error("map %r: the upstream's update of %d keys does not fit, the copy is "
+                      "stale: %s", self.name, len(u.fetched), exc,
+                      extra={"event": "upstream_commit_failed"})
             if u.write is not None:
                 u.write.later.error(Err.FULL, f"the map cannot hold the write: {exc}")
             return
         now = time.perf_counter()
-        if u.received:
+        if u.received and not u.full and u.write is None:
             self.lag_s[0] = now - u.received
             self.lag_s[1] = max(self.lag_s[1], self.lag_s[0])
         if u.full:
             self.fulls += 1
+            self.incomplete = False
         else:
             self.keys_refetched += len(u.fetched)
         if u.state is not None and u.state != self.state:
@@ -297,7 +303,7 @@ class NearCache:
             "prefixes": [p.decode(errors="replace") for p in self.prefixes],
             "decode": self.values.decode,
             "state": self.state,
-            "stale": self.state != LIVE,
+            "stale": self.state != LIVE or self.incomplete,
             "since": round(self.since, 3),
             "last_sync": round(self.last_sync, 3),
             "invalidations": self.upstream.invalidations,
