@@ -380,3 +380,31 @@ def test_a_stopped_server_is_found_by_the_heartbeat(served: Any, redis_server: A
     wait_for("the live copy", lambda: state(m) == "live")
     m["p:a"] = b"3"
     assert r.get("p:a") == b"3" and m["p:a"] == b"3"
+
+
+def test_a_slow_consumer_cut_off_by_redis_resyncs(served: Any, redis_server: Any,
+                                                  map_name: str) -> None:
+    """Pushes pile up while the daemon is stopped, past the output buffer
+    Redis allows a client: Redis drops the connection, and that is a lost
+    connection like any other -- the copy converges after it."""
+    import signal
+    r = redis_server.client()
+    # Room for the largest reply the daemon asks for (a SCAN page of 1,000
+    # of these names), not for the pushes of 30 MB.
+    r.config_set("client-output-buffer-limit", "normal 4mb 0 0")
+    m = served()
+    pid = m.stats()["pid"]
+    names = [f"p:{i:06d}:" + "x" * 1000 for i in range(30_000)]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pipe = r.pipeline(transaction=False)
+        for i in range(0, len(names), 1000):
+            pipe.mset({n: "1" for n in names[i:i + 1000]})
+        pipe.execute()
+        wait_for("Redis to drop the daemon's connection",
+                 lambda: not [c for c in r.client_list() if "t" in c["flags"]])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for("a reconnection", lambda: m.stats()["upstream"]["reconnects"] >= 1)
+    wait_for("the whole range", lambda: state(m) == "live" and len(m) == len(names))
+    assert sorted(m.keys()) == names
