@@ -408,3 +408,71 @@ def test_a_slow_consumer_cut_off_by_redis_resyncs(served: Any, redis_server: Any
     wait_for("a reconnection", lambda: m.stats()["upstream"]["reconnects"] >= 1)
     wait_for("the whole range", lambda: state(m) == "live" and len(m) == len(names))
     assert sorted(m.keys()) == names
+
+
+def test_counters_never_go_backwards(served: Any, redis_server: Any, map_name: str) -> None:
+    """External writers INCR counters while a reader in another process
+    reads them, and the daemon's connection is killed midway: no reader
+    ever sees a counter go backwards, and once the writers stop it sees
+    their final values."""
+    import threading
+    r = redis_server.client()
+    counters = [f"p:c{i}" for i in range(8)]
+    r.mset({c: 0 for c in counters})
+    served()
+    stop = threading.Event()
+
+    def write() -> None:
+        w = redis_server.client()
+        while not stop.is_set():
+            pipe = w.pipeline(transaction=False)
+            for c in counters:
+                pipe.incr(c)
+            pipe.execute()
+
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        import shmmap
+        m = shmmap.connect({map_name!r})
+        keys = {counters!r}
+        last = dict.fromkeys(keys, 0)
+        reads = 0
+        for line in sys.stdin:      # each line: the final values to wait for, or "go"
+            want = None if line.strip() == "go" else dict(zip(keys, map(int, line.split())))
+            deadline = time.monotonic() + {DEADLINE}
+            while True:
+                seen = {{k: int(m[k]) for k in keys}}
+                for k in keys:
+                    assert seen[k] >= last[k], f"{{k}} went from {{last[k]}} to {{seen[k]}}"
+                last, reads = seen, reads + 1
+                if want is None or seen == want or time.monotonic() > deadline:
+                    break
+            print(reads if want is None or seen == want else f"stuck at {{seen}}", flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert reader.stdin is not None and reader.stdout is not None
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    try:
+        try:
+            for t in writers:
+                t.start()
+            for kill in (False, True):      # the reader reads as they write
+                if kill:
+                    _kill_tracking_connection(r)
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:
+                    reader.stdin.write("go\n")
+                    reader.stdin.flush()
+                    reader.stdout.readline()
+        finally:
+            stop.set()
+            for t in writers:
+                t.join()
+        final = r.mget(counters)
+        reader.stdin.write(" ".join(v.decode() for v in final) + "\n")
+        reader.stdin.close()
+        answer = reader.stdout.readline().strip()
+        assert reader.wait(timeout=DEADLINE) == 0 and answer.isdigit(), answer
+    finally:
+        reader.kill()
+        reader.wait()
+    assert int(final[0]) > 100          # the writers did write meanwhile
