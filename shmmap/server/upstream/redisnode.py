@@ -134,7 +134,6 @@ class RedisNode:
         self._thread.join()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self._pool.disconnect()
 
     def _wake(self) -> None:
         try:
@@ -285,12 +284,18 @@ class RedisNode:
                 out.append(exc)
         return out
 
+    def _check_stopping(self) -> None:
+        """A load of a big range is cut short by stop()."""
+        if self._stopping.is_set():
+            raise Doubt("the daemon is stopping")
+
     def _fetch_command(self, keys: list[bytes]) -> tuple[Any, ...]:
         return ("EVALSHA", self._script_sha, len(keys), *keys)
 
     def _fetch(self, keys: list[bytes]) -> list[Fetched]:
         out: list[Fetched] = []
         for i in range(0, len(keys), FETCH_KEYS):
+            self._check_stopping()
             part = keys[i:i + FETCH_KEYS]
             out += _fetched(part, self._call(*self._fetch_command(part)))
         return out
@@ -305,6 +310,7 @@ class RedisNode:
             cursor: Any = 0
             pattern = glob_escape(p) + b"*"
             while True:
+                self._check_stopping()
                 cursor, found = self._call("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
                 names.update(dict.fromkeys(found))
                 if int(cursor) == 0:
