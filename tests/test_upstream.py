@@ -476,3 +476,25 @@ def test_counters_never_go_backwards(served: Any, redis_server: Any, map_name: s
         reader.kill()
         reader.wait()
     assert int(final[0]) > 100          # the writers did write meanwhile
+
+
+def test_unix_socket_upstream(map_name: str, redis_server_binary: str, tmp_path: Any) -> None:
+    import redis
+    sock = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        [redis_server_binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(tmp_path),
+         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(unix_socket_path=str(sock))
+        wait_for("redis-server on its socket", lambda: sock.exists() and r.ping())
+        r.set("p:a", "1")
+        with shmmap.Daemon(map_name, upstream=f"unix://{sock}", prefix=["p:"]) as d:
+            with d.connect() as m:
+                wait_for("the live copy", lambda: state(m) == "live")
+                assert m.stats()["upstream"]["url"] == f"unix://{sock}/0"
+                assert m["p:a"] == b"1"
+                m["p:b"] = b"2"
+                assert r.get("p:b") == b"2"
+    finally:
+        server.kill()
+        server.wait()
