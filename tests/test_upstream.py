@@ -498,3 +498,22 @@ def test_unix_socket_upstream(map_name: str, redis_server_binary: str, tmp_path:
     finally:
         server.kill()
         server.wait()
+
+
+def test_doctor_names_a_stale_near_cache(served: Any, redis_server: Any, map_name: str) -> None:
+    redis_server.client().rpush("p:list", "x")
+    m = served()
+
+    def findings() -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-m", "shmmap", "doctor", map_name, "--json",
+                               "--interval", "0.05"], capture_output=True, text=True,
+                              timeout=DEADLINE)
+        return {f["check"]: f for f in json.loads(done.stdout)["findings"]}
+    found = findings()
+    assert found["upstream_skipped_keys"]["data"] == {"skipped_keys": {"list": 1}}
+    assert "upstream_unreachable" not in found
+    redis_server.kill()
+    wait_for("the disconnected state", lambda: state(m) == "disconnected")
+    found = findings()
+    assert found["upstream_unreachable"]["severity"] == "problem"
+    assert "disconnected since" in found["upstream_unreachable"]["problem"]
