@@ -46,6 +46,7 @@ BACKOFF_SECONDS = (0.05, 2.0)  # the first reconnection's wait, and the longest
 SCAN_COUNT = 1000            # SCAN's COUNT hint
 FETCH_KEYS = 500             # keys per fetch script call
 WATCH_TRIES = 16             # a conditional write whose key changes under it, retried
+PIPELINE_WRITES = 256        # queued writes sent at once, each its own transaction
 
 # Each key's type and value at one instant (a script runs atomically):
 # {type} or {type, value}, a hash's value as HGETALL's flat list.
@@ -240,10 +241,12 @@ class RedisNode:
                     self._load(None)
                 elif self._dirty:
                     self._refetch()
-                elif self._writes:
+                elif not self._writes:
+                    self._read_push()
+                elif self._writes[0].condition is not None:
                     self._write(self._writes.popleft())
                 else:
-                    self._read_push()
+                    self._transact(self._take_writes(), [])
                 heard = time.monotonic()
             else:
                 wait = heard + HEARTBEAT_SECONDS - time.monotonic()
@@ -323,6 +326,15 @@ class RedisNode:
         self._dirty.clear()
         self.deliver(Update(fetched=self._fetch(keys), received=since))
 
+    def _take_writes(self) -> list[Write]:
+        """The unconditional writes at the head of the queue: many
+        clients' writes cost one round trip, not one each."""
+        out = [self._writes.popleft()]
+        while (self._writes and self._writes[0].condition is None
+               and len(out) < PIPELINE_WRITES):
+            out.append(self._writes.popleft())
+        return out
+
     def _write(self, w: Write) -> None:
         """A client's write as one transaction that fetches its keys too:
         the copy gets them as the write left them. A conditional write
@@ -351,31 +363,44 @@ class RedisNode:
                     self.deliver(Update(fetched=before, write=w, before=before, wrote=False,
                                         received=w.started))
                     return
-            if self._transact(w, before):
+            if self._transact([w], before):
                 return
         self.deliver(Update(write=w, error=(Err.INVALID, f"key {w.keys[0]!r} changed under "
                                                          f"the write {WATCH_TRIES} times")))
 
-    def _transact(self, w: Write, before: list[Fetched]) -> bool:
-        """w's commands, and its keys fetched, in one MULTI; False if a
+    def _transact(self, ws: list[Write], before: list[Fetched]) -> bool:
+        """Each write's commands, and its keys fetched, in a MULTI of its
+        own, all sent at once; False if the (one) conditional write's
         WATCHed key changed first (nothing was written)."""
-        fetch = self._fetch_command(w.keys)
-        commands = [("MULTI",), *([fetch] if w.before else []), *w.commands, fetch, ("EXEC",)]
+        sent = [self._transaction(w) for w in ws]
         try:
-            replies = self._pipeline(commands)
+            replies = self._pipeline([c for commands in sent for c in commands])
         except _LINK_ERRORS:
-            self.deliver(Update(write=w, error=(
-                Err.UPSTREAM_UNKNOWN, f"upstream {self.where} went away with the write "
-                "in flight: it may or may not have been made")))
+            for w in ws:
+                self.deliver(Update(write=w, error=(
+                    Err.UPSTREAM_UNKNOWN, f"upstream {self.where} went away with the write "
+                    "in flight: it may or may not have been made")))
             raise
+        at = 0
+        for w, commands in zip(ws, sent):
+            mine, at = replies[at:at + len(commands)], at + len(commands)
+            if mine[-1] is None and w.condition is not None:
+                return False
+            self._settle(w, mine, before)
+        return True
+
+    def _transaction(self, w: Write) -> list[tuple[Any, ...]]:
+        fetch = self._fetch_command(w.keys)
+        return [("MULTI",), *([fetch] if w.before else []), *w.commands, fetch, ("EXEC",)]
+
+    def _settle(self, w: Write, replies: list[Any], before: list[Fetched]) -> None:
+        """Hands the daemon the outcome of w's transaction (its replies)."""
         done = replies[-1]
-        if done is None and w.condition is not None:
-            return False
         if isinstance(done, ResponseError) or done is None:
             refused = next((r for r in replies if isinstance(r, ResponseError)), done)
             self.deliver(Update(write=w, error=(Err.INVALID, f"Redis refused the write: "
                                                              f"{refused}")))
-            return True
+            return
         failed = [r for r in done[:-1] if isinstance(r, ResponseError)]
         fetched = _fetched(w.keys, done[-1])
         if w.before:
@@ -385,9 +410,8 @@ class RedisNode:
             self.deliver(Update(fetched=fetched, received=w.started))
             self.deliver(Update(write=w, error=(Err.INVALID, f"Redis refused part of the "
                                                              f"write: {failed[0]}")))
-            return True
+            return
         self.deliver(Update(fetched=fetched, write=w, before=before, received=w.started))
-        return True
 
 
 def _fetched(keys: list[bytes], reply: Any) -> list[Fetched]:
