@@ -517,3 +517,31 @@ def test_doctor_names_a_stale_near_cache(served: Any, redis_server: Any, map_nam
     found = findings()
     assert found["upstream_unreachable"]["severity"] == "problem"
     assert "disconnected since" in found["upstream_unreachable"]["problem"]
+
+
+def test_concurrent_writers(served: Any, redis_server: Any, map_name: str) -> None:
+    """Writes of several processes at once (sent to Redis together): each
+    is made, read back by its writer, and in Redis and the map after."""
+    served()
+    code = textwrap.dedent(f"""
+        import sys
+        import shmmap
+        m = shmmap.connect({map_name!r})
+        me = sys.argv[1]
+        for i in range(300):
+            m[f"p:{{me}}:{{i % 50}}"] = str(i).encode()
+            assert m[f"p:{{me}}:{{i % 50}}"] == str(i).encode()
+    """)
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(w)]) for w in range(4)]
+    try:
+        assert [p.wait(timeout=DEADLINE * 2) for p in writers] == [0] * 4
+    finally:
+        for p in writers:
+            p.kill()
+            p.wait()
+    want = {f"p:{w}:{k}": str(250 + k).encode() for w in range(4) for k in range(50)}
+    r = redis_server.client()
+    assert dict(zip(want, r.mget(list(want)))) == want
+    m = shmmap.connect(map_name)
+    assert dict(m.items()) == want
+    m.close()
