@@ -4,15 +4,18 @@
  *
  * The daemon stores keys and values as the msgpack bytes clients send, and
  * every reader decodes them; so before anything is stored these checks make
- * sure that each is one well-formed object that msgpack-python will decode
- * (valid UTF-8, scalar map keys, well-formed timestamps, bounded nesting),
- * and that each key is in the one canonical encoding, because keys are
- * compared and hashed as bytes.
+ * sure that each is one well-formed object that msgpack-python and
+ * shmmap's codec will decode (valid UTF-8, hashable map keys, well-formed
+ * timestamps and payloads of shmmap's ext types, bounded nesting), and
+ * that each key is in the one canonical encoding, because keys are
+ * compared and hashed as bytes. A client runs the same checks before it
+ * sends a value, so the two never disagree.
  *
  * The canonical encoding is the one msgpack-python's Packer (with
  * use_bin_type=True) emits: every length and integer in its shortest form,
  * non-negative integers in the unsigned formats.
  */
+#include <string.h>
 #include "internal.h"
 
 #define MP_FIX_LEN_MASK     0x0f
@@ -149,8 +152,8 @@ static int array_body(struct mp *c, enum mp_mode mode, int depth,
                       uint64_t count, int width)
 {
     if (mode == MP_MAPKEY)
-        return FAIL(c, "a map key inside a value must be a scalar "
-                    "(nil, bool, number, str or bytes), not an array");
+        return FAIL(c, "a map key or set element inside a value must be "
+                    "hashable, not a list");
     if (mode == MP_KEY && width > 0 &&
         count < first_len(width, MP_FIXARRAY_MAX + 1, 0))
         return not_canonical(c, "an array length");
@@ -171,8 +174,8 @@ static int map_body(struct mp *c, enum mp_mode mode, int depth,
 {
     if (mode != MP_VALUE)
         return mode == MP_KEY ? FAIL(c, "%s, not a dict", KEY_TYPES)
-                              : FAIL(c, "a map key inside a value must be "
-                                     "a scalar, not a map");
+                              : FAIL(c, "a map key or set element inside a "
+                                     "value must be hashable, not a dict");
     if (count > (c->len - c->pos) / 2)
         return FAIL(c, "truncated msgpack: map of %llu pairs at byte %llu",
                     (unsigned long long)count, (unsigned long long)c->pos);
@@ -186,22 +189,152 @@ static int map_body(struct mp *c, enum mp_mode mode, int depth,
     return SHM_OK;
 }
 
-/* Ext types decode to ExtType (application types 0..127), or to Timestamp
- * for type -1, which msgpack-python rejects unless it has one of the three
+/* The array that is the payload of a tuple or set ext, n bytes at c->pos:
+ * its elements are checked in mode, one level deeper than the ext. */
+static int ext_array(struct mp *c, uint64_t n, enum mp_mode mode, int depth,
+                     const char *what)
+{
+    struct mp in = *c;
+    uint64_t count;
+    int rc;
+    in.p += c->pos;
+    in.len = n;
+    in.pos = 1;
+    uint8_t b = n > 0 ? in.p[0] : MP_NIL;
+    if (b >= MP_FIXARRAY && b < MP_FIXSTR)
+        count = b & MP_FIX_LEN_MASK;
+    else if (b == MP_ARRAY16 || b == MP_ARRAY32) {
+        if ((rc = take(&in, b == MP_ARRAY16 ? 2 : 4, &count)) != SHM_OK)
+            return rc;
+    } else
+        return FAIL(c, "%s ext at byte %llu does not hold an array", what,
+                    (unsigned long long)c->pos);
+    if (count > in.len - in.pos)
+        return FAIL(c, "truncated msgpack: %s of %llu elements at byte %llu",
+                    what, (unsigned long long)count,
+                    (unsigned long long)c->pos);
+    for (uint64_t i = 0; i < count; i++)
+        if ((rc = walk(&in, mode, depth + 1)) != SHM_OK)
+            return rc;
+    if (in.pos != n)
+        return FAIL(c, "%s ext at byte %llu has %llu bytes after its array",
+                    what, (unsigned long long)c->pos,
+                    (unsigned long long)(n - in.pos));
+    c->pos += n;
+    return SHM_OK;
+}
+
+/* str(Decimal) of a quiet NaN, an infinity or a finite number: [-] then
+ * NaN[digits], Infinity, or digits[.digits][E(+|-)digits] with an
+ * exponent Decimal() takes. */
+static int decimal_ok(const uint8_t *s, uint64_t n)
+{
+    uint64_t i = n > 0 && s[0] == '-', digits = 0, exp_digits = 0;
+    if (n - i == 8 && memcmp(s + i, "Infinity", 8) == 0)
+        return 1;
+    if (n - i >= 3 && memcmp(s + i, "NaN", 3) == 0) {
+        for (i += 3; i < n; i++)
+            if (s[i] < '0' || s[i] > '9')
+                return 0;
+        return 1;
+    }
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+        digits++;
+    if (digits == 0)
+        return 0;
+    if (i < n && s[i] == '.') {
+        for (digits = 0, i++; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+            digits++;
+        if (digits == 0)
+            return 0;
+    }
+    if (i == n)
+        return 1;
+    if (s[i] != 'E' || n - i < 3 || (s[i + 1] != '+' && s[i + 1] != '-'))
+        return 0;
+    for (i += 2; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+        exp_digits++;
+    return i == n && exp_digits <= SHM_EXT_DECIMAL_EXP_DIGITS;
+}
+
+/* The payload of a datetime ext: see SHM_EXT_DATETIME. */
+static int datetime_ok(const uint8_t *d, uint64_t n)
+{
+    if (n != 13 && n < 21)
+        return 0;
+    uint64_t ordinal = be(d, 4), us = be(d + 4, 8);
+    if (ordinal < 1 || ordinal > SHM_MAX_ORDINAL || us >= SHM_US_PER_DAY ||
+        d[12] > 1)
+        return 0;
+    if (n == 13)
+        return 1;
+    int64_t offset = (int64_t)be(d + 13, 8);
+    return offset > -(int64_t)SHM_US_PER_DAY &&
+           offset < (int64_t)SHM_US_PER_DAY && utf8_ok(d + 21, n - 21);
+}
+
+/* shmmap's own ext types (SHM_EXT_*): their payloads are what codec.py
+ * decodes without an error, and in mode MP_MAPKEY only the hashable ones
+ * (not a set) stand. */
+static int own_ext(struct mp *c, enum mp_mode mode, int depth, int8_t type,
+                   const uint8_t *d, uint64_t n)
+{
+    int ok;
+    const char *what;
+    switch (type) {
+    case SHM_EXT_TUPLE:
+        return ext_array(c, n, mode, depth, "tuple");
+    case SHM_EXT_SET:
+        if (mode == MP_MAPKEY)
+            return FAIL(c, "a map key or set element inside a value must "
+                        "be hashable, not a set");
+        return ext_array(c, n, MP_MAPKEY, depth, "set");
+    case SHM_EXT_FROZENSET:
+        return ext_array(c, n, MP_MAPKEY, depth, "frozenset");
+    case SHM_EXT_DATETIME:
+        ok = datetime_ok(d, n);
+        what = "a datetime";
+        break;
+    case SHM_EXT_DATE:
+        ok = n == 4 && be(d, 4) >= 1 && be(d, 4) <= SHM_MAX_ORDINAL;
+        what = "a date";
+        break;
+    case SHM_EXT_DECIMAL:
+        ok = decimal_ok(d, n);
+        what = "a Decimal shmmap stores (no signaling NaN, an exponent of "
+               "at most 17 digits)";
+        break;
+    case SHM_EXT_UUID:
+        ok = n == 16;
+        what = "a UUID (16 bytes)";
+        break;
+    default:
+        return FAIL(c, "ext type %d at byte %llu is reserved by shmmap",
+                    type, (unsigned long long)c->pos);
+    }
+    if (!ok)
+        return FAIL(c, "ext type %d at byte %llu is not %s",
+                    type, (unsigned long long)c->pos, what);
+    c->pos += n;
+    return SHM_OK;
+}
+
+/* Ext types decode to ExtType (application types below
+ * SHM_EXT_OWN_FIRST), to shmmap's types (own_ext), or to Timestamp for
+ * type -1, which msgpack-python rejects unless it has one of the three
  * sizes of the spec and its nanoseconds are below one second; it rejects
  * the other negative (reserved) types outright. */
-static int ext_body(struct mp *c, enum mp_mode mode, uint64_t n)
+static int ext_body(struct mp *c, enum mp_mode mode, int depth, uint64_t n)
 {
     int rc = need(c, n + 1);
     if (rc != SHM_OK)
         return rc;
-    if (mode != MP_VALUE)
-        return FAIL(c, mode == MP_KEY ? "%s, not an ext type"
-                                      : "a map key inside a value must be "
-                                        "a scalar, not an ext type%s",
-                    mode == MP_KEY ? KEY_TYPES : "");
-    int8_t type = (int8_t)c->p[c->pos];
-    const uint8_t *d = c->p + c->pos + 1;
+    if (mode == MP_KEY)
+        return FAIL(c, "%s, not an ext type", KEY_TYPES);
+    int8_t type = (int8_t)c->p[c->pos++];
+    const uint8_t *d = c->p + c->pos;
+    if (type >= SHM_EXT_OWN_FIRST)
+        return own_ext(c, mode, depth, type, d, n);
     if (type < 0 && type != MP_TIMESTAMP_TYPE)
         return FAIL(c, "ext type %d at byte %llu is reserved by msgpack",
                     type, (unsigned long long)c->pos);
@@ -220,7 +353,7 @@ static int ext_body(struct mp *c, enum mp_mode mode, uint64_t n)
                         (unsigned long long)c->pos,
                         (unsigned long long)nanos);
     }
-    c->pos += n + 1;
+    c->pos += n;
     return SHM_OK;
 }
 
@@ -311,7 +444,7 @@ static int walk(struct mp *c, enum mp_mode mode, int depth)
     case MP_EXT32:
         if ((rc = take(c, 1 << (b - MP_EXT8), &n)) != SHM_OK)
             return rc;
-        return ext_body(c, mode, n);
+        return ext_body(c, mode, depth, n);
     case MP_UINT8:
     case MP_UINT16:
     case MP_UINT32:
@@ -338,7 +471,7 @@ static int walk(struct mp *c, enum mp_mode mode, int depth)
         return FAIL(c, "byte 0xc1 at %llu is never used in msgpack",
                     (unsigned long long)(c->pos - 1));
     default:                        /* the fixext forms */
-        return ext_body(c, mode, 1ULL << (b - MP_FIXEXT1));
+        return ext_body(c, mode, depth, 1ULL << (b - MP_FIXEXT1));
     }
 }
 

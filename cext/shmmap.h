@@ -110,6 +110,30 @@
                                           has odds below 2^-250 (Chernoff),
                                           and it keeps validation linear */
 
+/* ---- values: the ext types that carry Python's types ------------------- */
+/* msgpack has no tuple, set, datetime, date, Decimal or UUID: shmmap gives
+ * each an ext type of its own (shmmap/shared/codec.py writes and reads
+ * them), and mpack.c checks each payload, so that every value a daemon
+ * stores decodes in every reader. Codes SHM_EXT_OWN_FIRST..127 are shmmap's (those not
+ * listed are refused); below them they are the application's (opaque). */
+#define SHM_EXT_OWN_FIRST    100
+#define SHM_EXT_TUPLE        100       /* payload: one array */
+#define SHM_EXT_SET          101       /* one array of hashable elements */
+#define SHM_EXT_FROZENSET    102       /* one array of hashable elements */
+#define SHM_EXT_DATETIME     103       /* ordinal u32, microsecond of the day
+                                          u64, fold u8; when aware also its
+                                          UTC offset in microseconds i64 and
+                                          then the zone's name, if it has
+                                          one, in UTF-8 (big-endian) */
+#define SHM_EXT_DATE         104       /* ordinal u32 (big-endian) */
+#define SHM_EXT_DECIMAL      105       /* str(Decimal): ASCII, no sNaN */
+#define SHM_EXT_UUID         106       /* its 16 bytes */
+#define SHM_EXT_DECIMAL_EXP_DIGITS 17  /* digits of a Decimal's exponent:
+                                          Decimal() takes anything below
+                                          10^18 - 1 */
+#define SHM_MAX_ORDINAL      3652059   /* date.max.toordinal() */
+#define SHM_US_PER_DAY       86400000000ULL
+
 /* The map header: segment /shmmap:NAME. Written at creation; daemon_pid and
  * current_gen change later. */
 struct shm_map_header {

@@ -123,10 +123,10 @@ static int object(const struct shm_view *v, const uint8_t *p, uint64_t len,
         return shm_fail(err, errlen, rc, "item %llu: %s",
                         (unsigned long long)n, why);
     if (*used > limit)
-        return shm_fail(err, errlen, SHM_ETOOBIG, "item %llu: %s of %llu "
-                        "bytes is over the limit of %llu bytes",
+        return shm_fail(err, errlen, SHM_ETOOBIG, "item %llu: encoded %s "
+                        "of %llu bytes exceeds --max-%s %llu",
                         (unsigned long long)n, what,
-                        (unsigned long long)*used,
+                        (unsigned long long)*used, what,
                         (unsigned long long)limit);
     return SHM_OK;
 }

@@ -9,6 +9,7 @@
 """
 from .client.map import Batch, Pipeline, SharedMap, connect
 from .launcher import Daemon
+from .shared.codec import Ext
 from .shared.errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError,
                             DaemonStartError, DaemonUnavailableError, InvalidNameError,
                             InvalidRequestError, LimitError, MapClosedError, MapFullError,
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonStartError",
-    "DaemonUnavailableError",
+    "DaemonUnavailableError", "Ext",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
     "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError",
     "UpstreamUnavailableError", "WriteTimeoutError",

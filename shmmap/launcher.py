@@ -49,7 +49,7 @@ class Daemon:
         self.socket_path = Path(options.get("socket") or protocol.default_socket_path(name))
         self.socket_path = self.socket_path.absolute()     # the child runs in CHILD_CWD
         self.process: Optional[subprocess.Popen[bytes]] = None
-        self._log: Optional[IO[bytes]] = tempfile.TemporaryFile()
+        self._log: Optional[IO[bytes]] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _keep_log)
         self._final_log = ""
 
     def _command(self, ready_fd: int) -> list[str]:
@@ -72,7 +72,7 @@ class Daemon:
                 cmd += [flag, str(value)]
         return cmd
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         """Starts the daemon and returns once it serves the map (or raises
         DaemonRunningError, DaemonStartError with the daemon's own words)."""
         if self.process is not None or self._log is None:
@@ -155,7 +155,7 @@ class Daemon:
             self.process.kill()
             return self.process.wait()
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

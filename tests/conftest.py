@@ -2,8 +2,13 @@
 run leaves /dev/shm as it found it."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +40,18 @@ def remove_map(name: str) -> None:
     for seg in segments.map_segments(name):
         segments.unlink(seg)
     default_socket_path(name).unlink(missing_ok=True)
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mappings_of(name: str) -> int:
+    """This process's mappings of map name's segments."""
+    prefix = "/dev/shm" + segments.header_name(name)    # every segment's name starts so
+    with open("/proc/self/maps") as maps:
+        return sum(prefix in line for line in maps)
 
 
 @pytest.fixture
@@ -75,7 +92,6 @@ REDIS_START_SECONDS = 10.0
 @pytest.fixture(scope="session")
 def redis_server_binary() -> str:
     """The path of redis-server (and redis-py importable), or a skip."""
-    import shutil
     path = shutil.which("redis-server")
     missing = [what for what, ok in (("redis-server", path is not None),
                                      ("redis-py", _importable("redis"))) if not ok]
@@ -89,7 +105,6 @@ def redis_server_binary() -> str:
 
 
 def _importable(module: str) -> bool:
-    import importlib.util
     return importlib.util.find_spec(module) is not None
 
 
@@ -98,18 +113,15 @@ class RedisServer:
     directory, no persistence. kill() and start() again keep its port."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
-        import socket
         self.binary = binary
         self.workdir = workdir
         with socket.socket() as s:      # the kernel's free port; Redis binds it next
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}"
-        self.process: "subprocess.Popen[bytes] | None" = None
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RedisServer":
-        import subprocess
-        import time
+    def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
              str(self.workdir), "--save", "", "--appendonly", "no", "--logfile",
@@ -121,15 +133,16 @@ class RedisServer:
             try:
                 client.ping()
                 return self
-            except Exception:
+            except Exception as exc:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server did not start on port {self.port}: {log}")
+                    raise RuntimeError(f"redis-server did not start on port {self.port}: "
+                                       f"{log}") from exc
                 time.sleep(0.02)
             finally:
                 client.close()
 
-    def client(self) -> "Any":
+    def client(self) -> Any:
         import redis
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import decimal
 import importlib
 import json
 import math
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -133,7 +136,7 @@ def test_bytes_and_tuples_as_json(map_name: str) -> None:
         b64 = base64.b64encode(b"\x00raw").decode()
         assert {"key": {"$bytes": b64}, "value": {
             "blob": {"$bytes": base64.b64encode(b"\xff\x00").decode()},
-            "t": [1, {"$bytes": "eA=="}]}} in map(json.loads, lines)
+            "t": {"$tuple": [1, {"$bytes": "eA=="}]}}} in map(json.loads, lines)
         got = json.loads(cli("get", map_name, "--json-key", '["a", {"$bytes": "Yg=="}, 3]').stdout)
         assert got == [{"$bytes": "dg=="}]
         # What dump prints can be set again, into the same map or another.
@@ -141,7 +144,7 @@ def test_bytes_and_tuples_as_json(map_name: str) -> None:
             pair = json.loads(line)
             cli("set", map_name, "--json-key", json.dumps(pair["key"]), json.dumps(pair["value"]))
         with d.connect() as m:
-            assert m.snapshot() == {b"\x00raw": {"blob": b"\xff\x00", "t": [1, b"x"]},
+            assert m.snapshot() == {b"\x00raw": {"blob": b"\xff\x00", "t": (1, b"x")},
                                     ("a", b"b", 3): [b"v"]}
 
 
@@ -242,6 +245,18 @@ def run_client(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_quickstart_client_runs(map_name: str) -> None:
     out = run_client("quickstart.py", map_name).stdout
     assert "compare_and_swap: True" in out and "1001 keys" in out
+    assert segments.map_segments(map_name) == []
+
+
+def test_asyncio_example_runs_with_its_own_daemon_or_a_running_one(map_name: str) -> None:
+    out = run_client("aio_example.py", map_name).stdout
+    assert "views: {'/': 200, '/about': 200, '/shop': 200}" in out and "1000 items" in out
+    assert segments.map_segments(map_name) == []        # its own daemon removed the map
+    with shmmap.Daemon(map_name) as d:
+        out = run_client("aio_example.py", map_name).stdout
+        assert "the write after a cancelled one: ('shop', True)" in out
+        with d.connect() as m:
+            assert m["/shop"] == 200            # it wrote to the daemon that was there
     assert segments.map_segments(map_name) == []
 
 
@@ -366,6 +381,12 @@ AWKWARD_VALUES: list[Any] = [
     {"$bytes": "AA=="}, {"$float": "nan"}, {"$map": []}, {"$bytes": 5}, {"$other": 1},
     [math.nan, {"x": math.inf}], msgpack.ExtType(5, b"\x01\x02"),
     msgpack.Timestamp(1_700_000_000, 123),
+    (), (1, [2, (3,)]), {(1, "a"): {"$tuple": ()}}, {1, 2, 3}, frozenset({b"x"}), set(),
+    datetime.datetime(2024, 2, 29, 1, 2, 3, 4), datetime.datetime(2021, 11, 7, 1, 30, fold=1),
+    datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-5), "EST")),
+    datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(seconds=-1))),
+    datetime.date(1, 1, 1), decimal.Decimal("-1.10E-7"), decimal.Decimal("NaN5"),
+    uuid.UUID(int=12345),
 ]
 
 
@@ -428,6 +449,9 @@ def test_load_checks_every_line_before_storing(map_name: str, tmp_path: Path) ->
             ('{"key": "k", "value": {"$bytes": "%%"}}', "line 2: '%%' is not valid base64"),
             ('{"key": "k", "value": {"$float": "big"}}', 'takes "nan", "inf" or "-inf"'),
             ('{"key": "k", "value": {"$map": [[[1], 2]]}}', "cannot be an array"),
+            ('{"key": "k", "value": {"$date": "nope"}}', '"$date": "nope" is not one'),
+            ('{"key": "k", "value": {"$datetime": ["2024-01-01", 2, null]}}', "fold 0 or 1"),
+            ('{"key": "k", "value": {"$set": 5}}', "takes an array"),
             ('{"key": "k", "value": 1e999999}', None),          # inf: accepted
         ):
             path = tmp_path / "bad.jsonl"
@@ -449,8 +473,8 @@ SPAWN = mp.get_context("spawn")
 
 
 def _main_as_nobody(argv: list[str], out_path: str, err_path: str) -> None:
-    sys.stdout = open(out_path, "w")
-    sys.stderr = open(err_path, "w")
+    sys.stdout = open(out_path, "w")      # noqa: SIM115 (this child's output until os._exit)
+    sys.stderr = open(err_path, "w")      # noqa: SIM115
     try:
         # Everything is imported first (nobody may not read the stdlib): the
         # parser's modules, and the daemon's, which serve imports when it runs.

@@ -171,7 +171,7 @@ def _reader_process(name: str, rounds: int, out: Any) -> None:
             pairs = list(gen.items(snap))
             seen = dict(pairs)
             assert len(seen) == len(pairs), "a key came twice"
-            latest = seen[("latest",)] if ("latest",) in seen else 0
+            latest = seen.get(("latest",), 0)
             groups: dict[int, set[int]] = {}
             for k, v in pairs:
                 if k[0] == "g":

@@ -485,7 +485,7 @@ def read_corrupted(data: bytes, keys: list[bytes], first_seed: int, rounds: int,
         try:
             g = Generation(f"/corrupt-{seed}", b)           # the Python layer, on a copy
             pairs = list(g.items(snap))
-            for k, packed in found.items():
+            for packed in found.values():
                 g.value_at(packed)
         except Exception as exc:                            # garbage may not decode
             stats["python_errors"] += 1

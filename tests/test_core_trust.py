@@ -130,8 +130,8 @@ def test_a_forged_full_index_fails_the_write_instead_of_looping(map_name: str) -
 
 def test_a_daemon_serving_mode_0660_keeps_writing_in_bounds_after_forged_counters(
         map_name: str) -> None:
-    """The issue's case: a group member writes 2**44 into the live map's
-    counters; the daemon's next writes land in bounds and the daemon lives."""
+    """A group member writes 2**44 into the live map's counters; the
+    daemon's next writes land in bounds and the daemon lives."""
     with shmmap.Daemon(map_name, mode=0o660) as d, d.connect() as m:
         m.update({i: i for i in range(100)})
         segs = segments.map_segments(map_name)

@@ -94,7 +94,7 @@ def test_failed_apply_is_answered_by_python_and_applies_nothing(map_name: str) -
             sock.close()
         assert r1[:3] == [1, OK, None]
         assert r2[:2] == [2, Err.INVALID] and "item 1" in r2[2]
-        assert r3[:2] == [3, Err.LIMIT] and "limit" in r3[2]
+        assert r3[:2] == [3, Err.LIMIT] and "exceeds --max-value 100" in r3[2]
         assert r4[:3] == [4, OK, None] and r4[3] == r1[3] + 1   # the failures took no seq
         with d.connect() as m:
             assert m.snapshot() == {"b": 2}

@@ -302,7 +302,7 @@ def test_daemon_checks_the_peer_uid(map_name: str) -> None:
 def test_an_error_reply_is_raised_not_retried(map_name: str) -> None:
     with shmmap.Daemon(map_name, max_value=100) as d, d.connect() as m:
         m["k"] = "small"
-        with pytest.raises(shmmap.LimitError, match="over the limit of 100 bytes"):
+        with pytest.raises(shmmap.LimitError, match="exceeds --max-value 100"):
             m["k"] = b"x" * 200
         with pytest.raises(TypeError):
             m[1.5] = 1                          # refused before anything is sent

@@ -277,7 +277,7 @@ def test_a_protocol_error_behind_many_unread_replies_still_arrives(map_name: str
     """A client that pipelines requests without reading, then sends bytes
     that are no request, gets every reply and the error, then EOF: the
     daemon keeps sending a closing connection's replies as its socket
-    drains (it used to stop, and wait for the next request forever)."""
+    drains, rather than stop and wait for a request that never comes."""
     with shmmap.Daemon(map_name) as d:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)

@@ -170,7 +170,7 @@ class OldMaps:
     held: str                 # its header flock-held, as a live older daemon holds it
     dead: str                 # no lock; its header names a socket nobody listens on
     socket: Path
-    child: "subprocess.Popen[str]"       # holds held's lock until its stdin closes
+    child: subprocess.Popen[str]       # holds held's lock until its stdin closes
     made: list[str]
 
     @property

@@ -18,9 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Directories shipped whole in the sdist, and what is never shipped.
-SHIPPED_DIRS = ("cext", "tests", "clients", "daemon", "docs")
+SHIPPED_DIRS = ("cext", "tests", "clients", "daemon", "docs", "tools")
 SHIPPED_FILES = ("LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
-                 ".ci/run", "shmmap/py.typed")
+                 ".ci/run", "shmmap/py.typed", "shmmap/_core.pyi")
 NOT_SHIPPED_DIRS = {"__pycache__", ".hypothesis", ".pytest_cache"}
 NOT_SHIPPED_SUFFIXES = (".pyc", ".pyo", ".so", ".o", ".a")
 # Run from the sdist against the wheel: quick, and touching the C core, a
@@ -79,7 +79,7 @@ def test_wheel_is_typed_licensed_and_described(built: tuple[Path, Path]) -> None
         names = set(whl.namelist())
         (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         meta = email.message_from_bytes(whl.read(meta_name))
-    assert "shmmap/py.typed" in names
+    assert "shmmap/py.typed" in names and "shmmap/_core.pyi" in names
     assert any(n.startswith("shmmap/_core.") and n.endswith(".so") for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert meta["License-Expression"] == "MIT"

@@ -52,7 +52,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _write(name: str, out: "mp.Queue[list[str]]") -> None:
+def _write(name: str, out: mp.Queue[list[str]]) -> None:
     sys.setswitchinterval(1e-6)
     errors: list[str] = []
     start = threading.Barrier(THREADS)

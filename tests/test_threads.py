@@ -13,7 +13,7 @@ CTX = mp.get_context("spawn")
 KEYS = 3000
 
 
-def _hammer(name: str, rounds: int, out: "mp.Queue[object]") -> None:
+def _hammer(name: str, rounds: int, out: mp.Queue[object]) -> None:
     m = shmmap.connect(name)
     stop = threading.Event()
     errors: list[str] = []

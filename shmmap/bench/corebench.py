@@ -4,7 +4,7 @@ run -- first without a daemon (one process writes and reads the map), then
 through a real daemon and client (get, iteration, synchronous and batched
 stores).
 
-Last, the cache's goals (issue 10) from processes other than the writer:
+Last, what the reader's cache is for, from processes other than the writer:
 iterating 100k int->int idle and under a 50/50 load process, gets through
 a harness that calls them, and iterating str->dict values that changed
 little since the last iteration -- each against a dict in that process.
@@ -23,14 +23,12 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
-import msgpack
-
 from .._core import ffi, lib
 from ..cli.progress import Progress
 from ..client.map import connect
 from ..client.reader import MapReader
 from ..server.writer import MapWriter
-from ..shared.codec import encode_key, encode_value
+from ..shared.codec import decode_key, decode_value, encode_key, encode_value
 from ..shared.generation import EXPORT_BATCH
 from ..shared.protocol import batch_blob
 
@@ -38,7 +36,7 @@ REPEATS = 5
 LOAD_CHUNK = 50_000
 CLIENT_KEYS = 100_000
 SYNC_WRITES = 20_000
-TARGETS = {   # (dataset, row): (limit, how) -- from the issues
+TARGETS = {   # (dataset, row): (limit, how) -- what the design promises
     ("int->int", "get from Python"): (10.0, "ratio"),
     ("int->int", "iterate: export + decode + loop"): (2.5, "ratio"),
     ("int->int", "promotion"): (500.0, "ms@1M"),
@@ -131,8 +129,8 @@ def _exported(reader: MapReader) -> list[tuple[bytes, bytes]]:
 
 def _decode(batches: list[tuple[bytes, bytes]]) -> None:
     for k, v in batches:
-        msgpack.unpackb(k, use_list=False)
-        msgpack.unpackb(v, strict_map_key=False)
+        decode_key(k)
+        decode_value(v)
 
 
 def bench_dataset(n: int, label: str, keys: list[Any], value: Callable[[int], Any],

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Any, Iterable, Iterator, Optional, cast
+from typing import Any, Iterable, Iterator, cast
 
 import msgpack
 
@@ -533,7 +533,3 @@ class RedisPeer(Peer):
 
 PEERS: list[type[Peer]] = [ShmmapPeer, DictPeer, LockedDictPeer, ManagerPeer, UltraDictPeer,
                            SharedMemoryDictPeer, LmdbPeer, RedisPeer]
-
-
-def by_name(name: str) -> Optional[type[Peer]]:
-    return next((p for p in PEERS if p.name == name), None)

@@ -56,7 +56,7 @@ def _find(results: list[Result], scenario: str, system: str,
 
 
 def verdicts(results: list[Result], keys: int) -> list[str]:
-    """The issue's targets, as ratios measured in this run."""
+    """The iteration targets, as ratios measured in this run."""
     out = []
     idle = _find(results, "iterate idle", SHMMAP, keys)
     load = _find(results, "iterate under load", SHMMAP, keys)
@@ -112,7 +112,7 @@ def _verdict(ok: bool, text: str) -> str:
 
 
 def _write_verdicts(results: list[Result], keys: int) -> list[str]:
-    """Issue 9's goals for writes and issue 10's comparison with Go."""
+    """The write targets, and the comparison with Go's sync.Map."""
     out = []
     w, w_lmdb = (_value(results, "writer under iteration", s, keys) for s in (SHMMAP, LMDB))
     if w and w_lmdb:

@@ -155,7 +155,7 @@ def iterate_under_load(peer: Peer, n: int, duration: float, readers: int, writer
     else:                               # threads of this process
         tstop = threading.Event()
         stop = tstop
-        tout: "queue.Queue[tuple[Any, ...]]" = queue.Queue()
+        tout: queue.Queue[tuple[Any, ...]] = queue.Queue()
         out = tout
         for i in range(writers):
             store_i = peer.open()

@@ -180,7 +180,7 @@ class Workers:
                     h.join()
         if failures:
             raise RuntimeError(f"a writer failed: {failures[0][0]}")
-        return [tuple(r) for r in results]  # type: ignore[misc]
+        return [tuple(r) for r in results]
 
 
 # -- a writer while another process iterates ---------------------------------------

@@ -3,6 +3,7 @@ inspect and clean up maps, and run the demo, the soak and the benchmark."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
@@ -204,7 +205,7 @@ def _run_dump(args: argparse.Namespace) -> int:
     size = 0
     try:
         for key, value in reader.items():
-            line = (jsontags.dumps({"key": key, "value": value}).translate(_LINE_BREAKS)
+            line = (jsontags.dumps_pair(key, value).translate(_LINE_BREAKS)
                     + "\n").encode()
             chunk.append(line)
             size += len(line)
@@ -500,17 +501,14 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, run_demo
-    out = open(args.json, "w") if args.json else None     # a bad path fails before the run
-    try:
+    # Opened first, so that a bad path fails before the run.
+    with open(args.json, "w") if args.json else contextlib.nullcontext() as out:
         summary = run_demo(keys=args.keys, readers=args.readers, writers=args.writers,
                            duration=args.duration, write_ratio=args.write_ratio,
                            progress=not args.quiet)
         print(format_summary(summary))
         if out:
             json.dump(summary, out, indent=2)
-    finally:
-        if out:
-            out.close()
     return 0 if _passed(summary) else 1
 
 

@@ -60,9 +60,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-uid", type=natural, action="append", default=[],
                    help="also accept clients of this uid (repeatable)")
     p.add_argument("--max-key", type=positive, default=Limits.max_key,
-                   help=f"largest key in bytes (default {Limits.max_key})")
+                   help="largest key, counted as its msgpack encoding: a str or bytes key "
+                   f"takes up to 5 bytes more than its payload (default {Limits.max_key})")
     p.add_argument("--max-value", type=positive, default=Limits.max_value,
-                   help=f"largest value in bytes (default {Limits.max_value})")
+                   help="largest value, counted as its msgpack encoding: a str or bytes "
+                   f"value takes up to 5 bytes more than its payload (default {Limits.max_value})")
     p.add_argument("--max-live-bytes", type=natural, default=0,
                    help="largest total of live keys and values (default 0: no limit)")
     p.add_argument("--max-connections", type=positive, default=1024,

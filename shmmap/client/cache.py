@@ -112,7 +112,7 @@ class UncachedReads:
 
     __slots__ = ("get",)
 
-    def __init__(self, reader: "MapReader") -> None:
+    def __init__(self, reader: MapReader) -> None:
         """Reads through reader (which raises MapClosedError once closed)."""
         self.get = reader.lookup
 
@@ -144,12 +144,12 @@ class ReadCache:
                  "_closed", "_lookups", "_load_after", "_over_limit", "loads", "refreshes",
                  "changed_keys", "copies", "drops")
 
-    def __init__(self, reader: "MapReader", limits: CacheLimits) -> None:
+    def __init__(self, reader: MapReader, limits: CacheLimits) -> None:
         """An empty cache of reader's map (a MapReader); it loads on first
         iteration, or after enough lookups."""
         self.name: str = reader.name
         self.limits = limits
-        self._reader: Optional["MapReader"] = reader
+        self._reader: Optional[MapReader] = reader
         self._header = reader.header            # owns the header mapping
         self._word = memoryview(ffi.buffer(self._header))[
             _VERSION_OFF:_VERSION_OFF + 8].cast("Q")
@@ -310,7 +310,7 @@ class ReadCache:
         self.drops += 1
         self._serve_uncached(self._check_open())
 
-    def _serve_uncached(self, reader: "MapReader") -> None:
+    def _serve_uncached(self, reader: MapReader) -> None:
         """Reads go straight to shared memory, at no cost but the version
         check, until an iteration finds that the map fits the limits."""
         self.hot = (_ALWAYS_SEEN, _ALWAYS_WORD, UncachedReads(reader))
@@ -364,7 +364,8 @@ class ReadCache:
         self.hot = (version, word, data)
         return data
 
-    def _scan(self, changes: Changes) -> Optional[tuple[Changes, list[tuple[list, list, list]]]]:
+    def _scan(self, changes: Changes
+              ) -> Optional[tuple[Changes, list[tuple[list[Any], list[Any], list[Any]]]]]:
         """The changes since the dict's seq up to now, a phase per
         generation (one promotion is followed); None if the dict must be
         loaded again."""

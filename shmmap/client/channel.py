@@ -13,9 +13,12 @@ import array
 import errno
 import os
 import socket
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .._core import ffi, lib
+
+if TYPE_CHECKING:
+    from .._core import CBuffer, struct_shm_chan, struct_shm_spin
 
 REQUEST_BYTES = lib.SHM_CHAN_REQUEST    # a longer request goes on the socket
 BLOB_BYTES = REQUEST_BYTES - lib.SHM_BATCH_HEADER   # ... a batch's blob, framed
@@ -46,20 +49,22 @@ class Channel:
                 raise OSError(err, f"cannot map the daemon's channel: {os.strerror(err)}")
         finally:
             os.close(memfd)
-        self._chan = chan
+        self._chan: Optional[struct_shm_chan] = chan     # None once closed
         self.efd = efd
         self.sockfd = sockfd
         self.ticket = 0
         self.outstanding: Optional[int] = None
-        self._reply = ffi.buffer(chan.reply, REPLY_BYTES)
+        self._reply: Optional[CBuffer] = ffi.buffer(chan.reply, REPLY_BYTES)
 
-    def batch(self, rid: int, blob: bytes, spin: "ffi.CData", timeout_ms: int) -> int:
+    def batch(self, rid: int, blob: bytes, spin: struct_shm_spin, timeout_ms: int) -> int:
         """Posts the batch request rid of blob as the next ticket and waits
         for its reply (shm_chan_batch, spin a struct shm_spin): 0 for its
         acknowledgement, the length of any other reply, or -errno."""
         self.ticket = ticket = (self.ticket + 1) & 0xFFFFFFFF
         self.outstanding = ticket       # set first: a KeyboardInterrupt may end the wait
-        got = lib.shm_chan_batch(self._chan, self.efd, self.sockfd, rid, blob, len(blob),
+        chan = self._chan
+        assert chan is not None, "the channel is closed"
+        got = lib.shm_chan_batch(chan, self.efd, self.sockfd, rid, blob, len(blob),
                                  ticket, spin, timeout_ms)
         if got >= 0:
             self.outstanding = None
@@ -69,7 +74,9 @@ class Channel:
         """Waits on for the reply to the outstanding batch request rid, as
         batch() does (shm_chan_batch_wait), without polling."""
         assert self.outstanding is not None
-        got = lib.shm_chan_batch_wait(self._chan, self.sockfd, self.outstanding, rid,
+        chan = self._chan
+        assert chan is not None, "the channel is closed"
+        got = lib.shm_chan_batch_wait(chan, self.sockfd, self.outstanding, rid,
                                       ffi.NULL, timeout_ms)
         if got >= 0:
             self.outstanding = None
@@ -79,14 +86,18 @@ class Channel:
         """Waits on for the reply to the outstanding request, whatever it
         is (shm_chan_wait), without polling: its length, or -errno."""
         assert self.outstanding is not None
-        got = lib.shm_chan_wait(self._chan, self.sockfd, self.outstanding, ffi.NULL, timeout_ms)
+        chan = self._chan
+        assert chan is not None, "the channel is closed"
+        got = lib.shm_chan_wait(chan, self.sockfd, self.outstanding, ffi.NULL, timeout_ms)
         if got >= 0:
             self.outstanding = None
         return got
 
     def reply(self, length: int) -> bytes:
         """The reply's bytes, once a wait returned their length."""
-        return self._reply[0:length]
+        reply = self._reply
+        assert reply is not None, "the channel is closed"
+        return reply[0:length]
 
     def close(self) -> None:
         """Unmaps the channel and closes the doorbell (in a forked child:

@@ -10,45 +10,41 @@ that reads afterwards, sees it.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
 import threading
 import time
 import weakref
-from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
+from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from contextlib import contextmanager
 from itertools import chain
+from math import ceil
 from operator import itemgetter
-from typing import Any, Callable, Iterator, Optional, Sequence
-
-import msgpack
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .._core import ffi, lib
 from ..shared import protocol, segments
-from ..shared.codec import decode_value, encode_key, encode_pair, encode_value
-from ..shared.errors import (DaemonUnavailableError, MapClosedError, OutcomeUnknownError,
-                             ShmmapError, WriteTimeoutError, reply_error)
+from ..shared.codec import CODEC, Codec, Ext, encode_key
+from ..shared.errors import DaemonUnavailableError, MapClosedError, ShmmapError
 from ..shared.generation import Generation
-from ..shared.protocol import DELETE, STORE, Op, batch_blob, batch_request, is_batch_ack
+from ..shared.protocol import DELETE, STORE, Op, batch_blob
 from ..shared.tracing import now_us
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .channel import BLOB_BYTES as CHANNEL_BLOB_BYTES
 from .channel import Channel, receive_fds
+from .connection import (ATTEMPTS, ClientConnection, OneBatch, Requests, Sent, failure_of,
+                         resend_or_raise, stream_survives, timed_out)
 from .reader import MapReader
 from .slot import ClientSlot
-from .tracer import client_tracer
+from .tracer import ClientTracer, client_tracer
 
 DEFAULT_TIMEOUT = 10.0
 BATCH_BYTES = 1 << 20      # update() sends blobs of about this size, pipelined
 PIPELINE_WRITES = 256      # writes a pipeline sends per round trip
-_ONE_BATCH = (Op.BATCH,)   # the ops of _write's one request
-_BATCH_RESULT = [None]     # ... and its results
-_BATCHES = [Op.BATCH]      # the ops of _write_many's requests
 _MISSING: Any = object()
 # Maps of this process by id (a Mapping is unhashable), for the fork hook.
-_live_maps: "weakref.WeakValueDictionary[int, SharedMap]" = weakref.WeakValueDictionary()
+_live_maps: weakref.WeakValueDictionary[int, SharedMap] = weakref.WeakValueDictionary()
 
 
 def _forget_connections_in_child() -> None:
@@ -59,118 +55,88 @@ def _forget_connections_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_connections_in_child)
 
 
-class _NothingSent(Exception):
-    """The connection failed before any byte of the requests went out: the
-    daemon cannot have applied them (the cause is chained)."""
+class _SendFailed(Exception):
+    """Sending failed (the cause is chained) with ``sent`` of the bytes out."""
+
+    def __init__(self, sent: Sent) -> None:
+        super().__init__(sent)
+        self.sent = sent
+
+
+def update_blobs(codec: Codec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[bytes]:
+    """The batch blobs of update(*args, **kwargs), encoded by codec: its
+    stores, in blobs of about BATCH_BYTES (each applied atomically)."""
+    encode_pair = codec.encode_pair
+    pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
+    blobs, parts, size = [], [], 0
+    for key, value in pairs:
+        item = STORE + encode_pair(key, value)
+        parts.append(item)
+        size += len(item)
+        if size >= BATCH_BYTES:
+            blobs.append(b"".join(parts))
+            parts, size = [], 0
+    if parts:
+        blobs.append(b"".join(parts))
+    return blobs
+
+
+def decode_loaded(codec: Codec, result: list[Any], absent: Any) -> tuple[Any, bool]:
+    """(the value, True) from the result [loaded, encoded value] of a
+    conditional op, decoded by codec, else (absent, False)."""
+    was, raw = result
+    return (codec.decode_value(raw), True) if was else (absent, False)
 
 
 class _Keys(KeysView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+    _mapping: MapReads
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("keys")
 
 
 class _Values(ValuesView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+    _mapping: MapReads
 
     def __iter__(self) -> Iterator[Any]:
         return self._mapping._iterate("values")
 
 
 class _Items(ItemsView):  # type: ignore[type-arg]
-    _mapping: "SharedMap"
+    _mapping: MapReads
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._pairs()
 
 
-class SharedMap(MutableMapping):  # type: ignore[type-arg]
-    """A map shared with every process of this host that connects to it.
+class MapReads(Mapping):  # type: ignore[type-arg]
+    """The reads of a map, shared by SharedMap and shmmap.aio's AsyncMap:
+    from this process's cache or shared memory, never waiting for the
+    daemon. A subclass calls _init_reads() first, and provides _open()
+    (the reader; MapClosedError after close())."""
 
-    A MutableMapping, plus the operations of Go's sync.Map under Python
-    names. Iterating (keys(), values(), items(), iter(), snapshot()) reads
-    one consistent snapshot, whatever is written meanwhile.
-
-    It reads through a ReadCache (a dict of the map, kept current by
-    deltas; see shmmap.client.cache) or, for a map over the cache's limits, a
-    MapReader, and writes through its connection to the daemon. After
-    close(), every operation raises MapClosedError (an iteration already
-    started runs to its end). Pickled -- for a spawn or forkserver child --
-    it travels as its name and options, and connects on first use; a
-    fork()ed child reconnects by itself.
-    """
-
-    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 cache_keys: int = DEFAULT_CACHE_KEYS,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 trace: Optional[str] = None, channel: bool = True) -> None:
-        """Maps map name and connects to its daemon (within timeout)."""
-        self._setup(name, timeout, cache_keys, cache_bytes, trace, channel)
-        self._open()
-
-    def _setup(self, name: str, timeout: float, cache_keys: int = DEFAULT_CACHE_KEYS,
-               cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None,
-               channel: bool = True) -> None:
-        """The state of a map not yet opened (connect() opens it at once,
-        unpickling on first use)."""
+    def _init_reads(self, name: str, cache_keys: int, cache_bytes: int,
+                    tracer: Optional[ClientTracer], ext_types: Iterable[Ext]) -> None:
+        """The read state of a map not yet opened: its name (checked), the
+        codec of its values (with the application's ext_types), its
+        cache's limits, and no cache yet."""
         self.name = segments.check_map_name(name)
-        self.timeout = timeout
+        ext_types = tuple(ext_types)
+        self.codec = Codec(ext_types) if ext_types else CODEC
+        self._encode_value = self.codec.encode_value
+        self._encode_pair = self.codec.encode_pair
         if cache_keys < 0 or cache_bytes < 0:
             raise ValueError("cache_keys and cache_bytes are counts: 0 or more")
         self.cache_limits = CacheLimits(cache_keys, cache_bytes)
         # The read fast path loads self._cache.hot and nothing else; before
         # the map is opened it never matches, so the first read opens it.
-        self._cache: "NoCache | ReadCache" = NoCache()
-        # Opt-in trace events (iterations, waits): see shmmap.client.tracer.
-        self._trace_path = trace
-        self._trace = client_tracer(trace)
-        # Serialises requests, connecting and closing; reads never take it.
-        self._lock = threading.Lock()
-        self._closed = False
-        self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
-        self._sock: Optional[socket.socket] = None
-        self._use_channel = channel
-        self._chan: Optional[Channel] = None    # the connection's channel, if it has one
-        self._poller: Optional[select.poll] = None
-        self._unpacker = msgpack.Unpacker(raw=False)
-        self._fed = 0                   # bytes fed to _unpacker (see _receive_batch)
-        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS, in_crowds=True)
-        self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
-        self._recv_bytes = ffi.buffer(self._recv_buf)
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._next_id = 0
-        self.daemon_info: dict[str, Any] = {}
-        _live_maps[id(self)] = self
-
-    # -- the closed state, and opening on first use ---------------------------------
+        self._cache: NoCache | ReadCache = NoCache()
+        self._trace = tracer
 
     def _open(self) -> MapReader:
-        """The reader, after mapping the map and connecting if this is the
-        first use; MapClosedError after close(). Checked on entry of every
-        public method."""
-        reader = self._reader
-        if reader is not None:
-            return reader
-        with self._lock:
-            return self._open_locked(time.monotonic() + self.timeout)
-
-    def _open_locked(self, deadline: float) -> MapReader:
-        if self._closed:
-            raise MapClosedError(f"map {self.name!r} is closed")
-        reader = self._reader
-        if reader is None:
-            reader = MapReader(self.name)
-            try:
-                self._connect(reader, deadline)
-            except BaseException:
-                self._disconnect(None)
-                reader.close()
-                raise
-            # The cache first: whoever finds the reader set finds it too.
-            self._cache = ReadCache(reader, self.cache_limits)
-            self._reader = reader
-        return reader
+        """The reader, opening the map if the subclass does so on first
+        use; MapClosedError after close()."""
+        raise NotImplementedError
 
     def _open_cache(self) -> ReadCache:
         """The cache, after opening the map if this is its first use;
@@ -179,454 +145,6 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         cache = self._cache
         assert isinstance(cache, ReadCache)
         return cache
-
-    @property
-    def closed(self) -> bool:
-        """True once close() was called."""
-        return self._closed
-
-    def close(self) -> None:
-        """Closes the connection and lets go of the map: every later
-        operation raises MapClosedError. An iteration already started
-        finishes on its own snapshot; closing twice does nothing."""
-        with self._lock:            # a request in flight ends first
-            self._closed = True
-            reader, self._reader = self._reader, None
-            self._disconnect(reader)
-        _live_maps.pop(id(self), None)
-        if isinstance(self._cache, ReadCache):
-            self._cache.close()
-        if reader is not None:
-            reader.close()
-
-    def __enter__(self) -> "SharedMap":
-        self._open()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as the name and options: the process that unpickles it
-        maps the map and connects on first use (as a Manager proxy does)."""
-        if self._closed:
-            raise MapClosedError(f"map {self.name!r} is closed")
-        return (_connect_on_first_use, (self.name, {
-            "timeout": self.timeout, "cache_keys": self.cache_limits.max_keys,
-            "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path,
-            "channel": self._use_channel}))
-
-    def _after_fork(self) -> None:
-        """In a forked child: the parent's connection and reader slot are
-        not ours. Forget them; the first write connects anew."""
-        self._lock = threading.Lock()
-        if self._sock is not None:
-            self._sock.close()          # our copy of the fd; the parent keeps its own
-        if self._chan is not None:
-            self._chan.close()          # our mapping and fd; the parent's stay
-        self._sock = self._poller = self._chan = None
-        if self._reader is not None:
-            self._reader.after_fork()
-        if isinstance(self._cache, ReadCache):
-            self._cache.after_fork()
-
-    # -- connection -------------------------------------------------------
-
-    @property
-    def socket_path(self) -> str:
-        """The daemon's socket, as the map's header names it."""
-        return self._open().socket_path
-
-    def _connect(self, reader: MapReader, deadline: float) -> None:
-        """Connects to the daemon and says hello; takes the reader slot it
-        assigns. Raises DaemonUnavailableError (or the daemon's refusal)."""
-        path = reader.socket_path
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(max(deadline - time.monotonic(), 1e-3))
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            sock.close()
-            raise DaemonUnavailableError(
-                f"no daemon answers for map {self.name!r} at {path}: {exc.strerror or exc}"
-            ) from None
-        sock.setblocking(False)         # replies are awaited by _recv_some
-        self._sock = sock
-        self._poller = select.poll()    # _wait's, on this socket
-        self._poller.register(sock, select.POLLIN)
-        self._unpacker = msgpack.Unpacker(raw=False)
-        self._fed = 0
-        try:
-            hello = self._new_id()
-            self._send_all(self._packer.pack([Op.HELLO, hello, protocol.VERSION]), deadline)
-            info = self._receive(hello, 1, deadline)[0]
-        except ShmmapError:
-            self._disconnect(reader)
-            raise
-        except (_NothingSent, OSError, ValueError) as exc:
-            refusal = None if isinstance(exc, TimeoutError) else self._refusal(deadline)
-            self._disconnect(reader)
-            if refusal is not None:
-                raise refusal from None
-            raise DaemonUnavailableError(
-                f"the daemon of map {self.name!r} did not say hello: {exc.__cause__ or exc}"
-            ) from None
-        if not isinstance(info, dict) or not isinstance(info.get("slot"), int):
-            self._disconnect(reader)
-            raise DaemonUnavailableError(f"the daemon of map {self.name!r} answered hello "
-                                         f"with {info!r:.100}")
-        self.daemon_info = info
-        if info["slot"] >= 0:
-            reader.use_slot(ClientSlot(self.name, info["slot"]))
-        if self._use_channel and info.get("channel"):
-            try:
-                self._open_channel(deadline)
-            except (OSError, ValueError) as exc:
-                self._disconnect(reader)
-                raise DaemonUnavailableError(
-                    f"the daemon of map {self.name!r} gave no channel: {exc}") from None
-
-    def _open_channel(self, deadline: float) -> None:
-        """Asks the daemon for a channel (Op.CHANNEL), whose descriptors
-        come with the reply. A daemon that answers with an error gives
-        none: writes then all go on the socket."""
-        assert self._sock is not None
-        rid = self._new_id()
-        self._send_all(self._packer.pack([Op.CHANNEL, rid]), deadline)
-        fds: list[int] = []
-        try:
-            reply = next(self._unpacker, None)
-            while reply is None:
-                self._wait(select.POLLIN, deadline)
-                try:
-                    data, passed = receive_fds(self._sock, protocol.RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                fds += passed
-                if not data:
-                    raise ConnectionResetError("the daemon closed the connection")
-                self._feed(data)
-                reply = next(self._unpacker, None)
-            if not isinstance(reply, list) or len(reply) < 3 or reply[0] != rid:
-                raise ValueError(f"a garbled reply to CHANNEL: {reply!r:.100}")
-            if reply[1] == protocol.OK:
-                if len(fds) != 2:
-                    raise ValueError(f"CHANNEL's reply carried {len(fds)} descriptors, not 2")
-                memfd, efd = fds
-                fds = []
-                self._chan = Channel(memfd, efd, self._sock.fileno())
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def _refusal(self, deadline: float) -> Optional[ShmmapError]:
-        """The error a daemon that refused this connection (too many
-        clients, a uid it does not allow) sent before closing it."""
-        assert self._sock is not None
-        self._sock.settimeout(max(deadline - time.monotonic(), 1e-3))
-        try:
-            while True:
-                data = self._sock.recv(protocol.RECV_SIZE)
-                if not data:
-                    break
-                self._feed(data)
-        except OSError:
-            pass
-        for reply in self._unpacker:
-            if isinstance(reply, list) and len(reply) >= 3 and reply[1] != protocol.OK:
-                return reply_error(reply[1], reply[2])
-        return None
-
-    def _disconnect(self, reader: Optional[MapReader]) -> None:
-        """Closes the connection; the reader stops counting into the slot
-        the daemon will give to another client (the slot stays mapped for
-        as long as a generation that counted into it lives)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = self._poller = None
-        if self._chan is not None:
-            self._chan.close()
-            self._chan = None
-        if reader is not None:
-            reader.use_slot(None)
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    def _wait(self, events: int, deadline: float) -> None:
-        """Sleeps until the socket has events, or raises TimeoutError."""
-        assert self._sock is not None and self._poller is not None
-        poller = self._poller
-        if events != select.POLLIN:
-            poller.modify(self._sock, events)
-        try:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
-        finally:
-            if events != select.POLLIN:
-                poller.modify(self._sock, select.POLLIN)
-
-    def _send_all(self, data: bytes, deadline: float) -> None:
-        """Sends data; raises _NothingSent if the connection failed (or
-        timed out) before its first byte went out."""
-        sock = self._sock
-        assert sock is not None
-        try:
-            sent = sock.send(data, socket.MSG_NOSIGNAL)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise _NothingSent() from exc
-        if sent == len(data):
-            return
-        view = memoryview(data)[sent:]
-        try:
-            while view:
-                try:
-                    view = view[sock.send(view, socket.MSG_NOSIGNAL):]
-                except BlockingIOError:
-                    self._wait(select.POLLOUT, deadline)
-        except OSError as exc:
-            if len(view) == len(data):
-                raise _NothingSent() from exc
-            raise
-
-    def _recv_some(self, deadline: float) -> bytes:
-        """The next bytes from the daemon: polls for a while (a reply
-        often comes sooner than a sleeper wakes; protocol.Spin says how
-        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
-        assert self._sock is not None
-        fd, spin = self._sock.fileno(), self._spin.c
-        while True:
-            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
-                                    self._left_ms(deadline))
-            if got > 0:
-                return self._recv_bytes[0:got]
-            if got == 0:
-                raise ConnectionResetError("the daemon closed the connection")
-            if got == -errno.ETIMEDOUT:
-                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
-            if got != -errno.EINTR:     # a signal: its handler ran; wait on
-                raise OSError(-got, os.strerror(-got))
-
-    def _call_channel(self, chan: Channel, rid: int, blob: bytes, deadline: float) -> None:
-        """Sends the batch request rid of blob through the channel and
-        waits for its acknowledgement, in one C call (shm_chan_batch)."""
-        got = chan.batch(rid, blob, self._spin.c, self._left_ms(deadline))
-        self._channel_outcome(chan, rid, got, deadline)
-
-    def _channel_outcome(self, chan: Channel, rid: int, got: int, deadline: float) -> None:
-        """Turns what a channel's batch call returned (got) into the
-        write's outcome: nothing for the acknowledgement; else it raises
-        the daemon's error, TimeoutError, or what the socket says when the
-        daemon went away meanwhile. After a signal it waits on."""
-        assert self._sock is not None
-        while got < 0:
-            if got == -errno.ETIMEDOUT:
-                raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
-            if got == -errno.EPIPE:     # the socket speaks: the daemon's end, or its error
-                self._receive(rid, 1, deadline)
-                raise ValueError("the daemon answered a channel request on the socket")
-            if got != -errno.EINTR:     # a signal: its handler ran; wait on
-                raise OSError(-got, os.strerror(-got))
-            got = chan.batch_wait(rid, self._left_ms(deadline))
-        if got:                         # an error: read as a socket's reply
-            self._feed(chan.reply(got))
-            self._receive(rid, 1, deadline)
-
-    def _settle(self, chan: Channel, deadline: float) -> None:
-        """Waits for the answer to a channel request that timed out (or
-        was interrupted) before anything else is sent, so that the daemon
-        applies this connection's requests in order. If it does not come,
-        nothing is sent: _NothingSent(TimeoutError)."""
-        while chan.outstanding is not None:
-            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            got = chan.wait(left_ms) if left_ms > 0 else -errno.ETIMEDOUT
-            if got >= 0:
-                return                  # the outcome of a write already reported unknown
-            if got == -errno.EPIPE:
-                raise _NothingSent() from ConnectionResetError("the daemon went away")
-            if got != -errno.EINTR:
-                raise _NothingSent() from TimeoutError(
-                    f"an earlier write is still unanswered after {self.timeout} s")
-
-    def _left_ms(self, deadline: float) -> int:
-        """Milliseconds to deadline; TimeoutError if it passed."""
-        left = math.ceil((deadline - time.monotonic()) * 1000)
-        if left <= 0:
-            raise TimeoutError(f"no reply from the daemon within {self.timeout} s")
-        return left
-
-    def _feed(self, data: bytes) -> None:
-        self._unpacker.feed(data)
-        self._fed += len(data)
-
-    def _receive(self, first_id: int, count: int, deadline: float) -> list[Any]:
-        """The results of the replies to requests first_id .. first_id +
-        count - 1, in order; raises the first error one carries (after
-        reading them all). Skips late replies to requests that timed out."""
-        results, error = [], None
-        while count:
-            reply = next(self._unpacker, None)
-            if reply is None:
-                self._feed(self._recv_some(deadline))
-                continue
-            if not isinstance(reply, list) or len(reply) < 3:
-                raise ValueError(f"a garbled reply from the daemon: {reply!r:.100}")
-            if type(reply[0]) is int and reply[0] < first_id:
-                continue            # the late reply to a request that timed out
-            count -= 1
-            if reply[1] == protocol.OK:
-                results.append(reply[2])
-            elif error is None:
-                error = reply_error(reply[1], reply[2])
-        if error is not None:
-            raise error
-        return results
-
-    def _receive_batch(self, rid: int, deadline: float) -> None:
-        """Waits for the reply to the batch request rid (framed by
-        batch_request). The daemon's reply is [id, OK, nil, seq], the id
-        copied from the request: when the next bytes are exactly that,
-        nothing is decoded; anything else (an error, late replies to
-        requests that timed out, a reply cut in two) goes to _receive."""
-        if self._fed == self._unpacker.tell():      # nothing buffered
-            data = self._recv_some(deadline)
-            if is_batch_ack(rid, data):
-                return
-            self._feed(data)
-        self._receive(rid, 1, deadline)
-
-    def _request(self, op: Op, *args: Any) -> Any:
-        return self._pipeline([[op, *args]])[0]
-
-    def _pipeline(self, requests: list[list[Any]]) -> list[Any]:
-        """Sends requests (pipelined) and returns their results in order,
-        all within one timeout (see _exchange)."""
-        with self._lock:
-            deadline = time.monotonic() + self.timeout
-            reader = self._open_locked(deadline)
-            first_id = self._next_id + 1
-            pack = self._packer.pack
-            data = b"".join([pack([r[0], self._new_id(), *r[1:]]) for r in requests])
-            ops = [r[0] for r in requests]
-            return self._exchange(reader, data, first_id, len(requests), ops, deadline)
-
-    def _write(self, blob: bytes) -> None:
-        """One batch blob, acknowledged: the lean path of store() and
-        delete(), the same policy as _pipeline's. While the connection's
-        channel is up and idle it is one C call (shm_chan_batch), and
-        _exchange sees only what is not an acknowledgement."""
-        with self._lock:
-            started = time.monotonic()
-            self._next_id += 1
-            chan, got = self._chan, None
-            if (chan is not None and chan.outstanding is None and self._trace is None
-                    and len(blob) <= CHANNEL_BLOB_BYTES):
-                got = chan.batch(self._next_id, blob, self._spin.c,
-                                 math.ceil(self.timeout * 1000))
-                if got == 0:
-                    return          # acknowledged: visible to every process
-            reader = self._reader
-            if reader is None:
-                reader = self._open_locked(started + self.timeout)   # MapClosedError after close()
-            self._exchange(reader, blob, self._next_id, 1, _ONE_BATCH,
-                           started + self.timeout, got)
-
-    def _exchange(self, reader: MapReader, data: bytes, first_id: int, count: int,
-                  ops: Sequence[int], deadline: float,
-                  channel_got: Optional[int] = None) -> list[Any]:
-        """Sends data, count framed requests with ids from first_id on whose
-        ops are ops, and returns their results in order; for _ONE_BATCH,
-        data is the blob of request first_id, not yet framed, and
-        channel_got, if given, what the channel answered when _write posted
-        it there (then it is not sent again). The caller holds the lock.
-        The retry policy:
-
-        - the daemon's error reply: raised, never resent;
-        - the connection failed before a byte went out (a daemon that died
-          since the last request): nothing was applied; reconnect, send once
-          more;
-        - it broke with the requests sent: idempotent ones (protocol.
-          IDEMPOTENT) are sent once more to whichever daemon now serves the
-          map; others raise OutcomeUnknownError;
-        - no reply within the timeout (a stopped or overloaded daemon): the
-          requests may still be applied later, so they are never resent; a
-          write raises WriteTimeoutError (an OutcomeUnknownError). The
-          connection stays: late replies are skipped by request id.
-
-        A request sent once more goes with the same id, on a new connection
-        (whose replies are all to requests made on it).
-        """
-        traced = now_us() if self._trace is not None else 0.0
-        for attempt in (1, 2):
-            if self._sock is None:
-                self._connect(reader, deadline)
-            sent = False
-            try:
-                chan, got, channel_got = self._chan, channel_got, None   # posted once only
-                if got is not None:     # _write posted it: its outcome
-                    assert chan is not None
-                    sent = True
-                    self._channel_outcome(chan, first_id, got, deadline)
-                    return _BATCH_RESULT    # (a trace records only with no fast path)
-                if chan is not None and chan.outstanding is not None:
-                    self._settle(chan, deadline)
-                if ops is _ONE_BATCH and chan is not None and len(data) <= CHANNEL_BLOB_BYTES:
-                    sent = True         # posting is all or nothing
-                    self._call_channel(chan, first_id, data, deadline)
-                    results = _BATCH_RESULT
-                elif ops is _ONE_BATCH:
-                    self._send_all(batch_request(first_id, data), deadline)
-                    sent = True
-                    self._receive_batch(first_id, deadline)
-                    results = _BATCH_RESULT
-                else:
-                    self._send_all(data, deadline)
-                    sent = True
-                    results = self._receive(first_id, count, deadline)
-                if self._trace is not None:
-                    self._trace.wait(self.name, list(ops), traced)
-                return results
-            except ShmmapError:
-                raise       # the daemon's answer
-            except _NothingSent as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, TimeoutError):
-                    self._disconnect(reader)
-                if isinstance(cause, TimeoutError) or attempt == 2:
-                    raise DaemonUnavailableError(
-                        f"map {self.name!r}: the daemon does not take requests: {cause}"
-                    ) from None
-            except TimeoutError as exc:
-                if not sent:        # a request cut short: the stream is unusable
-                    self._disconnect(reader)
-                elif self._chan is not None and self._chan.outstanding is None:
-                    # A late reply may still come on the socket: the
-                    # channel's requests could overtake it. Socket only.
-                    self._chan.close()
-                    self._chan = None
-                if all(op in protocol.READ_ONLY for op in ops):
-                    raise DaemonUnavailableError(
-                        f"map {self.name!r}: no reply from the daemon within "
-                        f"{self.timeout} s") from None
-                raise WriteTimeoutError(
-                    f"map {self.name!r}: no reply to {Op(ops[0]).name} within "
-                    f"{self.timeout} s; it may or may not be applied (it is not resent)"
-                ) from exc
-            except (OSError, ValueError) as exc:    # ValueError: a garbled reply
-                self._disconnect(reader)
-                if not all(op in protocol.IDEMPOTENT for op in ops):
-                    raise OutcomeUnknownError(
-                        f"map {self.name!r}: the daemon went away during "
-                        f"{Op(ops[0]).name}; it may or may not have been applied"
-                    ) from exc
-                if attempt == 2:
-                    raise DaemonUnavailableError(
-                        f"map {self.name!r}: the daemon went away: {exc}") from None
-        raise AssertionError("unreachable")
 
     # -- generations --------------------------------------------------------------------
 
@@ -734,6 +252,491 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         data = self._open_cache().copy()
         return data if data is not None else dict(reader.items())
 
+    # -- sync.Map's reads ------------------------------------------------
+
+    def load(self, key: Any) -> tuple[Any, bool]:
+        """(the value of key, True), or (None, False) if it is absent."""
+        value = self.get(key, _MISSING)
+        return (None, False) if value is _MISSING else (value, True)
+
+    def range(self, fn: Callable[[Any, Any], Any]) -> None:
+        """Calls fn(key, value) for each pair of one snapshot until fn
+        returns False."""
+        for key, value in self._pairs():
+            if fn(key, value) is False:
+                return
+
+
+class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
+    """A map shared with every process of this host that connects to it.
+
+    A MutableMapping, plus the operations of Go's sync.Map under Python
+    names. Iterating (keys(), values(), items(), iter(), snapshot()) reads
+    one consistent snapshot, whatever is written meanwhile.
+
+    It reads through a ReadCache (a dict of the map, kept current by
+    deltas; see shmmap.client.cache) or, for a map over the cache's limits, a
+    MapReader, and writes through its connection to the daemon. After
+    close(), every operation raises MapClosedError (an iteration already
+    started runs to its end). Pickled -- for a spawn or forkserver child --
+    it travels as its name and options, and connects on first use; a
+    fork()ed child reconnects by itself.
+    """
+
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 cache_keys: int = DEFAULT_CACHE_KEYS,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 trace: Optional[str] = None, channel: bool = True,
+                 ext_types: Iterable[Ext] = ()) -> None:
+        """Maps map name and connects to its daemon (within timeout)."""
+        self._setup(name, timeout, cache_keys, cache_bytes, trace, channel, ext_types)
+        self._open()
+
+    def _setup(self, name: str, timeout: float, cache_keys: int = DEFAULT_CACHE_KEYS,
+               cache_bytes: int = DEFAULT_CACHE_BYTES, trace: Optional[str] = None,
+               channel: bool = True, ext_types: Iterable[Ext] = ()) -> None:
+        """The state of a map not yet opened (connect() opens it at once,
+        unpickling on first use)."""
+        # Opt-in trace events (iterations, waits): see shmmap.client.tracer.
+        self._init_reads(name, cache_keys, cache_bytes, client_tracer(trace), ext_types)
+        self._trace_path = trace
+        self.timeout = timeout
+        # Serialises requests, connecting and closing; reads never take it.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
+        self._sock: Optional[socket.socket] = None
+        self._use_channel = channel
+        self._chan: Optional[Channel] = None    # the connection's channel, if it has one
+        self._poller: Optional[select.poll] = None
+        self._conn = ClientConnection()     # ids, framing, replies: the protocol's side
+        # The finalizers that close the socket and the channel (set with each).
+        self._close_sock: Callable[[], Any]
+        self._close_chan: Callable[[], Any]
+        self._spin = protocol.Spin(protocol.CLIENT_SPIN_SECONDS, in_crowds=True)
+        self._recv_buf = ffi.new("uint8_t[]", protocol.RECV_SIZE)    # _recv_some's
+        self._recv_bytes = ffi.buffer(self._recv_buf)
+        self.daemon_info: dict[str, Any] = {}
+        _live_maps[id(self)] = self
+
+    # -- the closed state, and opening on first use ---------------------------------
+
+    def _open(self) -> MapReader:
+        """The reader, after mapping the map and connecting if this is the
+        first use; MapClosedError after close(). Checked on entry of every
+        public method."""
+        reader = self._reader
+        if reader is not None:
+            return reader
+        with self._lock:
+            return self._open_locked(time.monotonic() + self.timeout)
+
+    def _open_locked(self, deadline: float) -> MapReader:
+        if self._closed:
+            raise MapClosedError(f"map {self.name!r} is closed")
+        reader = self._reader
+        if reader is None:
+            reader = MapReader(self.name, self.codec)
+            try:
+                self._connect(reader, deadline)
+            except BaseException:
+                self._disconnect(None)
+                reader.close()
+                raise
+            # The cache first: whoever finds the reader set finds it too.
+            self._cache = ReadCache(reader, self.cache_limits)
+            self._reader = reader
+        return reader
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Closes the connection and lets go of the map: every later
+        operation raises MapClosedError. An iteration already started
+        finishes on its own snapshot; closing twice does nothing."""
+        with self._lock:            # a request in flight ends first
+            self._closed = True
+            reader, self._reader = self._reader, None
+            self._disconnect(reader)
+        _live_maps.pop(id(self), None)
+        if isinstance(self._cache, ReadCache):
+            self._cache.close()
+        if reader is not None:
+            reader.close()
+
+    def __enter__(self) -> SharedMap:
+        self._open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as the name and options: the process that unpickles it
+        maps the map and connects on first use (as a Manager proxy does)."""
+        if self._closed:
+            raise MapClosedError(f"map {self.name!r} is closed")
+        return (_connect_on_first_use, (self.name, {
+            "timeout": self.timeout, "cache_keys": self.cache_limits.max_keys,
+            "cache_bytes": self.cache_limits.max_bytes, "trace": self._trace_path,
+            "channel": self._use_channel, "ext_types": self.codec.ext_types}))
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connection and reader slot are
+        not ours. Forget them; the first write connects anew."""
+        self._lock = threading.Lock()
+        if self._sock is not None:
+            self._close_sock()          # our copy of the fd; the parent keeps its own
+        if self._chan is not None:
+            self._close_chan()          # our mapping and fd; the parent's stay
+        self._sock = self._poller = self._chan = None
+        if self._reader is not None:
+            self._reader.after_fork()
+        if isinstance(self._cache, ReadCache):
+            self._cache.after_fork()
+
+    # -- connection: the synchronous driver of self._conn ---------------------
+    # The socket, its poller and the channel are this driver's; what the
+    # bytes mean, and what to do when an exchange fails, are the
+    # connection's (shmmap.client.connection). Each of the socket and the channel
+    # is closed through a weakref.finalize, so that a map dropped without
+    # close() releases them too (a daemon frees the reader slot of a
+    # connection that closed).
+
+    @property
+    def socket_path(self) -> str:
+        """The daemon's socket, as the map's header names it."""
+        return self._open().socket_path
+
+    def _connect(self, reader: MapReader, deadline: float) -> None:
+        """Connects to the daemon and says hello; takes the reader slot it
+        assigns, and the channel it offers. Raises DaemonUnavailableError
+        (or the daemon's refusal)."""
+        path = reader.socket_path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._close_sock = weakref.finalize(self, sock.close)
+        sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            self._close_sock()
+            raise DaemonUnavailableError(
+                f"no daemon answers for map {self.name!r} at {path}: {exc.strerror or exc}"
+            ) from None
+        sock.setblocking(False)         # replies are awaited by _recv_some
+        self._sock = sock
+        self._poller = select.poll()    # _wait's, on this socket
+        self._poller.register(sock, select.POLLIN)
+        conn = self._conn
+        conn.new_stream()
+        hello = conn.hello()
+        try:
+            self._send(hello, deadline)
+            self._await(hello, deadline)
+        except (_SendFailed, OSError, ValueError) as exc:
+            cause = exc.__cause__ if isinstance(exc, _SendFailed) else exc
+            refusal = None if isinstance(cause, TimeoutError) else self._refusal(deadline)
+            self._disconnect(reader)
+            if refusal is not None:
+                raise refusal from None
+            raise DaemonUnavailableError(
+                f"the daemon of map {self.name!r} did not say hello: {cause}") from None
+        try:
+            info = conn.hello_info(hello)
+        except ShmmapError:
+            self._disconnect(reader)
+            raise
+        except ValueError as exc:
+            self._disconnect(reader)
+            raise DaemonUnavailableError(f"map {self.name!r}: {exc}") from None
+        self.daemon_info = info
+        if info["slot"] >= 0:
+            reader.use_slot(ClientSlot(self.name, info["slot"]))
+        if self._use_channel and info.get("channel"):
+            try:
+                self._open_channel(deadline)
+            except (_SendFailed, OSError, ValueError) as exc:
+                self._disconnect(reader)
+                raise DaemonUnavailableError(f"the daemon of map {self.name!r} gave no channel: "
+                                             f"{exc.__cause__ or exc}") from None
+
+    def _open_channel(self, deadline: float) -> None:
+        """Asks the daemon for a channel, whose descriptors come with the
+        reply (a daemon that answers with an error gives none)."""
+        assert self._sock is not None
+        ex = self._conn.channel()
+        self._send(ex, deadline)
+        fds: list[int] = []
+        try:
+            self._await(ex, deadline, fds)
+            if self._conn.channel_granted(ex, fds):
+                memfd, efd = fds
+                fds = []
+                chan = Channel(memfd, efd, self._sock.fileno())
+                self._close_chan = weakref.finalize(self, chan.close)
+                self._chan = chan
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _refusal(self, deadline: float) -> Optional[ShmmapError]:
+        """The error a daemon that refused this connection (too many
+        clients, a uid it does not allow) sent before closing it."""
+        conn = self._conn
+        try:
+            while conn.refusal is None:
+                conn.receive(self._recv_some(deadline))
+                conn.collect()
+        except (OSError, ValueError):
+            pass                # its end (or none in time): all it said is read
+        return conn.refusal
+
+    def _disconnect(self, reader: Optional[MapReader]) -> None:
+        """Closes the connection; the reader stops counting into the slot
+        the daemon will give to another client (the slot stays mapped for
+        as long as a generation that counted into it lives)."""
+        if self._sock is not None:
+            self._close_sock()
+            self._sock = self._poller = None
+        if self._chan is not None:
+            self._close_chan()
+            self._chan = None
+        if reader is not None:
+            reader.use_slot(None)
+
+    def _wait(self, events: int, deadline: float) -> None:
+        """Sleeps until the socket has events, or raises TimeoutError."""
+        assert self._sock is not None and self._poller is not None
+        poller = self._poller
+        if events != select.POLLIN:
+            poller.modify(self._sock, events)
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise timed_out(self.timeout)
+        finally:
+            if events != select.POLLIN:
+                poller.modify(self._sock, select.POLLIN)
+
+    def _send(self, ex: Requests, deadline: float) -> None:
+        """Sends ex's framed requests, whose replies then complete it;
+        raises _SendFailed if the connection failed (or timed out) before
+        every byte went out."""
+        self._conn.expect(ex)
+        sock, data = self._sock, ex.data
+        assert sock is not None
+        try:
+            sent = sock.send(data, socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _SendFailed(Sent.NOTHING) from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        try:
+            while view:
+                try:
+                    view = view[sock.send(view, socket.MSG_NOSIGNAL):]
+                except BlockingIOError:
+                    self._wait(select.POLLOUT, deadline)
+        except OSError as exc:
+            raise _SendFailed(Sent.NOTHING if len(view) == len(data) else Sent.PART) from exc
+
+    def _recv_some(self, deadline: float) -> bytes:
+        """The next bytes from the daemon: polls for a while (a reply
+        often comes sooner than a sleeper wakes; protocol.Spin says how
+        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
+        assert self._sock is not None
+        fd, spin = self._sock.fileno(), self._spin.c
+        while True:
+            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
+                                    self._left_ms(deadline))
+            if got > 0:
+                return self._recv_bytes[0:got]
+            if got == 0:
+                raise ConnectionResetError("the daemon closed the connection")
+            if got == -errno.ETIMEDOUT:
+                raise timed_out(self.timeout)
+            if got != -errno.EINTR:     # a signal: its handler ran; wait on
+                raise OSError(-got, os.strerror(-got))
+
+    def _recv_with_fds(self, deadline: float, fds: list[int]) -> bytes:
+        """The next bytes from the daemon, adding the descriptors passed
+        with them to fds."""
+        assert self._sock is not None
+        while True:
+            self._wait(select.POLLIN, deadline)
+            try:
+                data, passed = receive_fds(self._sock, protocol.RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            fds += passed
+            if not data:
+                raise ConnectionResetError("the daemon closed the connection")
+            return data
+
+    def _await(self, ex: Requests, deadline: float, fds: Optional[list[int]] = None) -> None:
+        """Receives until every reply to ex came (replies to requests that
+        timed out are skipped). With fds, the descriptors passed with the
+        bytes are added to it (the channel's reply carries two)."""
+        conn = self._conn
+        conn.collect()
+        while not ex.done:
+            conn.receive(self._recv_some(deadline) if fds is None
+                         else self._recv_with_fds(deadline, fds))
+            conn.collect()
+
+    def _await_batch(self, ex: OneBatch, deadline: float) -> None:
+        """_await for one batch request on the socket, whose usual reply,
+        the acknowledgement, is recognised without decoding it."""
+        if self._conn.buffered or not self._conn.acknowledged(ex, self._recv_some(deadline)):
+            self._await(ex, deadline)
+
+    def _call_channel(self, chan: Channel, ex: OneBatch, deadline: float) -> None:
+        """Sends the batch request ex through the channel and waits for its
+        acknowledgement, in one C call (shm_chan_batch)."""
+        got = chan.batch(ex.first_id, ex.blob, self._spin.c, self._left_ms(deadline))
+        self._channel_outcome(chan, ex, got, deadline)
+
+    def _channel_outcome(self, chan: Channel, ex: OneBatch, got: int, deadline: float) -> None:
+        """Turns what a channel's batch call returned (got) into the
+        write's outcome: nothing for the acknowledgement; else it raises
+        the daemon's error, TimeoutError, or what the socket says when the
+        daemon went away meanwhile. After a signal it waits on."""
+        if got == 0:
+            return
+        self._conn.expect(ex)           # any other reply is read as a socket's
+        while got < 0:
+            if got == -errno.ETIMEDOUT:
+                raise timed_out(self.timeout)
+            if got == -errno.EPIPE:     # the socket speaks: the daemon's end, or its error
+                self._await(ex, deadline)
+                ex.outcome()
+                raise ValueError("the daemon answered a channel request on the socket")
+            if got != -errno.EINTR:     # a signal: its handler ran; wait on
+                raise OSError(-got, os.strerror(-got))
+            got = chan.batch_wait(ex.first_id, self._left_ms(deadline))
+        if got:
+            self._conn.receive(chan.reply(got))
+            self._await(ex, deadline)
+            ex.outcome()
+
+    def _settle(self, chan: Channel, deadline: float) -> None:
+        """Waits for the answer to a channel request that timed out (or
+        was interrupted) before anything else is sent, so that the daemon
+        applies this connection's requests in order. If it does not come,
+        nothing is sent: _SendFailed(Sent.NOTHING)."""
+        while chan.outstanding is not None:
+            left_ms = ceil((deadline - time.monotonic()) * 1000)
+            got = chan.wait(left_ms) if left_ms > 0 else -errno.ETIMEDOUT
+            if got >= 0:
+                return                  # the outcome of a write already reported unknown
+            if got == -errno.EPIPE:
+                raise _SendFailed(Sent.NOTHING) from ConnectionResetError("the daemon went away")
+            if got != -errno.EINTR:
+                raise _SendFailed(Sent.NOTHING) from TimeoutError(
+                    f"an earlier write is still unanswered after {self.timeout} s")
+
+    def _left_ms(self, deadline: float) -> int:
+        """Milliseconds to deadline; TimeoutError if it passed."""
+        left = ceil((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise timed_out(self.timeout)
+        return left
+
+    def _request(self, op: Op, *args: Any) -> Any:
+        return self._pipeline([[op, *args]])[0]
+
+    def _pipeline(self, requests: list[list[Any]]) -> list[Any]:
+        """Sends requests (pipelined) and returns their results in order,
+        all within one timeout (see _exchange)."""
+        with self._lock:
+            deadline = time.monotonic() + self.timeout
+            reader = self._open_locked(deadline)
+            return self._exchange(reader, self._conn.requests(requests), deadline)
+
+    def _write(self, blob: bytes) -> None:
+        """One batch blob, acknowledged: the lean path of store() and
+        delete(), the same policy as _pipeline's. While the connection's
+        channel is up and idle it is one C call (shm_chan_batch), and
+        _exchange sees only what is not an acknowledgement."""
+        with self._lock:
+            started = time.monotonic()
+            conn = self._conn
+            conn.last_id = rid = conn.last_id + 1   # its new_id(), inline: no call
+            chan, got = self._chan, None
+            if (chan is not None and chan.outstanding is None and self._trace is None
+                    and len(blob) <= CHANNEL_BLOB_BYTES):
+                got = chan.batch(rid, blob, self._spin.c, ceil(self.timeout * 1000))
+                if got == 0:
+                    return          # acknowledged: visible to every process
+            reader = self._reader
+            if reader is None:
+                reader = self._open_locked(started + self.timeout)   # MapClosedError after close()
+            self._exchange(reader, OneBatch(rid, blob), started + self.timeout, got)
+
+    def _exchange(self, reader: MapReader, ex: Requests, deadline: float,
+                  channel_got: Optional[int] = None) -> list[Any]:
+        """Sends ex and returns its results in order. For a OneBatch,
+        channel_got, if given, is what the channel answered when _write
+        posted it there (then it is not sent again). The caller holds the
+        lock. The daemon's error reply is raised as it is; what a failure
+        leads to is connection.decide's (the retry policy's table). An
+        exchange sent once more goes with the same ids, on a new
+        connection (whose replies are all to requests made on it); after a
+        timeout the connection stays, and late replies are skipped by id.
+        """
+        traced = now_us() if self._trace is not None else 0.0
+        for attempt in range(1, ATTEMPTS + 1):
+            if self._sock is None:
+                self._connect(reader, deadline)
+            sent = Sent.NOTHING
+            try:
+                chan, got, channel_got = self._chan, channel_got, None   # posted once only
+                if got is not None:     # _write posted it: its outcome
+                    assert chan is not None and isinstance(ex, OneBatch)
+                    sent = Sent.ALL
+                    self._channel_outcome(chan, ex, got, deadline)
+                    return ex.results   # (a trace records only with no fast path)
+                if chan is not None and chan.outstanding is not None:
+                    self._settle(chan, deadline)
+                if isinstance(ex, OneBatch) and chan is not None and len(ex.blob) <= CHANNEL_BLOB_BYTES:
+                    sent = Sent.ALL     # posting is all or nothing
+                    self._call_channel(chan, ex, deadline)
+                    results = ex.results
+                else:
+                    self._send(ex, deadline)
+                    sent = Sent.ALL
+                    if isinstance(ex, OneBatch):
+                        self._await_batch(ex, deadline)
+                    else:
+                        self._await(ex, deadline)
+                    results = ex.outcome()
+                if self._trace is not None:
+                    self._trace.wait(self.name, list(ex.ops), traced)
+                return results
+            except ShmmapError:
+                raise       # the daemon's answer
+            except _SendFailed as exc:
+                sent, cause = exc.sent, exc.__cause__ or exc
+            except (OSError, ValueError) as exc:    # ValueError: a garbled reply
+                cause = exc
+            failure = failure_of(cause)
+            self._conn.forget(ex)
+            if not stream_survives(sent, failure):
+                self._disconnect(reader)
+            elif sent is Sent.ALL and self._chan is not None and self._chan.outstanding is None:
+                # A late reply may still come on the socket: the channel's
+                # requests could overtake it. Socket only.
+                self._close_chan()
+                self._chan = None
+            resend_or_raise(self.name, ex.ops, sent, failure, attempt, self.timeout, cause)
+        raise AssertionError("unreachable: the last attempt never resends")
+
     def __or__(self, other: Any) -> dict[Any, Any]:
         if not hasattr(other, "keys"):
             return NotImplemented
@@ -748,7 +751,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
         merged.update(self.snapshot())
         return merged
 
-    def __ior__(self, other: Any) -> "SharedMap":
+    def __ior__(self, other: Any) -> SharedMap:
         self.update(other)
         return self
 
@@ -794,21 +797,11 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
                 return key, value
         raise KeyError("popitem(): map is empty")
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Stores many pairs; each blob of about BATCH_BYTES is atomic, and
         the blobs are pipelined."""
         self._open()
-        pairs = chain(*(a.items() if hasattr(a, "items") else a for a in args), kwargs.items())
-        blobs, parts, size = [], [], 0
-        for key, value in pairs:
-            item = STORE + encode_pair(key, value)
-            parts.append(item)
-            size += len(item)
-            if size >= BATCH_BYTES:
-                blobs.append(b"".join(parts))
-                parts, size = [], 0
-        if parts:
-            blobs.append(b"".join(parts))
+        blobs = update_blobs(self.codec, args, kwargs)
         if blobs:
             self._pipeline([[Op.BATCH, b] for b in blobs])
 
@@ -818,31 +811,25 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
 
     # -- sync.Map --------------------------------------------------------------
 
-    def load(self, key: Any) -> tuple[Any, bool]:
-        """(the value of key, True), or (None, False) if it is absent."""
-        value = self.get(key, _MISSING)
-        return (None, False) if value is _MISSING else (value, True)
-
     def store(self, key: Any, value: Any) -> None:
         """Sets key to value; returns once every process can read it."""
         if self._reader is None:
             self._open()        # closed: MapClosedError before the arguments
-        self._write(STORE + encode_pair(key, value))
+        self._write(STORE + self._encode_pair(key, value))
 
     __setitem__ = store         # one call less on the hottest write
 
     def load_or_store(self, key: Any, value: Any) -> tuple[Any, bool]:
         """(the existing value, True), or (value, False) after storing it."""
         self._open()
-        loaded, raw = self._request(Op.LOAD_OR_STORE, encode_key(key), encode_value(value))
-        return (decode_value(raw), True) if loaded else (value, False)
+        loaded = self._request(Op.LOAD_OR_STORE, encode_key(key), self._encode_value(value))
+        return decode_loaded(self.codec, loaded, value)
 
     def load_and_delete(self, key: Any) -> tuple[Any, bool]:
         """Removes key; returns (its value, True), or (None, False) if it
         was absent."""
         self._open()
-        loaded, raw = self._request(Op.LOAD_AND_DELETE, encode_key(key))
-        return (decode_value(raw), True) if loaded else (None, False)
+        return decode_loaded(self.codec, self._request(Op.LOAD_AND_DELETE, encode_key(key)), None)
 
     def delete(self, key: Any) -> None:
         """Removes key if present (no error if it is absent)."""
@@ -853,40 +840,33 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
     def swap(self, key: Any, value: Any) -> tuple[Any, bool]:
         """Stores value; returns (the previous value, whether there was one)."""
         self._open()
-        loaded, raw = self._request(Op.SWAP, encode_key(key), encode_value(value))
-        return (decode_value(raw), True) if loaded else (None, False)
+        swapped = self._request(Op.SWAP, encode_key(key), self._encode_value(value))
+        return decode_loaded(self.codec, swapped, None)
 
     def compare_and_swap(self, key: Any, old: Any, new: Any) -> bool:
         """Sets key to new if its value equals old (as msgpack bytes);
         returns whether it did."""
         self._open()
-        return bool(self._request(Op.COMPARE_AND_SWAP, encode_key(key), encode_value(old),
-                                  encode_value(new)))
+        return bool(self._request(Op.COMPARE_AND_SWAP, encode_key(key), self._encode_value(old),
+                                  self._encode_value(new)))
 
     def compare_and_delete(self, key: Any, old: Any) -> bool:
         """Removes key if its value equals old (as msgpack bytes); returns
         whether it did."""
         self._open()
-        return bool(self._request(Op.COMPARE_AND_DELETE, encode_key(key), encode_value(old)))
-
-    def range(self, fn: Callable[[Any, Any], Any]) -> None:
-        """Calls fn(key, value) for each pair of one snapshot until fn
-        returns False."""
-        for key, value in self._pairs():
-            if fn(key, value) is False:
-                return
+        return bool(self._request(Op.COMPARE_AND_DELETE, encode_key(key), self._encode_value(old)))
 
     @contextmanager
-    def batch(self) -> Iterator["Batch"]:
+    def batch(self) -> Iterator[Batch]:
         """``with m.batch() as b: b[k] = v; del b[j]`` -- applied as one
         atomic write when the block ends without an exception."""
         self._open()
-        b = Batch()
+        b = Batch(self.codec)
         yield b
         if b.items:
             self._write(batch_blob(b.items))
 
-    def pipeline(self) -> "Pipeline":
+    def pipeline(self) -> Pipeline:
         """``with m.pipeline() as p: p[k] = v; del p[j]`` -- writes sent
         without waiting for each acknowledgement: they go to the daemon in
         bursts of up to PIPELINE_WRITES, each burst one round trip, and the
@@ -909,10 +889,7 @@ class SharedMap(MutableMapping):  # type: ignore[type-arg]
             reader = self._reader
             if reader is None:
                 reader = self._open_locked(deadline)
-            first_id = self._next_id + 1
-            data = b"".join([batch_request(first_id + i, b) for i, b in enumerate(blobs)])
-            self._next_id += len(blobs)
-            self._exchange(reader, data, first_id, len(blobs), _BATCHES, deadline)
+            self._exchange(reader, self._conn.batches(blobs), deadline)
 
     # -- the daemon -------------------------------------------------------------
 
@@ -939,13 +916,14 @@ class Batch:
     """Writes collected by SharedMap.batch(), encoded as they are added so
     that a bad key or value raises at once."""
 
-    def __init__(self) -> None:
-        """An empty batch."""
+    def __init__(self, codec: Codec = CODEC) -> None:
+        """An empty batch of values encoded by codec."""
         self.items: list[tuple[bytes, Optional[bytes]]] = []
+        self._encode_value = codec.encode_value
 
     def store(self, key: Any, value: Any) -> None:
         """Adds setting key to value (also: ``b[key] = value``)."""
-        self.items.append((encode_key(key), encode_value(value)))
+        self.items.append((encode_key(key), self._encode_value(value)))
 
     def delete(self, key: Any) -> None:
         """Adds removing key, if present (also: ``del b[key]``)."""
@@ -966,7 +944,7 @@ class Pipeline:
 
     def store(self, key: Any, value: Any) -> None:
         """Sets key to value (also: ``p[key] = value``)."""
-        self._add(STORE + encode_pair(key, value))
+        self._add(STORE + self._map._encode_pair(key, value))
 
     def delete(self, key: Any) -> None:
         """Removes key if present (also: ``del p[key]``)."""
@@ -989,7 +967,7 @@ class Pipeline:
         if blobs:
             self._map._write_many(blobs)
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -999,7 +977,8 @@ class Pipeline:
 def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
             cache_keys: int = DEFAULT_CACHE_KEYS,
             cache_bytes: int = DEFAULT_CACHE_BYTES,
-            trace: Optional[str] = None, channel: bool = True) -> SharedMap:
+            trace: Optional[str] = None, channel: bool = True,
+            ext_types: Iterable[Ext] = ()) -> SharedMap:
     """Opens map name, which a daemon (``shmmap serve name``) must serve.
 
     timeout bounds each operation that talks to the daemon: connecting,
@@ -1021,9 +1000,15 @@ def connect(name: str, *, timeout: float = DEFAULT_TIMEOUT,
     travels through a channel in shared memory that the daemon makes for
     this connection, not the socket: no system call when both sides are
     busy, a futex wake-up when they are not. False sends every write on
-    the socket."""
+    the socket.
+
+    ext_types: the application's own value types (shmmap.Ext), the same
+    in every process that shares the map; a process without one reads its
+    values as msgpack.ExtType(code, data). Values are checked before they
+    are sent: a type with no form (the README's table of types) raises
+    TypeError, and nothing is sent."""
     return SharedMap(name, timeout=timeout, cache_keys=cache_keys, cache_bytes=cache_bytes,
-                     trace=trace, channel=channel)
+                     trace=trace, channel=channel, ext_types=ext_types)
 
 
 def _connect_on_first_use(name: str, options: dict[str, Any]) -> SharedMap:

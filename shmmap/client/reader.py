@@ -10,7 +10,7 @@ import msgpack
 
 from .._core import ffi, lib
 from ..shared import segments
-from ..shared.codec import encode_key
+from ..shared.codec import CODEC, Codec, encode_key
 from ..shared.errors import CorruptSegmentError, MapClosedError, MapNotFoundError
 from ..shared.generation import Generation
 from .slot import ClientSlot
@@ -62,9 +62,11 @@ class MapReader:
     still uses a mapping keeps it, and nothing of it is ever used unmapped.
     """
 
-    def __init__(self, name: str) -> None:
-        """Maps map name's header and current generation (no daemon needed)."""
+    def __init__(self, name: str, codec: Codec = CODEC) -> None:
+        """Maps map name's header and current generation (no daemon
+        needed); its values decode with codec's types."""
         self.name = segments.check_map_name(name)
+        self.codec = codec
         # Maps and slot changes; never taken by a lookup or an iteration.
         self._lock = threading.Lock()
         self._slot: Optional[ClientSlot] = None
@@ -109,7 +111,7 @@ class MapReader:
                 mm = segments.open_readonly(seg)
             except FileNotFoundError:
                 continue                # superseded meanwhile: read again
-            return self._adopt(Generation(seg, mm))
+            return self._adopt(Generation(seg, mm, self.codec))
         raise MapNotFoundError(f"map {self.name!r} has no current generation")
 
     def _adopt(self, g: Generation) -> Generation:
@@ -190,7 +192,10 @@ class MapReader:
             n = packed & _LEN_MASK
             if n != _LEN_LONG:
                 off = packed >> _LEN_BITS
-                return _unpackb(gen.mm[off:off + n], strict_map_key=False)
+                # gen.decode(...) inline (Codec.decode_value): a call less
+                # on the hottest read.
+                return _unpackb(gen.mm[off:off + n], strict_map_key=False,
+                                ext_hook=gen.ext_hook)
             return gen.value_at(packed)
         if packed == _SUPERSEDED:
             return self._lookup_after_promotion(key, default)
@@ -243,10 +248,10 @@ def _locate(gen: Generation, key: Any) -> int:
     return _lookup(gen.view, kb, len(kb))
 
 
-def _forget_generation(reader_ref: "weakref.ref[MapReader]") -> Any:
+def _forget_generation(reader_ref: weakref.ref[MapReader]) -> Any:
     """The weakref callback of a generation: drops it from its reader's live
     generations and reports the rest to the reader slot."""
-    def forget(ref: "weakref.ref[Generation]") -> None:
+    def forget(ref: weakref.ref[Generation]) -> None:
         reader = reader_ref()
         if reader is not None:
             reader._live.pop(id(ref), None)

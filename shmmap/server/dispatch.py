@@ -76,7 +76,7 @@ class Dispatcher:
             self.fast_round.append((round_.served, perf_counter(), _served_fds(round_)))
         return events
 
-    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+    def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
                     pos: int) -> tuple[int, int, Any]:
         """The transport's ServeBytes: the C hot path first; the requests
         it leaves come back through handle()."""
@@ -87,7 +87,7 @@ class Dispatcher:
             self.fast_round.append((served, started, (conn.fd,)))
         return pos, stop, arg
 
-    def handle(self, conn: Connection, req: Any) -> "list[Any] | Later":
+    def handle(self, conn: Connection, req: Any) -> list[Any] | Later:
         """The reply to req; BadRequest if req is not a request at all."""
         self.requests += 1
         if (not isinstance(req, list) or len(req) < 2 or type(req[0]) is not int

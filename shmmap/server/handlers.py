@@ -71,7 +71,7 @@ class MapOps:
             self.writer.commit()
             self.uncommitted = False
 
-    def serve_bytes(self, conn: Connection, buf: "bytes | bytearray",
+    def serve_bytes(self, conn: Connection, buf: bytes | bytearray,
                     pos: int) -> tuple[int, int, Any, int]:
         """Serves the batch requests of buf from pos on in C (shm_serve):
         applies each, appending its reply to conn.out, up to the first
@@ -98,7 +98,7 @@ class MapOps:
                 if stop != lib.SHM_STOP_FULL:
                     break
         finally:
-            if cbuf is not buf:
+            if not isinstance(cbuf, bytes):
                 ffi.release(cbuf)
         if served:
             writer.seq = s.seq
@@ -162,8 +162,8 @@ class MapOps:
 
     def op_hello(self, conn: Connection, version: Any) -> Result:
         if version != protocol.VERSION:
-            raise InvalidRequestError(f"protocol version {version!r}, the daemon speaks "
-                                      f"{protocol.VERSION}")
+            raise InvalidRequestError(f"the client speaks protocol version {version!r}, the "
+                                      f"daemon {protocol.VERSION}: run the same shmmap in both")
         if conn.slot < 0:
             conn.slot = self.slots.assign(conn.peer.pid)
         lim = self.writer.limits
@@ -235,5 +235,7 @@ def _bin(x: Any, what: str) -> bytes:
 
 def _same(stored: bytes, given: bytes) -> bool:
     """Whether two encoded (and validated) values are equal as Python
-    values (1 == 1.0)."""
+    values (1 == 1.0, {1, 2} == {2, 1}). The daemon has no application's
+    Ext types: their values decode as msgpack.ExtType and compare as their
+    bytes."""
     return stored == given or bool(decode_value(stored) == decode_value(given))

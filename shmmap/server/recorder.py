@@ -51,7 +51,7 @@ class Recorder:
     def op_trace(self, conn: Any, seconds: Any, slow_seconds: Any) -> tuple[Any, int]:
         """The handler of Op.TRACE: [S, slow] starts recording for S
         seconds; [0, 0] stops and returns what was recorded."""
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
                    for x in (seconds, slow_seconds)) or seconds > MAX_SECONDS:
             raise InvalidRequestError(f"TRACE takes seconds (0 to {MAX_SECONDS:g}) and slow "
                                       f"seconds (0 or more), not {seconds!r}, {slow_seconds!r}")

@@ -302,8 +302,8 @@ class Server:
         wake-up from epoll would (protocol.Spin: for as long as that pays
         lately). It gives the core away on each turn: when processes
         outnumber cores, the client whose request it waits for may need
-        this very core to send it (PLATFORM-NOTES: with a third busy
-        process, a spin that never yields cut writes 5-fold). No spin while
+        this very core to send it (on 2 cores with a third busy process, a
+        spin that never yields cut writes 5-fold). No spin while
         a promotion is built: the build's thread takes a core, and a loop
         that yields it may wait for the scheduler's tick to get it back
         (p99 3 ms); one that sleeps in epoll is woken by the request and

@@ -33,7 +33,7 @@ class Statistics:
     """Gathers the counters of every piece of the daemon into one dict."""
 
     def __init__(self, name: str, writer: MapWriter, slots: ReaderSlots, transport: Transport,
-                 dispatcher: Dispatcher, ops: MapOps, timings: "Timings") -> None:
+                 dispatcher: Dispatcher, ops: MapOps, timings: Timings) -> None:
         self.name = name
         self.timings = timings
         self.metrics_url = ""             # where --metrics serves, if it does
@@ -106,7 +106,7 @@ class PromotionLog:
     generation, adoption) and the daemon finishes background builds, so
     the daemon compares one counter once per loop round."""
 
-    def __init__(self, writer: MapWriter, timings: "Timings") -> None:
+    def __init__(self, writer: MapWriter, timings: Timings) -> None:
         self.writer = writer
         self.timings = timings
         self._seen = 0

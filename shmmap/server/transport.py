@@ -140,10 +140,10 @@ class Transport:
 
     def __init__(self, path: Path, *, mode: int, group: Optional[int], max_connections: int,
                  authorize: Callable[[Peer], Optional[str]],
-                 serve_round: "ServeRound",
-                 serve_loop: "ServeLoop",
-                 serve_bytes: "ServeBytes",
-                 on_request: Callable[[Connection, Any], "list[Any] | Later"],
+                 serve_round: ServeRound,
+                 serve_loop: ServeLoop,
+                 serve_bytes: ServeBytes,
+                 on_request: Callable[[Connection, Any], list[Any] | Later],
                  on_drop: Callable[[Connection], None], fast: bool = True) -> None:
         self.path = path
         self.max_connections = max_connections
@@ -198,7 +198,7 @@ class Transport:
         self._handle_left()
         return events > 0
 
-    def serve(self, loop: Any, deadline: float, spin: "protocol.Spin",
+    def serve(self, loop: Any, deadline: float, spin: protocol.Spin,
               room: tuple[int, int, int]) -> None:
         """Serves rounds in C (serve_loop on loop, a struct shm_loop: each
         round committed and answered there) until deadline (time.
@@ -400,7 +400,7 @@ class Transport:
         e, conn = self._ends[i], self._chan_conns.get(i)
         if conn is None or e.state != lib.SHM_CHAN_LEFT:
             return                      # closed since, or a new channel's entry
-        reply: "list[Any] | Later"
+        reply: list[Any] | Later
         try:
             if e.in_len > lib.SHM_CHAN_REQUEST:
                 raise BadRequest(f"a channel request of {e.in_len} bytes: at most "
@@ -438,7 +438,7 @@ class Transport:
         else:
             self._serve(conn, data)
 
-    def _serve(self, conn: Connection, buf: "bytes | bytearray") -> None:
+    def _serve(self, conn: Connection, buf: bytes | bytearray) -> None:
         """Serves the requests in buf; keeps an incomplete last one in
         conn.pending for the next read."""
         pos, end = 0, len(buf)
@@ -460,7 +460,7 @@ class Transport:
         elif pos < end:
             conn.pending = bytearray(buf[pos:])
 
-    def _serve_object(self, conn: Connection, data: "bytes | bytearray") -> None:
+    def _serve_object(self, conn: Connection, data: bytes | bytearray) -> None:
         """Decodes one request the fast path left, and answers it."""
         try:
             self.reply(conn, self.on_request(conn, _decode(data)))
@@ -477,7 +477,7 @@ class Transport:
 
     # -- output --------------------------------------------------------------
 
-    def reply(self, conn: Connection, reply: "list[Any] | Later") -> None:
+    def reply(self, conn: Connection, reply: list[Any] | Later) -> None:
         """Queues reply; flush() sends it. A Later keeps its place until
         it is given."""
         if isinstance(reply, Later):
@@ -523,7 +523,7 @@ class Transport:
         self._mark(conn)
 
     @staticmethod
-    def _send(conn: Connection, data: "bytes | bytearray") -> int:
+    def _send(conn: Connection, data: bytes | bytearray) -> int:
         """Sends what the socket takes of data, passing conn's descriptors
         with its first byte if any wait."""
         if conn.passing is None:
@@ -590,7 +590,7 @@ def _new_round(epfd: int) -> tuple[Any, Any, Any, Any]:
     return r, fast, inbuf, outbuf
 
 
-def leave_requests(conn: Connection, buf: "bytes | bytearray", pos: int) -> tuple[int, int, Any]:
+def leave_requests(conn: Connection, buf: bytes | bytearray, pos: int) -> tuple[int, int, Any]:
     """A ServeBytes that serves nothing: it leaves the request at pos to
     on_request whole (Stop.OBJECT, its length), or waits for the rest of
     it (Stop.MORE)."""
@@ -608,7 +608,7 @@ def leave_requests(conn: Connection, buf: "bytes | bytearray", pos: int) -> tupl
     return pos, Stop.OBJECT, unpacker.tell()
 
 
-def _decode(data: "bytes | bytearray") -> Any:
+def _decode(data: bytes | bytearray) -> Any:
     """One msgpack object; BadRequest if the bytes are none."""
     try:
         return msgpack.unpackb(data, raw=False)

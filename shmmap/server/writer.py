@@ -135,7 +135,7 @@ class MapWriter:
 
     @classmethod
     def adopt(cls, name: str, *, mode: int = 0o600, group: Optional[int] = None,
-              limits: Optional[Limits] = None, socket_path: str = "") -> "MapWriter":
+              limits: Optional[Limits] = None, socket_path: str = "") -> MapWriter:
         """Takes over the segments a dead daemon left: validates them as
         untrusted bytes (CorruptSegmentError if they are not sound), retires
         every other generation, and rebuilds the current one at its
@@ -269,7 +269,7 @@ class MapWriter:
 
     def _check_one(self, fn: Any, what: str, data: bytes, limit: int) -> None:
         if len(data) > limit:
-            raise LimitError(f"{what} of {len(data)} bytes is over the limit of {limit} bytes")
+            raise LimitError(f"encoded {what} of {len(data)} bytes exceeds --max-{what} {limit}")
         corestatus.check(fn(data, len(data), self._err, corestatus.ERR_LEN), self._err)
 
     def apply(self, blob: bytes) -> int:
@@ -330,7 +330,7 @@ class MapWriter:
     # build's replay log (so the daemon's C request path logs too).
 
     def begin_build(self, reason: str, *, background: bool = False, reserve_keys: int = 0,
-                    reserve_bytes: int = 0) -> "Build":
+                    reserve_bytes: int = 0) -> Build:
         """Commits and starts a promotion at that snapshot: returns the Build
         whose run() does the copying. With background, g+1 gets room for
         the writes that may arrive while it is built (at most
@@ -349,7 +349,7 @@ class MapWriter:
         self.building = build
         return build
 
-    def catch_up(self, build: "Build", max_blobs: int) -> bool:
+    def catch_up(self, build: Build, max_blobs: int) -> bool:
         """Replays at most max_blobs more of the writes logged since the
         build's snapshot into the built g+1 (run() must be done): the
         daemon's loop does this a slice per round while writes go on, so
@@ -368,7 +368,7 @@ class MapWriter:
         build.replayed += n
         return n < max_blobs
 
-    def finish_build(self, build: "Build") -> Generation:
+    def finish_build(self, build: Build) -> Generation:
         """Replays the writes the build has not yet caught up with into
         g+1, commits it at the writer's seq and publishes it. Raises what
         run() raised (g stays current, nothing lost). If the writes do not
@@ -401,7 +401,7 @@ class MapWriter:
             ms=_ms(done - build.started), phases_ms=phases), dead)
         return new
 
-    def abort_build(self, build: "Build") -> None:
+    def abort_build(self, build: Build) -> None:
         """Stops a build and throws its generation away (g stays current
         and whole). Waits for run() to notice: at most one
         SHM_CANCEL_EVERY entries, or the creation of the segment."""
@@ -411,7 +411,7 @@ class MapWriter:
         build.discard()
         self.stats.builds_cancelled += 1
 
-    def _detach(self, build: "Build") -> None:
+    def _detach(self, build: Build) -> None:
         # shm_apply stops logging into the build's replay log.
         build.source.view.replay = ffi.NULL
         self.building = None

@@ -65,6 +65,11 @@ class WriteTimeoutError(OutcomeUnknownError, TimeoutError):
     daemon): the write may still be applied later. It is not resent."""
 
 
+class EventLoopError(ShmmapError, RuntimeError):
+    """An asyncio map (shmmap.aio) was used outside the event loop it was
+    connected in: its socket belongs to that loop."""
+
+
 class UpstreamUnavailableError(ShmmapError, ConnectionError):
     """The map is a near cache of an upstream store (``serve --upstream``)
     that the daemon cannot reach now: the write was not made (writes are

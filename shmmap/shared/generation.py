@@ -5,10 +5,9 @@ import mmap
 from itertools import chain
 from typing import Any, Iterator, Optional
 
-import msgpack
-
 from .._core import ffi, lib
 from . import corestatus
+from .codec import CODEC, Codec, decode_key
 
 _LEN_BITS = lib.SHM_FOUND_LEN_BITS
 _LEN_MASK = (1 << _LEN_BITS) - 1
@@ -25,7 +24,6 @@ EXPORT_BUFFER = 4096         # initial bytes of each export buffer; grows
 DELTA_BUFFER = 16384         # initial bytes of each of a delta scan's buffers
 DELTA_BUFFER_MAX = 4 << 20   # ... grown while a scan has more than they take
 
-_unpackb = msgpack.unpackb
 
 
 class Generation:
@@ -40,13 +38,16 @@ class Generation:
     """
 
     __slots__ = ("segment", "mm", "buf", "view", "header", "gen", "_counted_into",
-                 "__weakref__")
+                 "decode", "ext_hook", "__weakref__")
 
-    def __init__(self, segment: str, mm: mmap.mmap) -> None:
-        """Opens a view on mm, the mapping of segment; CorruptSegmentError
-        (and mm closed) if its header is not sound."""
+    def __init__(self, segment: str, mm: mmap.mmap, codec: Codec = CODEC) -> None:
+        """Opens a view on mm, the mapping of segment, whose values decode
+        with codec's types; CorruptSegmentError (and mm closed) if its
+        header is not sound."""
         self.segment = segment
         self.mm = mm
+        self.decode = codec.decode_value
+        self.ext_hook = codec.ext_hook      # for MapReader.lookup's inline decode
         self.buf = ffi.from_buffer(mm)
         self.view = ffi.new("struct shm_view *")
         self._counted_into: list[Any] = []
@@ -107,14 +108,14 @@ class Generation:
 
     def value_at(self, packed: int) -> Any:
         """Decodes the value a lookup found."""
-        return _unpackb(self.raw_at(packed), raw=False, strict_map_key=False)
+        return self.decode(self.raw_at(packed))
 
     def lookup_raw(self, key: bytes, snap: int) -> Optional[bytes]:
         """The encoded value of encoded key at snapshot snap, or None."""
         packed = lib.shm_lookup_at(self.view, key, len(key), snap)
         return self.raw_at(packed) if packed >= 0 else None
 
-    def batches(self, snap: int) -> Iterator[tuple[tuple, list]]:
+    def batches(self, snap: int) -> Iterator[tuple[tuple[Any, ...], list[Any]]]:
         """Yields (keys, values) of the entries visible at snap, a batch at
         a time, each batch decoded by two msgpack calls."""
         x = ffi.new("struct shm_export *")
@@ -132,9 +133,8 @@ class Generation:
                     break
                 if x.count:
                     yield (
-                        _unpackb(ffi.buffer(keys, x.keys_len), use_list=False, raw=False),
-                        _unpackb(ffi.buffer(values, x.values_len), raw=False,
-                                 strict_map_key=False),
+                        decode_key(ffi.buffer(keys, x.keys_len)),
+                        self.decode(ffi.buffer(values, x.values_len)),
                     )
                 if rc == 1:
                     return
@@ -183,16 +183,16 @@ class Changes:
         x.keys, x.values, x.dead = self._bufs
         x.keys_cap = x.values_cap = x.dead_cap = cap
 
-    def scan(self, snap: int) -> tuple[list[tuple], list[list], list[tuple]]:
+    def scan(self, snap: int) -> tuple[list[tuple[Any, ...]], list[list[Any]], list[tuple[Any, ...]]]:
         """The keys stored after the last scan up to snap (a snapshot the
         caller loaded from this generation) with their values at snap, as
         decoded batches, and the keys deleted. CorruptSegmentError if the
         arena is not what the daemon writes (the scan is then unusable)."""
         x = self._x
         x.since, x.snap = self.since, snap
-        stored_keys: list[tuple] = []
-        stored_values: list[list] = []
-        dead: list[tuple] = []
+        stored_keys: list[tuple[Any, ...]] = []
+        stored_values: list[list[Any]] = []
+        dead: list[tuple[Any, ...]] = []
         while True:
             rc = lib.shm_delta_batch(self.gen.view, x)
             if rc == lib.SHM_EBUFSMALL:
@@ -201,12 +201,10 @@ class Changes:
             corestatus.check(rc, context=f"{self.gen.segment}: scanning for changes")
             keys, values, gone = self._bufs
             if x.count:
-                stored_keys.append(_unpackb(ffi.buffer(keys, x.keys_len), use_list=False,
-                                            raw=False))
-                stored_values.append(_unpackb(ffi.buffer(values, x.values_len), raw=False,
-                                              strict_map_key=False))
+                stored_keys.append(decode_key(ffi.buffer(keys, x.keys_len)))
+                stored_values.append(self.gen.decode(ffi.buffer(values, x.values_len)))
             if x.dead_count:
-                dead.append(_unpackb(ffi.buffer(gone, x.dead_len), use_list=False, raw=False))
+                dead.append(decode_key(ffi.buffer(gone, x.dead_len)))
             if rc == 1:
                 self.since = snap
                 return stored_keys, stored_values, dead

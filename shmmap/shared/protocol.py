@@ -21,7 +21,10 @@ from typing import Iterable, Optional
 
 from .._core import ffi, lib
 
-VERSION = 1
+# 2: values carry tuples, sets, datetimes, dates, Decimals and UUIDs as
+# shmmap's ext types (cext/shmmap.h, SHM_EXT_*), which a client of 1 would
+# neither send nor read as they were meant.
+VERSION = 2
 MAX_REQUEST = 64 * 1024 * 1024  # bytes of one request; larger is a protocol error
 # A round trip between two processes that sleep in the kernel costs about
 # 30 us here, most of it waking the sleeper; a peer that polls without

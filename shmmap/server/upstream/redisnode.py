@@ -102,7 +102,9 @@ class RedisNode:
         self._pool = redis.ConnectionPool.from_url(
             url, protocol=3, socket_timeout=TIMEOUT_SECONDS,
             socket_connect_timeout=TIMEOUT_SECONDS)
-        self._conn: Optional[redis.connection.AbstractConnection] = None
+        # A redis.connection.Connection (or its SSL or Unix socket kin),
+        # whose methods redis-py leaves untyped.
+        self._conn: Any = None
         self._writes: deque[Write] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -227,7 +229,6 @@ class RedisNode:
         conn = self._conn
         assert conn is not None
         sock = conn._sock           # redis-py names no accessor for the socket it reads
-        assert sock is not None
         # poll, not select: a daemon of many clients has descriptors past 1024.
         poller = select.poll()
         poller.register(sock, select.POLLIN)
