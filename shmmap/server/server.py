@@ -68,7 +68,7 @@ class DaemonConfig:
     fresh: bool = False           # discard a dead daemon's segments instead of adopting
     ready_fd: Optional[int] = None
     metrics: Optional[str] = None  # HOST:PORT to serve Prometheus metrics on
-    upstream: Optional["UpstreamConfig"] = None  # the map is a near cache of Redis
+    upstream: Optional[UpstreamConfig] = None  # the map is a near cache of Redis
 
 
 class Server:
@@ -118,7 +118,7 @@ class Server:
         self._observe(slots)
         self._misses_at_promotion = 0
 
-    def _near_cache(self, config: Optional["UpstreamConfig"]) -> Optional["NearCache"]:
+    def _near_cache(self, config: Optional[UpstreamConfig]) -> Optional[NearCache]:
         """With --upstream, what serves the map from Redis (its writes
         instead of the map's own); redis-py is loaded only then."""
         if config is None:

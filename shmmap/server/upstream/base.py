@@ -45,7 +45,7 @@ class Write:
     condition: Optional[Callable[[Fetched], bool]] = None
     # The client's result, from the Update that answers it (in the
     # daemon's thread); None for a batch.
-    answer: Optional[Callable[["Update"], Any]] = None
+    answer: Optional[Callable[[Update], Any]] = None
     started: float = field(default_factory=time.perf_counter)
 
 

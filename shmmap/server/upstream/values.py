@@ -46,7 +46,7 @@ class Unheld(ValueError):
         self.kind = kind
 
 
-def key_name(raw: bytes) -> "str | bytes":
+def key_name(raw: bytes) -> str | bytes:
     """A Redis key (or hash field) name as the map holds it."""
     try:
         return raw.decode()
