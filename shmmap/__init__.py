@@ -13,7 +13,8 @@ from .shared.codec import Ext
 from .shared.errors import (AccessDeniedError, CorruptSegmentError, DaemonRunningError,
                             DaemonStartError, DaemonUnavailableError, InvalidNameError,
                             InvalidRequestError, LimitError, MapClosedError, MapFullError,
-                            MapNotFoundError, OutcomeUnknownError, ShmmapError, WriteTimeoutError)
+                            MapNotFoundError, OutcomeUnknownError, ShmmapError,
+                            UpstreamUnavailableError, WriteTimeoutError)
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "AccessDeniedError", "Batch", "CorruptSegmentError", "Daemon", "DaemonRunningError", "DaemonStartError",
     "DaemonUnavailableError", "Ext",
     "InvalidNameError", "InvalidRequestError", "LimitError", "MapClosedError", "MapFullError",
-    "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError", "WriteTimeoutError",
+    "MapNotFoundError", "OutcomeUnknownError", "Pipeline", "SharedMap", "ShmmapError",
+    "UpstreamUnavailableError", "WriteTimeoutError",
     "connect",
 ]

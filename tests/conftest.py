@@ -2,11 +2,16 @@
 run leaves /dev/shm as it found it."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -75,3 +80,85 @@ def dev_shm_left_as_found() -> Iterator[None]:
     left = {e for e in _shmmap_entries() - before
             if not any(e.startswith((b + ":", b + "-")) for b in before) and not _from_another_run(e)}
     assert not left, f"the test run left shared-memory segments behind: {sorted(left)}"
+
+
+# -- Redis, for the near cache's tests ------------------------------------------
+# redis-server is Debian's package; without it these tests skip, unless
+# SHMMAP_REQUIRE_REDIS=1 (CI sets it) makes its absence a failure.
+REQUIRE_REDIS = os.environ.get("SHMMAP_REQUIRE_REDIS") == "1"
+REDIS_START_SECONDS = 10.0
+
+
+@pytest.fixture(scope="session")
+def redis_server_binary() -> str:
+    """The path of redis-server (and redis-py importable), or a skip."""
+    path = shutil.which("redis-server")
+    missing = [what for what, ok in (("redis-server", path is not None),
+                                     ("redis-py", _importable("redis"))) if not ok]
+    if missing:
+        why = f"{' and '.join(missing)} not installed (apt-get install redis-server; pip install redis)"
+        if REQUIRE_REDIS:
+            pytest.fail(f"SHMMAP_REQUIRE_REDIS=1 but {why}")
+        pytest.skip(why)
+    assert path is not None
+    return path
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class RedisServer:
+    """A redis-server of this test's own: a free loopback port, a temporary
+    directory, no persistence. kill() and start() again keep its port."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        with socket.socket() as s:      # the kernel's free port; Redis binds it next
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.workdir), "--save", "", "--appendonly", "no", "--logfile",
+             str(self.workdir / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client()
+        deadline = time.monotonic() + REDIS_START_SECONDS
+        while True:
+            try:
+                client.ping()
+                return self
+            except Exception as exc:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"redis-server did not start on port {self.port}: "
+                                       f"{log}") from exc
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def client(self) -> Any:
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL, and waits for it: its data is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(redis_server_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
+    """A running redis-server of the test's own, killed after it."""
+    server = RedisServer(redis_server_binary, tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.kill()

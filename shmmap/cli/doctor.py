@@ -161,10 +161,45 @@ def _daemon_checks(name: str, pid: int, interval: float) -> list[Finding]:
         cpu1 = _schedstat(pid)
     out = miss_rate(before["stats"], after["stats"], seconds)
     out += promotion_rate(before["stats"], after["stats"], seconds)
+    out += upstream_health(after["stats"])
     if cpu0 is not None and cpu1 is not None:
         p99 = quantile(summed(requests_between(before, after)), 0.99)
         out += cpu_contention(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], seconds, _runnable(),
                               len(os.sched_getaffinity(0)), p99)
+    return out
+
+
+def upstream_health(st: dict[str, Any]) -> list[Finding]:
+    """A near cache (serve --upstream) that is stale: its Redis out of
+    reach, or an update its limits refused; keys of Redis it leaves out."""
+    up = st.get("upstream")
+    if up is None:
+        return []
+    out = []
+    if up["state"] != "live":
+        out.append(Finding(
+            "upstream_unreachable", PROBLEM,
+            f"the map is a near cache of {up['url']}, which is {up['state']} since "
+            f"{time.strftime('%H:%M:%S', time.localtime(up['since']))}: readers read a copy "
+            "that may be stale, and writes fail with UpstreamUnavailableError.",
+            "check that Redis runs and this host reaches it (redis-cli -u URL ping); the "
+            "daemon reconnects and resyncs by itself.", {"state": up["state"]}))
+    elif up["stale"]:
+        out.append(Finding(
+            "upstream_over_limits", PROBLEM,
+            f"an update from {up['url']} did not fit the map's limits "
+            f"({up['commit_errors']} so far): the copy misses it.",
+            f"raise --max-live-bytes or --max-value of `shmmap serve {st['name']}`, or narrow "
+            "its --prefix ranges; the copy is whole again after the next full load.",
+            {"commit_errors": up["commit_errors"]}))
+    if up["skipped_keys"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(up["skipped_keys"].items()))
+        out.append(Finding(
+            "upstream_skipped_keys", NOTE,
+            f"keys of {up['url']} under the map's prefixes that it leaves out: {kinds} "
+            "(the daemon's log names each).",
+            "nothing, if those keys are not meant for readers; the map holds strings and "
+            "hashes, and strings --decode can read.", {"skipped_keys": up["skipped_keys"]}))
     return out
 
 

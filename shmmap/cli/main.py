@@ -140,12 +140,20 @@ def _run_serve(args: argparse.Namespace) -> int:
             group = int(args.group) if args.group.isdigit() else grp.getgrnam(args.group).gr_gid
         except KeyError:
             raise ShmmapError(f"--group: no group named {args.group!r}") from None
+    upstream = None
+    if args.upstream is not None:
+        if not args.prefix:
+            raise ShmmapError("--upstream needs at least one --prefix: the keys the map holds")
+        from ..server.upstream.nearcache import UpstreamConfig
+        upstream = UpstreamConfig(args.upstream, tuple(args.prefix), args.decode)
+    elif args.prefix or args.decode:
+        raise ShmmapError("--prefix and --decode go with --upstream")
     return serve(DaemonConfig(
         name=args.name, socket_path=args.socket, mode=args.mode, group=group,
         limits=Limits(max_key=args.max_key, max_value=args.max_value,
                       max_live_bytes=args.max_live_bytes),
         max_connections=args.max_connections, allow_uids=frozenset(args.allow_uid),
-        fresh=args.fresh, ready_fd=args.ready_fd, metrics=args.metrics))
+        fresh=args.fresh, ready_fd=args.ready_fd, metrics=args.metrics, upstream=upstream))
 
 
 def _run_get(args: argparse.Namespace) -> int:

@@ -80,6 +80,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                    help="text (default; one line per event, for a terminal or journald) or "
                    "json (one object per line, with the event's fields, for log collectors)")
+    p.add_argument("--upstream", metavar="URL",
+                   help="serve the map as a near cache of Redis at URL (redis://[user:pass@]"
+                   "HOST:PORT[/DB], rediss://..., unix://PATH): it holds every key under "
+                   "the --prefix ranges, kept current by Redis' invalidations; writes go to "
+                   "Redis first")
+    p.add_argument("--prefix", action="append", default=[],
+                   help="with --upstream: a range of Redis keys the map holds (repeatable)")
+    p.add_argument("--decode", choices=("utf8", "json", "msgpack"),
+                   help="with --upstream: decode Redis strings on load and encode values on "
+                   "write (default: values are the strings' bytes)")
     p.add_argument("--metrics", metavar="HOST:PORT", type=metrics_address,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults "
                    "to 127.0.0.1; PORT 0 picks a free port, shown by -v and in stats)")

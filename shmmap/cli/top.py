@@ -58,6 +58,7 @@ def frame(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "clients": b["clients"], "older_generations_mapped": b["older_generations_mapped"],
         "request_p50_us": _us(quantile(total, 0.5)), "request_p99_us": _us(quantile(total, 0.99)),
         "ops": ops,
+        **({"upstream": b["upstream"]} if "upstream" in b else {}),
     }
 
 
@@ -91,7 +92,27 @@ def render(f: dict[str, Any]) -> str:
     for o in f["ops"][:TOP_OPS]:
         lines.append(f"  {o['op']:<20} {_n(o['per_s']):>10}/s   p50 {_lat(o['p50_us'])}  "
                      f"p99 {_lat(o['p99_us'])}")
+    if "upstream" in f:
+        lines += ["", *_upstream_lines(f["upstream"])]
     return "\n".join(lines)
+
+
+def _upstream_lines(up: dict[str, Any]) -> list[str]:
+    """A near cache's state and counters (serve --upstream)."""
+    since = datetime.fromtimestamp(up["since"]).strftime("%H:%M:%S")
+    synced = (datetime.fromtimestamp(up["last_sync"]).strftime("%H:%M:%S")
+              if up["last_sync"] else "never")
+    skipped = ", ".join(f"{k} {n}" for k, n in sorted(up["skipped_keys"].items()))
+    w, lag = up["write_ms"], up["lag_ms"]
+    return [
+        f"upstream {up['url']} {up['state'].upper()} since {since}"
+        f"{'  (STALE: writes refused)' if up['stale'] else ''}, last sync {synced}",
+        f"  invalidations {up['invalidations']:,}  refetched {up['keys_refetched']:,}  "
+        f"resyncs {up['resyncs']}  reconnects {up['reconnects']}"
+        f"{f'  skipped {skipped}' if skipped else ''}",
+        f"  writes {up['writes']:,} (failed {up['write_failures']:,})  round trip mean "
+        f"{w['mean']:,.2f} ms max {w['max']:,.2f} ms  lag {lag['last']:,.2f} ms",
+    ]
 
 
 def _n(x: float) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 from .._core import ffi, lib
 from ..shared import protocol
-from ..shared.errors import InvalidRequestError, LimitError, MapFullError
+from ..shared.errors import (InvalidRequestError, LimitError, MapFullError, OutcomeUnknownError,
+                             UpstreamUnavailableError)
 from ..shared.protocol import Err, Op
 from .handlers import Handler, MapOps
 from .transport import BadRequest, Connection, Later
@@ -24,6 +25,8 @@ _CLIENT_ERRORS: dict[type[Exception], Err] = {
     InvalidRequestError: Err.INVALID,
     LimitError: Err.LIMIT,
     MapFullError: Err.FULL,
+    UpstreamUnavailableError: Err.UPSTREAM,
+    OutcomeUnknownError: Err.UPSTREAM_UNKNOWN,
 }
 _CLIENT_ERROR_TYPES = tuple(_CLIENT_ERRORS)
 # Replies the C hot path writes before Python takes them: about 3,000 at

@@ -194,7 +194,45 @@ def families(name: str, observed: dict[str, Any]) -> list[Metric]:
         out.append(h)
     counter("round_requests", "Requests answered by those rounds (divided by the rounds' "
             "count: requests per group commit).", observed["commit_requests"])
+    if "upstream" in st:
+        out += _upstream_families(name, st["upstream"], counter, gauge)
     return out
+
+
+UPSTREAM_STATES = ("syncing", "live", "disconnected", "resyncing")
+
+
+def _upstream_families(name: str, up: dict[str, Any], counter: Callable[[str, str, float], None],
+                       gauge: Callable[[str, str, float], None]) -> list[Metric]:
+    """A near cache's (serve --upstream): its state as one gauge per state
+    (1 for the one it is in), its counters, and what its writes and
+    changes wait."""
+    states = GaugeMetricFamily("shmmap_upstream_state", "The near cache's state: 1 for the "
+                               "one it is in (stale unless live).", labels=["map", "state"])
+    for state in UPSTREAM_STATES:
+        states.add_metric([name, state], float(up["state"] == state))
+    skipped = GaugeMetricFamily("shmmap_upstream_skipped_keys", "Redis keys in the range the "
+                                "map leaves out, by why (their type, or undecodable).",
+                                labels=["map", "kind"])
+    for kind, n in sorted(up["skipped_keys"].items()):
+        skipped.add_metric([name, kind], n)
+    gauge("upstream_last_sync_timestamp_seconds", "Unix time of the last update committed "
+          "while live.", up["last_sync"])
+    for key, doc in (("invalidations", "Invalidation pushes received from Redis."),
+                     ("keys_refetched", "Keys fetched again after an invalidation or a write."),
+                     ("resyncs", "Full loads of the range after the first."),
+                     ("reconnects", "Connections to Redis made again after one was lost."),
+                     ("writes", "Client writes made in Redis and the map."),
+                     ("write_failures", "Client writes refused or lost on the way."),
+                     ("commit_errors", "Updates from Redis the map's limits refused.")):
+        counter(f"upstream_{key}", doc, up[key])
+    gauge("upstream_write_seconds_mean", "Mean round trip of a write: through Redis and "
+          "the commit.", up["write_ms"]["mean"] / 1000)
+    gauge("upstream_write_seconds_max", "Longest round trip of a write.",
+          up["write_ms"]["max"] / 1000)
+    gauge("upstream_lag_seconds", "From the last change's arrival from Redis to its commit.",
+          up["lag_ms"]["last"] / 1000)
+    return [states, skipped]
 
 
 def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:

@@ -25,12 +25,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .._core import lib
 from ..shared import maplock, protocol, segments
 from ..shared.config import Limits
-from ..shared.errors import DaemonRunningError, LimitError
+from ..shared.errors import DaemonRunningError, LimitError, ShmmapError
 from ..shared.protocol import Op
 from .dispatch import Dispatcher
 from .handlers import MapOps
@@ -39,8 +39,11 @@ from .promotion import BackgroundPromoter
 from .recorder import Recorder
 from .slots import ReaderSlots
 from .stats import PromotionLog, Statistics, Timings, reader_totals
-from .transport import Connection, Peer, Transport
+from .transport import Connection, Peer, Transport, leave_requests
 from .writer import MapWriter
+
+if TYPE_CHECKING:
+    from .upstream.nearcache import NearCache, UpstreamConfig
 
 log = logging.getLogger("shmmap.daemon")
 
@@ -66,6 +69,7 @@ class DaemonConfig:
     fresh: bool = False           # discard a dead daemon's segments instead of adopting
     ready_fd: Optional[int] = None
     metrics: Optional[str] = None  # HOST:PORT to serve Prometheus metrics on
+    upstream: Optional[UpstreamConfig] = None  # the map is a near cache of Redis
 
 
 class Server:
@@ -92,12 +96,17 @@ class Server:
             self.promoter = BackgroundPromoter(self.writer, lambda: None)
             self.ops = MapOps(self.writer, slots, self.stats, self.promoter)
             self.dispatcher = Dispatcher(self.ops.handlers(), self.ops)
+            self.nearcache = self._near_cache(config.upstream)
+            # A near cache's every write goes to Redis first: no request
+            # is served in C, which would apply it to the map alone.
             self.transport = Transport(
                 self.socket_path, mode=config.mode, group=config.group,
                 max_connections=config.max_connections, authorize=self._authorize,
                 serve_round=self.dispatcher.serve_round, serve_loop=self.dispatcher.serve_loop,
-                serve_bytes=self.dispatcher.serve_bytes,
-                on_request=self.dispatcher.handle, on_drop=self._release_slot)
+                serve_bytes=(self.dispatcher.serve_bytes if self.nearcache is None
+                             else leave_requests),
+                on_request=self.dispatcher.handle, on_drop=self._release_slot,
+                fast=self.nearcache is None)
         except BaseException:
             # Nothing was served yet. A map created just now holds nothing:
             # remove it. An adopted one stays for the next daemon.
@@ -109,6 +118,20 @@ class Server:
             raise
         self._observe(slots)
         self._misses_at_promotion = 0
+
+    def _near_cache(self, config: Optional[UpstreamConfig]) -> Optional[NearCache]:
+        """With --upstream, what serves the map from Redis (its writes
+        instead of the map's own); redis-py is loaded only then."""
+        if config is None:
+            return None
+        try:
+            from .upstream.nearcache import NearCache
+        except ImportError as exc:
+            raise ShmmapError(f"--upstream needs redis-py ({exc}): pip install "
+                              "'shmmap[upstream]'") from None
+        near = NearCache(self.name, config, self.writer)
+        self.dispatcher.handlers.update(near.handlers(self.dispatcher.handlers[Op.HELLO][0]))
+        return near
 
     def _observe(self, slots: ReaderSlots) -> None:
         """Statistics, timings, the trace recorder and their requests."""
@@ -123,6 +146,8 @@ class Server:
         self.dispatcher.handlers[Op.CHANNEL] = (self._op_channel, 0)
         if self.metrics is not None:
             self.statistics.metrics_url = self.metrics.url
+        if self.nearcache is not None:
+            self.statistics.upstream = self.nearcache.snapshot
 
     def _trace_counters(self) -> dict[str, int]:
         h = self.writer.generation.header
@@ -213,6 +238,8 @@ class Server:
                 if self.metrics is not None:
                     self.snapshots = LoopSnapshots(self.statistics.observed, wake)
                     self.metrics.attach(self.name, self.snapshots)
+                if self.nearcache is not None:
+                    self.nearcache.start(wake)
                 lib.shm_map_set_daemon_pid(self.writer.header, os.getpid())
                 _announce(self.config.ready_fd, protocol.READY)
                 log.info("serving map %r on %s", self.name, self.socket_path,
@@ -226,6 +253,8 @@ class Server:
                 # lets go of g (which stays current and whole); only the
                 # unpublished g+1 is removed.
                 self.promoter.stop()
+                if self.nearcache is not None:
+                    self.nearcache.stop()
                 self._close_metrics()
         self._remove()
         return 0
@@ -241,6 +270,8 @@ class Server:
             # A background build that is done is replayed and published
             # before this round's replies go out (see promotion.py).
             self.promoter.check()
+            if self.nearcache is not None:
+                self.nearcache.check()
             self._commit_round()
             if time.monotonic() >= next_miss_check:
                 self._promote_for_misses()
@@ -255,8 +286,10 @@ class Server:
         with no Python per request -- until one needs Python or deadline
         passes (Transport.serve). Not while a build runs (the loop replays
         and publishes it), nor while a trace records (it wants each
-        request's client): False then, and _poll serves a round."""
-        if self.promoter.building or self.timings.recorder is not None:
+        request's client), nor for a near cache (its writes go to Redis
+        first): False then, and _poll serves a round."""
+        if (self.promoter.building or self.timings.recorder is not None
+                or self.nearcache is not None):
             return False
         self.transport.serve(self._c_loop, deadline, spin, self.promoter.runway_watch())
         self.timings.observe_loop(self._c_loop)

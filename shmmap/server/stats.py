@@ -7,7 +7,7 @@ import os
 import time
 from bisect import bisect_left
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .._core import ffi, lib
 from ..shared.protocol import BUCKET_BOUNDS, Op
@@ -37,6 +37,7 @@ class Statistics:
         self.name = name
         self.timings = timings
         self.metrics_url = ""             # where --metrics serves, if it does
+        self.upstream: Optional[Callable[[], dict[str, Any]]] = None   # a near cache's stats
         self.writer = writer
         self.slots = slots
         self.transport = transport
@@ -86,6 +87,7 @@ class Statistics:
             "writes_waited_for_build": st.writes_waited_for_build,
             "replay_fallbacks": st.replay_fallbacks,
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
+            **({"upstream": self.upstream()} if self.upstream is not None else {}),
         }
 
     def observed(self) -> dict[str, Any]:

@@ -135,7 +135,8 @@ class Transport:
     ``serve_bytes(conn, buf, pos)`` serves what it can of buf from pos on
     (see ServeBytes); ``on_request(conn, request)`` returns the reply of
     every request it left; ``on_drop(conn)`` is called when a connection
-    ends."""
+    ends. Without ``fast``, the C round serves no connection: every event
+    comes to Python, and serve_bytes decides what is served in C."""
 
     def __init__(self, path: Path, *, mode: int, group: Optional[int], max_connections: int,
                  authorize: Callable[[Peer], Optional[str]],
@@ -143,7 +144,7 @@ class Transport:
                  serve_loop: ServeLoop,
                  serve_bytes: ServeBytes,
                  on_request: Callable[[Connection, Any], list[Any] | Later],
-                 on_drop: Callable[[Connection], None]) -> None:
+                 on_drop: Callable[[Connection], None], fast: bool = True) -> None:
         self.path = path
         self.max_connections = max_connections
         self.authorize = authorize
@@ -152,6 +153,7 @@ class Transport:
         self.serve_bytes = serve_bytes
         self.on_request = on_request
         self.on_drop = on_drop
+        self.fast = fast
         self.connections: dict[int, Connection] = {}
         self._pending: set[Connection] = set()   # connections with replies to send
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -272,7 +274,7 @@ class Transport:
         here (bytes, replies, a Later's place) and it is open: its
         requests and replies then stay in order."""
         if conn.fd < len(self._fast):
-            self._fast[conn.fd] = (not (conn.pending or conn.out or conn.closing or conn.held)
+            self._fast[conn.fd] = (self.fast and not (conn.pending or conn.out or conn.closing or conn.held)
                                    and self.connections.get(conn.fd) is conn)
 
     # -- connections ---------------------------------------------------------
@@ -586,6 +588,24 @@ def _new_round(epfd: int) -> tuple[Any, Any, Any, Any]:
     outbuf = ffi.new("uint8_t[]", lib.SHM_ROUND_OUT)
     r.epfd, r.fast_len, r.fast, r.inbuf, r.outbuf = epfd, fds, fast, inbuf, outbuf
     return r, fast, inbuf, outbuf
+
+
+def leave_requests(conn: Connection, buf: bytes | bytearray, pos: int) -> tuple[int, int, Any]:
+    """A ServeBytes that serves nothing: it leaves the request at pos to
+    on_request whole (Stop.OBJECT, its length), or waits for the rest of
+    it (Stop.MORE)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=protocol.MAX_REQUEST)
+    try:
+        unpacker.feed(memoryview(buf)[pos:])
+    except msgpack.BufferFull:
+        return pos, Stop.BAD, f"a request over {protocol.MAX_REQUEST} bytes"
+    try:
+        unpacker.skip()
+    except msgpack.OutOfData:
+        return pos, Stop.MORE, None
+    except Exception as exc:   # msgpack's errors: bytes that are no request
+        return pos, Stop.BAD, f"malformed msgpack: {exc.__class__.__name__}: {exc}"
+    return pos, Stop.OBJECT, unpacker.tell()
 
 
 def _decode(data: bytes | bytearray) -> Any:

@@ -70,6 +70,13 @@ class EventLoopError(ShmmapError, RuntimeError):
     connected in: its socket belongs to that loop."""
 
 
+class UpstreamUnavailableError(ShmmapError, ConnectionError):
+    """The map is a near cache of an upstream store (``serve --upstream``)
+    that the daemon cannot reach now: the write was not made (writes are
+    never queued). Reads go on from the last copy; ``stats()["upstream"]``
+    says since when it is stale."""
+
+
 # Error codes of replies (protocol.Err) -> the exception each raises. The
 # daemon's side of this contract maps its exceptions to these codes.
 _REPLY_ERRORS: dict[int, type[ShmmapError]] = {
@@ -80,6 +87,8 @@ _REPLY_ERRORS: dict[int, type[ShmmapError]] = {
     Err.UNKNOWN_OP: InvalidRequestError,
     Err.INTERNAL: ShmmapError,
     Err.DENIED: AccessDeniedError,
+    Err.UPSTREAM: UpstreamUnavailableError,
+    Err.UPSTREAM_UNKNOWN: OutcomeUnknownError,
 }
 
 

@@ -130,6 +130,8 @@ class Err(enum.IntEnum):
     UNKNOWN_OP = 5
     INTERNAL = 6
     DENIED = 7            # the peer's uid may not use this map
+    UPSTREAM = 8          # the map's upstream (Redis) is unreachable: nothing was written
+    UPSTREAM_UNKNOWN = 9  # the upstream went away with the write in flight
 
 
 # ---- batch blobs: the argument of Op.BATCH -----------------------------------
