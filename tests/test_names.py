@@ -109,7 +109,7 @@ def test_a_start_refused_for_a_served_name_removes_nothing(map_name: str) -> Non
 def test_a_failed_start_removes_what_it_created_and_nothing_else(map_name: str) -> None:
     """Map B's daemon told to listen on map A's socket creates B's segments,
     then finds the socket in use: it removes B's segments and leaves A's
-    socket (a daemon used to take it over)."""
+    socket (taking it over would cut A's clients off from their daemon)."""
     other = unique_map_name()
     try:
         with shmmap.Daemon(map_name) as a:
