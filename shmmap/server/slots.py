@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import mmap
+import time
 from typing import Optional
 
 from .._core import ffi, lib
 from ..shared import segments
 from ..shared.slotlayout import COUNTERS, SLOT_SIZE, segment_size, slot_at
+
+# A reader that reads lets go of a superseded generation at its next read,
+# within microseconds while it is busy; one that has kept it this long since
+# the promotion is idle, stopped, or only writes.
+UNNOTICED_SECONDS = 0.5
 
 
 class ReaderSlots:
@@ -53,18 +59,26 @@ class ReaderSlots:
                 out[name] += int(getattr(slot, name))
         return out
 
-    def older_generations(self, in_use: list[int], current_gen: int) -> int:
+    def older_generations(self, in_use: list[int], current_gen: int,
+                          superseded_at: dict[int, float]) -> int:
         """How many generations older than current_gen the clients of the
         slots in use still hold mapped.
 
         A client reports what it maps only when it reads, so one that has
         not read since a promotion (idle, or stopped) still names the
-        superseded generation as its newest: then all it maps is older."""
+        superseded generation as its newest: then all it maps is older.
+        A client that reads lets go at its next read, so that generation
+        counts only once it was superseded UNNOTICED_SECONDS ago
+        (superseded_at: when each recent one was; an older one counts)."""
         older = 0
+        now = time.monotonic()
         for index in in_use:
             slot = slot_at(self.buf, index)
-            mapped = int(slot.mapped_gens)
-            older += max(mapped - 1 if int(slot.gen) >= current_gen else mapped, 0)
+            mapped, newest = int(slot.mapped_gens), int(slot.gen)
+            if newest >= current_gen or \
+                    now - superseded_at.get(newest, now - UNNOTICED_SECONDS) < UNNOTICED_SECONDS:
+                mapped -= 1
+            older += max(mapped, 0)
         return older
 
     def close(self) -> None:

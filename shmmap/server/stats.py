@@ -73,7 +73,7 @@ class Statistics:
             "misses": readers["misses"],
             "export_batches": readers["iterations"],
             "older_generations_mapped": self.slots.older_generations(
-                _slots_in_use(self.transport), int(h.gen)),
+                _slots_in_use(self.transport), int(h.gen), self.writer.superseded_at),
             "promotions": st.promotions,
             "promotions_by_reason": dict(st.promotions_by_reason),
             "compactions": st.compactions,

@@ -22,6 +22,7 @@ _LATEST = (1 << 64) - 1
 # write: the header and generations are the daemon's alone.
 _NOT_SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
 RECENT_PROMOTIONS = 64       # PromotionRecords the stats keep
+SUPERSEDED_KEPT = 64         # generations whose time of supersession is kept
 _ALL = (1 << 64) - 1         # shm_replay: no bound on the blobs
 
 
@@ -128,6 +129,9 @@ class MapWriter:
         # (tens of milliseconds for a big one, see promotion.py).
         self.unmap: Callable[[Generation], None] = Generation.close
         self._room_at_start = (0, 0)     # the current generation's room when it became current
+        # When each recent generation was superseded (time.monotonic()):
+        # ReaderSlots.older_generations' grace for readers yet to notice.
+        self.superseded_at: dict[int, float] = {}
         self._err = corestatus.err_buffer()
         # The segments this writer created or adopted, and so the only ones
         # it ever removes: the map's name alone is no proof of whose they are.
@@ -455,6 +459,9 @@ class MapWriter:
         old = self.generation
         lib.shm_map_publish_gen(self.header, new.gen)
         lib.shm_mark_superseded(old.view)
+        self.superseded_at[old.gen] = time.monotonic()
+        while len(self.superseded_at) > SUPERSEDED_KEPT:
+            del self.superseded_at[next(iter(self.superseded_at))]
         self.remove_segment(old.segment)
         self.generation = new
         self._note_room()
