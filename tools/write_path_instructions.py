@@ -9,7 +9,8 @@ It runs itself twice under callgrind, storing WRITES and 2*WRITES int keys
 the difference per store: start-up and shutdown cancel out. The channel's
 C call is replaced by one that acknowledges at once, so what is counted is
 the Python path from `m[k] = 1` to that call and back (encoding, the lock,
-the checks), not the wait for the daemon. Needs valgrind.
+the checks, the cffi call's arguments), not the wait for the daemon.
+Needs valgrind.
 """
 from __future__ import annotations
 
@@ -22,23 +23,9 @@ import callgrind
 KEYS = 100_000
 
 
-class _Acknowledging:
-    """The C core, but for the channel's call, which acknowledges at once."""
-
-    def __init__(self, lib: object) -> None:
-        self._lib = lib
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._lib, name)
-
-    @staticmethod
-    def shm_chan_batch(*args: object) -> int:
-        return 0
-
-
 def _store(writes: int) -> None:
     """The measured program: writes stores through an acknowledging stub."""
-    from shmmap.client import channel
+    from shmmap.client.channel import Channel
     from shmmap.launcher import Daemon
 
     rng = random.Random(1)
@@ -46,13 +33,13 @@ def _store(writes: int) -> None:
     with Daemon(f"wpi{os.getpid()}") as daemon:
         m = daemon.connect()
         m[0] = 1                            # connected, channel open
-        real = channel.lib
-        channel.lib = _Acknowledging(real)              # type: ignore[assignment]
+        real = Channel.batch
+        Channel.batch = lambda self, *args: 0           # type: ignore[method-assign]
         try:
             for k in keys:
                 m[k] = 1
         finally:
-            channel.lib = real
+            Channel.batch = real                        # type: ignore[method-assign]
         m.close()
 
 

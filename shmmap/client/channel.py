@@ -15,7 +15,6 @@ import os
 import socket
 from typing import TYPE_CHECKING, Optional
 
-from . import gil
 from .._core import ffi, lib
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ class Channel:
     interrupted), else None: no new request may be posted before it is
     answered, or the daemon could apply the two out of order."""
 
-    __slots__ = ("_chan", "_address", "efd", "sockfd", "ticket", "outstanding", "_reply")
+    __slots__ = ("_chan", "efd", "sockfd", "ticket", "outstanding", "_reply")
 
     def __init__(self, memfd: int, efd: int, sockfd: int) -> None:
         """Maps the channel memfd (closed here, whatever happens) and keeps
@@ -51,7 +50,6 @@ class Channel:
         finally:
             os.close(memfd)
         self._chan: Optional[struct_shm_chan] = chan     # None once closed
-        self._address = gil.address(chan)
         self.efd = efd
         self.sockfd = sockfd
         self.ticket = 0
@@ -61,20 +59,13 @@ class Channel:
     def batch(self, rid: int, blob: bytes, spin: struct_shm_spin, timeout_ms: int) -> int:
         """Posts the batch request rid of blob as the next ticket and waits
         for its reply (shm_chan_batch, spin a struct shm_spin): 0 for its
-        acknowledgement, the length of any other reply, or -errno. Beside
-        other threads it keeps the GIL for the first gil.HELD_WAIT_MS."""
+        acknowledgement, the length of any other reply, or -errno."""
         self.ticket = ticket = (self.ticket + 1) & 0xFFFFFFFF
         self.outstanding = ticket       # set first: a KeyboardInterrupt may end the wait
         chan = self._chan
         assert chan is not None, "the channel is closed"
-        if timeout_ms > gil.HELD_WAIT_MS and gil.other_threads():
-            got = gil.chan_batch(self._address, self.efd, self.sockfd, rid, blob, ticket, spin)
-            if got == -errno.ETIMEDOUT:     # waits on asleep, the GIL released
-                got = lib.shm_chan_batch_wait(chan, self.sockfd, ticket, rid, ffi.NULL,
-                                              timeout_ms - gil.HELD_WAIT_MS)
-        else:
-            got = lib.shm_chan_batch(chan, self.efd, self.sockfd, rid, blob, len(blob),
-                                     ticket, spin, timeout_ms)
+        got = lib.shm_chan_batch(chan, self.efd, self.sockfd, rid, blob, len(blob),
+                                 ticket, spin, timeout_ms)
         if got >= 0:
             self.outstanding = None
         return got

@@ -13,6 +13,7 @@ import errno
 import os
 import select
 import socket
+import threading
 import time
 import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
@@ -22,14 +23,13 @@ from math import ceil
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from .._core import ffi
+from .._core import ffi, lib
 from ..shared import protocol, segments
 from ..shared.codec import CODEC, Codec, Ext, encode_key
 from ..shared.errors import DaemonUnavailableError, MapClosedError, ShmmapError
 from ..shared.generation import Generation
 from ..shared.protocol import DELETE, STORE, Op, batch_blob
 from ..shared.tracing import now_us
-from . import gil
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_KEYS, CacheLimits, NoCache, ReadCache
 from .channel import BLOB_BYTES as CHANNEL_BLOB_BYTES
 from .channel import Channel, receive_fds
@@ -302,7 +302,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         self._trace_path = trace
         self.timeout = timeout
         # Serialises requests, connecting and closing; reads never take it.
-        self._lock = gil.ThreadLock()
+        self._lock = threading.Lock()
         self._closed = False
         self._reader: Optional[MapReader] = None    # None: closed, or not yet opened
         self._sock: Optional[socket.socket] = None
@@ -387,7 +387,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and reader slot are
         not ours. Forget them; the first write connects anew."""
-        self._lock = gil.ThreadLock()
+        self._lock = threading.Lock()
         if self._sock is not None:
             self._close_sock()          # our copy of the fd; the parent keeps its own
         if self._chan is not None:
@@ -529,7 +529,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         sock, data = self._sock, ex.data
         assert sock is not None
         try:
-            sent = gil.send(sock, data)
+            sent = sock.send(data, socket.MSG_NOSIGNAL)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -549,12 +549,12 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
     def _recv_some(self, deadline: float) -> bytes:
         """The next bytes from the daemon: polls for a while (a reply
         often comes sooner than a sleeper wakes; protocol.Spin says how
-        long pays now), then sleeps; all in C (gil.wait_recv)."""
+        long pays now), then sleeps; all in one C call (shm_wait_recv)."""
         assert self._sock is not None
         fd, spin = self._sock.fileno(), self._spin.c
         while True:
-            got = gil.wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
-                                self._left_ms(deadline))
+            got = lib.shm_wait_recv(fd, self._recv_buf, protocol.RECV_SIZE, spin,
+                                    self._left_ms(deadline))
             if got > 0:
                 return self._recv_bytes[0:got]
             if got == 0:
@@ -664,10 +664,7 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
         delete(), the same policy as _pipeline's. While the connection's
         channel is up and idle it is one C call (shm_chan_batch), and
         _exchange sees only what is not an acknowledgement."""
-        lock = self._lock
-        if not lock.take(False):        # `with lock`, without its two Python calls
-            lock.wait()
-        try:
+        with self._lock:
             started = time.monotonic()
             conn = self._conn
             conn.last_id = rid = conn.last_id + 1   # its new_id(), inline: no call
@@ -681,8 +678,6 @@ class SharedMap(MapReads, MutableMapping):  # type: ignore[type-arg]
             if reader is None:
                 reader = self._open_locked(started + self.timeout)   # MapClosedError after close()
             self._exchange(reader, OneBatch(rid, blob), started + self.timeout, got)
-        finally:
-            lock.release()
 
     def _exchange(self, reader: MapReader, ex: Requests, deadline: float,
                   channel_got: Optional[int] = None) -> list[Any]:
