@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from shmmap import bench
-from shmmap.bench import gopeer, writes
+from shmmap.bench import gopeer, threads, writes
 from shmmap.bench.peers import LMDB_DIR_PREFIX, LMDB_PARENT, PEERS, LockedDictStore
 
 WRITE_SCENARIOS = {"iteration under 1 writer", "writer under iteration", "1 writer together",
@@ -90,6 +90,15 @@ def test_bench_quick_run(tmp_path: Path) -> None:
         assert extra["cpu_us_per_write"] > 0, extra
     assert shm["2 writers together"]["extra"]["writers"] == 2
     assert len(shm["2 writers together"]["extra"]["per_writer"]) == 2
+
+    for writers in (1, 2):              # --quick's thread shapes: 1x1, 2x2
+        row = shm[threads.shape_name(writers, writers)]
+        assert row["value"] > 0 and row["unit"] == "writes/s", row
+        extra = row["extra"]
+        assert extra["writers"] == extra["readers"] == writers == len(extra["per_writer"])
+        assert extra["reader_iterations_per_s"] > 0 and extra["reader_gets_per_s"] > 0, extra
+    assert {r["system"] for r in results if "reader_gets_per_s" in r["extra"]} <= set(
+        threads.SYSTEMS)
 
     promotion = shm["write latency during promotion"]
     assert promotion["keys"] == 20_000                  # --quick's size
@@ -194,6 +203,16 @@ def test_plot_without_matplotlib_fails_before_running(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "--plot needs matplotlib" in done.stderr and "pip install" in done.stderr
     assert done.stdout == "" and not png.exists()
+
+
+def test_thread_shapes_are_writers_x_readers() -> None:
+    assert threads.parse_shapes("1x0, 4x4") == [(1, 0), (4, 4)]
+    for bad in ("4", "0x4", "4x", "ax1", "4x4,"):
+        with pytest.raises(ValueError, match="WRITERSxREADERS"):
+            threads.parse_shapes(bad)
+    done = _bench("--scenarios", "threads", "--thread-shapes", "4by4", timeout=60)
+    assert done.returncode == 2 and "thread shape '4by4'" in done.stderr
+    assert done.stdout == ""
 
 
 def test_unknown_scenario_is_an_error() -> None:

@@ -4,10 +4,10 @@ UltraDict, shared-memory-dict, LMDB on /dev/shm, Redis, and (when a Go
 toolchain is installed) Go's sync.Map in one Go process -- on the same
 workloads: iteration idle and under a 50/50 load from other processes,
 point gets, writes one at a time and batched, a writer while another
-process iterates, several writers at once, write latency during a
-promotion, iteration as the map grows, and the adversarial patterns that
-make Go's sync.Map copy the whole map. Rates come with the CPU time per
-write."""
+process iterates, several writers at once, writer threads beside reader
+threads of one process, write latency during a promotion, iteration as
+the map grows, and the adversarial patterns that make Go's sync.Map copy
+the whole map. Rates come with the CPU time per write."""
 from __future__ import annotations
 
 import argparse
@@ -17,13 +17,13 @@ import time
 from functools import partial
 from typing import Callable, Optional
 
-from . import gopeer, scenarios, writes
+from . import gopeer, scenarios, threads, writes
 from .peers import PEERS, Peer
 from .report import format_table, plot, plot_unavailable, verdicts
 from .scenarios import Result
 
 SCENARIOS = ["iterate-idle", "iterate-load", "get", "set", "set-batched", "iterate-write",
-             "writers", "promotion", "scaling", "adversarial"]
+             "writers", "threads", "promotion", "scaling", "adversarial"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="key counts for 'scaling' and 'adversarial' (default 10k,100k,1M)")
     p.add_argument("--writer-counts", default="1,2,4,8",
                    help="writer processes at once for 'writers' (default 1,2,4,8)")
+    p.add_argument("--thread-shapes", default="1x0,1x1,1x4,4x4",
+                   help="writer x reader threads of one process for 'threads' "
+                        "(default 1x0,1x1,1x4,4x4)")
     p.add_argument("--promotion-keys", type=int, default=1_000_000,
                    help="entries in the map that 'promotion' promotes (default 1,000,000)")
     p.add_argument("--json", metavar="FILE", help="write every result as JSON")
@@ -146,6 +149,10 @@ class Runner:
             if "writers" in wanted:
                 self.with_peer(cls, n, "writers together",
                                partial(writes.writers_together, n=n, duration=d, counts=counts))
+            if "threads" in wanted and cls.name in threads.SYSTEMS:
+                self.with_peer(cls, n, "threads of one process",
+                               partial(threads.threads_together, n=n, duration=d,
+                                       shapes=threads.parse_shapes(a.thread_shapes)))
             if "promotion" in wanted and cls.name == "shmmap":
                 self.with_peer(cls, a.promotion_keys, "write latency during promotion",
                                partial(_promotion, n=a.promotion_keys, d=d))
@@ -189,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.keys, args.sizes, args.duration = 2000, "1000,2000,4000", min(args.duration, 0.3)
         args.writer_counts, args.promotion_keys = "1,2", min(args.promotion_keys, 20_000)
+        args.thread_shapes = "1x1,2x2"
+    try:
+        threads.parse_shapes(args.thread_shapes)
+    except ValueError as exc:
+        print(f"shmmap bench: {exc}", file=sys.stderr)
+        return 2
     peers, skipped = _select(args.systems)
     with_go, go_skipped = _go_selected(args)
     skipped += go_skipped

@@ -96,6 +96,7 @@ def verdicts(results: list[Result], keys: int) -> list[str]:
         out.append(f"info  insert + full iteration grows {growth:.1f}x for {size_growth:.0f}x "
                    "the keys (a full iteration reads every key)")
     out += _write_verdicts(results, keys)
+    out += _thread_verdicts(results, keys)
     failed = [r for r in results if r.check.startswith("FAILED")]
     out += [f"FAIL  {r.system}: {r.scenario} ({r.keys:,} keys): {r.check[8:]}" for r in failed]
     return out
@@ -159,6 +160,25 @@ def _write_verdicts(results: list[Result], keys: int) -> list[str]:
                             f"during a promotion of {promo.keys:,} entries ({longest:.0f} ms) "
                             f"a write waited at most {promo.value:.1f} ms, p99 {p99_us:.0f} us "
                             f"(targets: max <= 10% of the promotion, p99 <= 1 ms)"))
+    return out
+
+
+def _thread_verdicts(results: list[Result], keys: int) -> list[str]:
+    """Writer threads beside reader threads of one process: shmmap's
+    writers against LMDB's in each shape, the readers' rates beside."""
+    out = []
+    for r in results:
+        if r.system != SHMMAP or not r.ok or not r.value or "reader_gets_per_s" not in r.extra:
+            continue
+        lmdb = _value(results, r.scenario, LMDB, keys)
+        readers = r.extra["summary"]
+        if lmdb:
+            out.append(_verdict(r.value >= lmdb, f"{r.scenario}: shmmap's writers make "
+                                                 f"{r.value / lmdb:.2f}x LMDB's writes/s "
+                                                 f"(target >= 1x); {readers}"))
+        else:
+            out.append(f"info  {r.scenario}: shmmap's writers make {r.value:,.0f} writes/s; "
+                       f"{readers}")
     return out
 
 
