@@ -75,8 +75,8 @@ class ReaderSlots:
         for index in in_use:
             slot = slot_at(self.buf, index)
             mapped, newest = int(slot.mapped_gens), int(slot.gen)
-            if newest >= current_gen or \
-                    now - superseded_at.get(newest, now - UNNOTICED_SECONDS) < UNNOTICED_SECONDS:
+            since = superseded_at.get(newest)
+            if newest >= current_gen or (since is not None and now - since < UNNOTICED_SECONDS):
                 mapped -= 1
             older += max(mapped, 0)
         return older

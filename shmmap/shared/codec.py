@@ -153,21 +153,9 @@ class Codec:
             default=self._default))
         take, give, new = values.idle.pop, values.idle.append, values.new
         scalars, check, null, ok = _SCALARS, _check_value, ffi.NULL, lib.SHM_OK
-        ext_type = msgpack.ExtType
-
-        def tuple_ext(obj: tuple[Any, ...]) -> msgpack.ExtType:
-            # The inside goes to another Packer: the one packing obj is
-            # busy with it.
-            try:
-                packer = take()
-            except IndexError:
-                packer = new()
-            data = packer.pack(list(obj))
-            give(packer)
-            return ext_type(_TUPLE, data)
 
         self._encoders: dict[type, Callable[[Any], msgpack.ExtType]] = {
-            tuple: tuple_ext, set: self._set, frozenset: self._frozenset,
+            tuple: self._tuple, set: self._set, frozenset: self._frozenset,
             datetime.datetime: _datetime, datetime.date: _date,
             decimal.Decimal: _decimal, uuid.UUID: _uuid}
         decoders: dict[int, Callable[[bytes], Any]] = {
@@ -266,14 +254,18 @@ class Codec:
                         "README's table of types says what is stored; an Ext adds a type)")
 
     def _inside(self, items: list[Any]) -> bytes:
+        """items packed by another Packer: the one packing their container
+        is busy with it."""
         return self._values.pack(items)
+
+    def _tuple(self, obj: tuple[Any, ...]) -> msgpack.ExtType:
+        return msgpack.ExtType(_TUPLE, self._inside(list(obj)))
 
     def _set(self, obj: set[Any]) -> msgpack.ExtType:
         return msgpack.ExtType(_SET, self._inside(list(obj)))
 
     def _frozenset(self, obj: frozenset[Any]) -> msgpack.ExtType:
         return msgpack.ExtType(_FROZENSET, self._inside(list(obj)))
-
 
 
 def _unencodable(exc: Exception) -> TypeError:
