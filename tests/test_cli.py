@@ -479,7 +479,8 @@ def _main_as_nobody(argv: list[str], out_path: str, err_path: str) -> None:
         # Everything is imported first (nobody may not read the stdlib): the
         # parser's modules, and the daemon's, which serve imports when it runs.
         build_parser()
-        importlib.import_module("shmmap.server.server")
+        for module in ("shmmap.server.logs", "shmmap.server.server"):   # _run_serve's
+            importlib.import_module(module)
         os.setgid(NOBODY)
         os.setuid(NOBODY)
         code = main(argv)
